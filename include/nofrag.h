@@ -1,0 +1,234 @@
+/*
+ * nofrag: a GPU memory allocator that keeps physical memory held close to the bytes live.
+ *
+ * Blocks are placed in one large virtual address range per pool; the range is backed by physical
+ * pages (the backend's granularity, 2 MiB on CUDA) only where live blocks lie. Any free physical
+ * page can therefore serve any request, whatever its virtual address.
+ *
+ * Conventions for every function below:
+ *   - it returns an nf_status (NF_OK == 0) and writes results through out-parameters;
+ *   - a NULL pool or NULL out-parameter gives NF_ERR_INVALID_ARG and changes nothing;
+ *   - functions taking a pool are thread-safe (one mutex per pool) unless stated otherwise;
+ *   - the library never prints: messages go to the log callback of nf_config.
+ *
+ * This header needs only the C standard headers below; no CUDA type appears in it. A stream is an
+ * opaque `void *` (a cudaStream_t on the CUDA backend, any token on the host backend).
+ */
+#ifndef NOFRAG_H
+#define NOFRAG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything declared here is exported from the shared library, even when the library is built
+ * with -fvisibility=hidden (which keeps internals out of `nm -g`). */
+#pragma GCC visibility push(default)
+
+#define NF_VERSION_MAJOR 0
+#define NF_VERSION_MINOR 1
+#define NF_VERSION_PATCH 0
+#define NF_VERSION_STRING "0.1.0"
+
+/* The library's version as "MAJOR.MINOR.PATCH"; compare with NF_VERSION_STRING to catch a header
+ * and library of different versions. Never fails; O(1); thread-safe. */
+const char *nf_version(void);
+
+typedef enum nf_status {
+    NF_OK = 0,
+    NF_ERR_INVALID_ARG,      /* NULL pool or out-parameter, bad config value */
+    NF_ERR_OUT_OF_MEMORY,    /* the request cannot be met under the capacity (or address space) */
+    NF_ERR_INVALID_POINTER,  /* free of a pointer this pool never returned, or an interior pointer */
+    NF_ERR_DOUBLE_FREE,      /* free of a block that is already free */
+    NF_ERR_BACKEND,          /* a backend primitive (driver call) failed; the log names the call */
+    NF_ERR_UNSUPPORTED,      /* the backend lacks a capability the call needs */
+    NF_ERR_CORRUPT,          /* nf_pool_check found a broken invariant; the log says which */
+    NF_ERR_NO_MEMORY_HOST,   /* host memory for bookkeeping could not be allocated */
+} nf_status;
+
+/* A short, static, human-readable description of a status. Never NULL; unknown codes give
+ * "unknown status". O(1); thread-safe. */
+const char *nf_status_str(nf_status status);
+
+typedef enum nf_log_level {
+    NF_LOG_ERROR = 0,
+    NF_LOG_WARN = 1,
+    NF_LOG_INFO = 2,
+    NF_LOG_DEBUG = 3,
+} nf_log_level;
+
+/* Receives one complete message (no trailing newline). Called with the pool's lock held: it must
+ * not call back into the same pool. */
+typedef void (*nf_log_fn)(void *user, nf_log_level level, const char *message);
+
+typedef struct nf_backend nf_backend; /* see nofrag_backend.h */
+typedef struct nf_pool nf_pool;
+
+typedef struct nf_config {
+    /* Physical cap in bytes: the pool never holds more physical memory than this. When a request
+     * cannot be met under it the pool reclaims idle pages first, and only then fails. 0 means no cap
+     * (bounded by the address space reserved). */
+    uint64_t capacity;
+    /* Virtual address space to reserve, bytes. 0: 4 x capacity, or 1 TiB when there is no cap.
+     * Address space is cheap; a generous range lets placement avoid moving pages. */
+    uint64_t virtual_bytes;
+    /* Every block's address and size are multiples of this. Power of two, >= 256. Default 512
+     * (PyTorch's block rounding). */
+    uint64_t alignment;
+    nf_log_fn log;       /* may be NULL: messages are dropped */
+    void *log_user;      /* passed to log */
+    nf_log_level log_level; /* messages above this level are dropped; default NF_LOG_WARN */
+} nf_config;
+
+/* The defaults: no cap, 1 TiB of address space, 512-byte alignment, no log. */
+nf_config nf_config_default(void);
+
+/* Creates a pool over `backend`, reserving its virtual range at once (one backend call).
+ * The backend must outlive the pool; the pool does not destroy it.
+ * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
+ * of range (alignment not a power of two or < 256, virtual_bytes < capacity); NF_ERR_BACKEND iff
+ * the reservation fails; NF_ERR_NO_MEMORY_HOST iff bookkeeping memory cannot be had.
+ * O(virtual_bytes / granularity) for the page table; thread-safe. */
+nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out);
+
+/* Destroys a pool: unmaps and releases every page and the virtual range, whether or not blocks are
+ * still live (their pointers become invalid). NULL is a no-op returning NF_OK. Returns the first
+ * backend failure met, after attempting every release. Not thread-safe against other calls on the
+ * same pool. O(pages + blocks). */
+nf_status nf_pool_destroy(nf_pool *pool);
+
+/* Allocates `size` bytes (rounded up to the alignment) for use on `stream`, mapping physical pages
+ * as needed. Size 0 gives NF_OK and *ptr_out == NULL. On failure *ptr_out is NULL and the pool is
+ * unchanged apart from statistics and idle pages it may have released.
+ * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
+ * idle pages (a report goes to the log); NF_ERR_BACKEND iff a driver call fails.
+ * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe. */
+nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
+
+/* Frees a block. Its memory is reusable at once on `stream` and on other streams once the work
+ * queued on `stream` before this call has completed. NULL ptr is a no-op returning NF_OK.
+ * Fails with NF_ERR_INVALID_POINTER iff ptr was never returned by this pool or points inside a
+ * block; NF_ERR_DOUBLE_FREE iff the block is already free. A failed free changes nothing.
+ * O(1) plus O(pages the block covers); thread-safe. */
+nf_status nf_free(nf_pool *pool, void *ptr, void *stream);
+
+/*
+ * Statistics: one list (NF_STATS_GAUGES / NF_STATS_COUNTERS) generates the struct, the text
+ * printer and the JSON writer. Names follow PyTorch's memory_stats keys where the meaning matches.
+ * A gauge carries current / peak / total (total sums every increase, like PyTorch's "allocated").
+ */
+typedef struct nf_gauge {
+    uint64_t current;
+    uint64_t peak;  /* never decreases, except through nf_stats_reset_peaks */
+    uint64_t total; /* never decreases */
+} nf_gauge;
+
+/* X(name, description) */
+#define NF_STATS_GAUGES(X)                                                                   \
+    X(allocated_bytes, "bytes in live blocks (rounded to the alignment)")                  \
+    X(reserved_bytes, "physical bytes held from the backend (mapped + spare)")              \
+    X(mapped_bytes, "physical bytes mapped into the virtual range")                         \
+    X(idle_mapped_bytes, "mapped bytes on pages that hold no live block")                    \
+    X(virtual_span_bytes, "bytes from the range's base to the end of the highest block used") \
+    X(allocation, "live blocks")
+
+#define NF_STATS_COUNTERS(X)                                                                 \
+    X(num_allocs, "successful allocations")                                                 \
+    X(num_frees, "successful frees")                                                        \
+    X(num_alloc_failures, "allocations that failed for lack of memory")                     \
+    X(num_invalid_frees, "frees rejected as invalid or double")                             \
+    X(num_page_maps, "pages mapped")                                                        \
+    X(num_page_unmaps, "pages unmapped")                                                    \
+    X(num_remaps, "pages unmapped from one virtual place and mapped at another")            \
+    X(num_reclaims, "times the cap bound and idle pages were taken back")                   \
+    X(num_event_waits, "times the pool had to wait for a stream's work to finish")          \
+    X(num_steps, "training steps marked with nf_step_mark")                                 \
+    X(calls_reserve, "backend calls: reserve a virtual range")                              \
+    X(calls_unreserve, "backend calls: free a virtual range")                               \
+    X(calls_page_create, "backend calls: create a physical page")                           \
+    X(calls_page_release, "backend calls: release a physical page")                         \
+    X(calls_map, "backend calls: map a page")                                               \
+    X(calls_unmap, "backend calls: unmap a page")                                           \
+    X(calls_set_access, "backend calls: set access on a mapped page")                       \
+    X(calls_event_record, "backend calls: record an event on a stream")                     \
+    X(calls_event_query, "backend calls: query an event")                                   \
+    X(calls_event_sync, "backend calls: wait for an event")                                 \
+    X(calls_event_release, "backend calls: destroy an event")
+
+#define NF_STATS_VERSION 1
+
+typedef struct nf_stats {
+    uint32_t size;    /* sizeof(nf_stats), set by nf_stats_get */
+    uint32_t version; /* NF_STATS_VERSION */
+#define NF_X_GAUGE(name, desc) nf_gauge name;
+#define NF_X_COUNTER(name, desc) uint64_t name;
+    NF_STATS_GAUGES(NF_X_GAUGE)
+    NF_STATS_COUNTERS(NF_X_COUNTER)
+#undef NF_X_GAUGE
+#undef NF_X_COUNTER
+    /* Derived when read: */
+    uint64_t capacity_bytes;        /* the cap (0: none) */
+    uint64_t granularity_bytes;     /* physical page size */
+    uint64_t backend_calls;         /* sum of the calls_* counters */
+    uint64_t largest_free_mapped_bytes; /* largest free range lying wholly on mapped pages */
+    uint64_t free_mapped_bytes;     /* mapped bytes not in live blocks */
+    double overhead_ratio;          /* reserved_bytes.peak / allocated_bytes.peak (0 if none) */
+    double fragmentation;           /* 1 - largest_free_mapped / free_mapped (0 if nothing free) */
+} nf_stats;
+
+/* Fills *stats. Fails with NF_ERR_INVALID_ARG iff pool or stats is NULL.
+ * O(blocks + pages) for the fragmentation figures; thread-safe. */
+nf_status nf_stats_get(nf_pool *pool, nf_stats *stats);
+
+/* Sets every gauge's peak to its current value. O(1); thread-safe. */
+nf_status nf_stats_reset_peaks(nf_pool *pool);
+
+/* Writes the statistics as one JSON object (no newline) into buf, truncated to buf_size - 1 bytes
+ * and always NUL-terminated; *needed_out (may be NULL) receives the full length. O(1). */
+nf_status nf_stats_to_json(const nf_stats *stats, char *buf, size_t buf_size, size_t *needed_out);
+
+/* Checks every invariant of the pool (see the equations in src/core/pool_internal.h).
+ * Returns NF_OK, or NF_ERR_CORRUPT after logging the first broken invariant at NF_LOG_ERROR.
+ * O(blocks + pages); thread-safe. Tests call it after every operation. */
+nf_status nf_pool_check(nf_pool *pool);
+
+typedef struct nf_block_info {
+    uint64_t address;
+    uint64_t size;
+    bool live;
+    void *stream;         /* stream of the last alloc or free */
+    uint32_t pages_mapped; /* pages the block overlaps that are mapped */
+    uint32_t pages;        /* pages the block overlaps */
+} nf_block_info;
+
+/* Return non-zero to stop the walk. Called with the pool's lock held: must not call the pool. */
+typedef int (*nf_walk_fn)(void *user, const nf_block_info *block);
+
+/* Visits every block of the virtual range in address order (live and free, the trailing
+ * never-used remainder included). O(blocks); thread-safe. */
+nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
+
+/* Releases idle physical memory until at most keep_bytes are held (or nothing idle is left):
+ * idle pages are unmapped once no pending work can touch them, then released to the backend.
+ * *released_out (may be NULL) receives the bytes released. O(pages); thread-safe. */
+nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
+
+/* Marks a training-step boundary: counts steps and lets placement learn the step's pattern.
+ * O(1); thread-safe. */
+nf_status nf_step_mark(nf_pool *pool);
+
+/* Changes the physical cap of a live pool. Lowering it below what is held trims idle pages; if live
+ * blocks still need more, the cap applies to future growth. 0 removes the cap, but never beyond
+ * the reserved address space. O(pages); thread-safe. */
+nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOFRAG_H */

@@ -1,0 +1,112 @@
+/*
+ * The backend interface: the small table of primitives the core needs from the memory system.
+ * Two backends ship: host (simulated device memory, optionally real host memory) and CUDA virtual
+ * memory. Each primitive returns 0 on success, or a backend-specific non-zero code that
+ * `error_name` turns into text (the CUDA backend returns CUresult values).
+ *
+ * The core serialises calls per pool (it holds its lock), so a backend used by one pool needs no
+ * locking of its own. Addresses and handles are plain integers so no backend type leaks out.
+ */
+#ifndef NOFRAG_BACKEND_H
+#define NOFRAG_BACKEND_H
+
+#include "nofrag.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything declared here is exported from the shared library, even when the library is built
+ * with -fvisibility=hidden (which keeps internals out of `nm -g`). */
+#pragma GCC visibility push(default)
+
+enum {
+    NF_BACKEND_CAP_EVENTS = 1u << 0,          /* event_* primitives order work across streams */
+    NF_BACKEND_CAP_HOST_ACCESSIBLE = 1u << 1, /* mapped memory can be read and written by the CPU */
+    NF_BACKEND_CAP_ALIASING = 1u << 2,        /* one physical page may be mapped at two places */
+};
+
+/* What event_query returns when the event's work is still running. */
+#define NF_BACKEND_EVENT_PENDING 1
+
+struct nf_backend {
+    const char *name;
+    uint32_t caps;        /* NF_BACKEND_CAP_* */
+    uint64_t granularity; /* physical page size in bytes; a power of two */
+    void *ctx;            /* passed to every primitive */
+
+    /* Reserve `bytes` (a multiple of granularity) of address space, aligned to granularity.
+     * post: *base_out != 0, nothing mapped in [base, base + bytes). */
+    int (*reserve)(void *ctx, uint64_t bytes, uint64_t *base_out);
+    /* pre: [base, base + bytes) came from reserve and nothing in it is mapped. */
+    int (*unreserve)(void *ctx, uint64_t base, uint64_t bytes);
+    /* Create one physical page of `granularity` bytes. post: *handle_out != 0. */
+    int (*page_create)(void *ctx, uint64_t *handle_out);
+    /* pre: the page is mapped nowhere. */
+    int (*page_release)(void *ctx, uint64_t handle);
+    /* Map the page at va. pre: va is granularity-aligned, inside a reservation and unmapped. */
+    int (*map)(void *ctx, uint64_t va, uint64_t handle);
+    /* pre: a page is mapped at va and no pending work touches it. */
+    int (*unmap)(void *ctx, uint64_t va);
+    /* Grant read/write access to the page mapped at va (to the owning device and peers). */
+    int (*set_access)(void *ctx, uint64_t va);
+    /* Record an event covering all work queued on `stream` so far. post: *event_out != 0. */
+    int (*event_record)(void *ctx, void *stream, uint64_t *event_out);
+    /* 0 when the event's work has completed, NF_BACKEND_EVENT_PENDING when not, else an error. */
+    int (*event_query)(void *ctx, uint64_t event);
+    /* Block until the event's work has completed. */
+    int (*event_sync)(void *ctx, uint64_t event);
+    int (*event_release)(void *ctx, uint64_t event);
+    /* Text for a code returned by any primitive above. Never NULL. */
+    const char *(*error_name)(void *ctx, int code);
+    /* Frees the backend itself (ctx and the table). Called by nf_backend_destroy. */
+    void (*destroy)(struct nf_backend *self);
+};
+
+/* Destroys a backend made by one of the constructors below. NULL is a no-op. Call it after every
+ * pool using the backend is destroyed. */
+void nf_backend_destroy(nf_backend *backend);
+
+/*
+ * Host backend: device memory simulated on the host.
+ *   real_memory = false: accounting only. Addresses are numbers in a fictitious range; nothing may
+ *     be dereferenced. Fast: used by the trace replayer.
+ *   real_memory = true: pages are memfd pages mapped with mmap(MAP_FIXED) into a PROT_NONE
+ *     reservation, the same semantics as CUDA virtual memory, so blocks can be read and written.
+ * Streams are any non-NULL tokens (NULL is the default stream). Work on a stream is simulated: see
+ * nf_host_stream_submit / nf_host_stream_complete.
+ * Fails with NF_ERR_INVALID_ARG iff backend_out is NULL or granularity is not a power of two
+ * >= 4096 (0 selects 2 MiB); NF_ERR_NO_MEMORY_HOST iff the backend itself cannot be allocated.
+ */
+nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_backend **backend_out);
+
+/* Simulates one kernel queued on `stream` in a host backend: events recorded from now on stay
+ * pending until nf_host_stream_complete(stream). Fails with NF_ERR_INVALID_ARG on a non-host
+ * backend. Not thread-safe against pool calls on pools using this backend. */
+nf_status nf_host_stream_submit(nf_backend *backend, void *stream);
+/* Simulates `stream` finishing all work queued so far. */
+nf_status nf_host_stream_complete(nf_backend *backend, void *stream);
+/* Whether every page handed out by this host backend has been released and the range freed. */
+bool nf_host_all_released(nf_backend *backend);
+
+/*
+ * CUDA virtual-memory backend (src/backends/backend_cuda.c): the driver API is loaded at run time
+ * from libcuda.so.1, so this builds and links on machines without a GPU or CUDA toolkit.
+ * peer_access: also grant access to every device that can access `device`'s memory as a peer.
+ * Fails with NF_ERR_UNSUPPORTED iff the library was built without CUDA headers, libcuda.so.1 is
+ * missing, or the device lacks virtual memory management; NF_ERR_BACKEND iff a driver call fails
+ * (the message, naming the call, goes to log when given).
+ */
+nf_status nf_backend_cuda_create(int device, bool peer_access, nf_log_fn log, void *log_user,
+                                 nf_backend **backend_out);
+
+/* Free and total device memory of `device` in bytes, through the same run-time loaded driver.
+ * Same failures as nf_backend_cuda_create. */
+nf_status nf_cuda_mem_info(int device, uint64_t *free_out, uint64_t *total_out);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOFRAG_BACKEND_H */

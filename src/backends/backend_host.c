@@ -1,0 +1,417 @@
+/*
+ * Host backend: device memory simulated on the CPU, with CUDA virtual memory's semantics.
+ *
+ * Accounting mode hands out numbers; real-memory mode backs each physical page with a piece of
+ * one memfd and maps it with mmap(MAP_FIXED) into a PROT_NONE reservation, so a page's contents
+ * follow the page wherever it is mapped, exactly as a cuMemCreate handle does. A freshly mapped page
+ * stays PROT_NONE until set_access, as on CUDA, so a missing set_access faults in tests.
+ *
+ * Both modes check every precondition of nofrag_backend.h and fail a call that breaks one, so
+ * the core's tests catch a wrong unmap or double map even without real memory.
+ * Streams and events are simulated: each stream counts kernels submitted and completed.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "nofrag_backend.h"
+
+enum {
+    HOST_ERR_PRECONDITION = 1000, /* a primitive's precondition was broken: a bug in the caller */
+    HOST_ERR_NO_MEMORY,
+    HOST_ERR_SYSTEM, /* mmap / memfd failed; errno in last_errno */
+};
+
+typedef struct host_page {
+    uint64_t mapped_at; /* 0: mapped nowhere */
+    uint8_t in_use;     /* created and not released */
+} host_page;
+
+typedef struct host_stream {
+    void *stream;
+    uint64_t submitted;
+    uint64_t completed;
+} host_stream;
+
+typedef struct host_event {
+    uint32_t stream; /* index into streams */
+    uint64_t seq;    /* done when streams[stream].completed >= seq */
+    uint8_t in_use;
+} host_event;
+
+typedef struct host_reservation {
+    uint64_t base;
+    uint64_t bytes;
+    uint64_t *handles; /* per page of the reservation: handle mapped there, 0 if none */
+    uint8_t *access;   /* per page: set_access done since the map */
+    void *mapping;     /* real mode: the mmap'ed region (base rounded) */
+    uint64_t mapping_bytes;
+} host_reservation;
+
+typedef struct host_ctx {
+    bool real;
+    uint64_t gran;
+    int memfd;
+    uint64_t memfd_pages;
+    host_page *pages; /* handle h is pages[h - 1] */
+    uint64_t page_count, page_capacity;
+    uint64_t *free_handles;
+    uint64_t free_count, free_capacity;
+    host_reservation *res;
+    uint32_t res_count, res_capacity;
+    uint64_t next_fake_base;
+    host_stream *streams;
+    uint32_t stream_count, stream_capacity;
+    host_event *events;
+    uint64_t event_count, event_capacity;
+    int last_errno;
+} host_ctx;
+
+static bool grow(void **array, uint64_t *capacity, uint64_t need, size_t elem) {
+    if (need <= *capacity) return true;
+    uint64_t cap = *capacity ? *capacity * 2 : 16;
+    while (cap < need) cap *= 2;
+    void *grown = realloc(*array, cap * elem);
+    if (!grown) return false;
+    memset((char *)grown + *capacity * elem, 0, (cap - *capacity) * elem);
+    *array = grown;
+    *capacity = cap;
+    return true;
+}
+
+static host_reservation *find_res(host_ctx *h, uint64_t va) {
+    for (uint32_t i = 0; i < h->res_count; i++)
+        if (va >= h->res[i].base && va < h->res[i].base + h->res[i].bytes) return &h->res[i];
+    return NULL;
+}
+
+static int host_reserve(void *ctx, uint64_t bytes, uint64_t *base_out) {
+    host_ctx *h = ctx;
+    if (!bytes || bytes % h->gran) return HOST_ERR_PRECONDITION;
+    uint64_t cap32 = h->res_capacity;
+    if (!grow((void **)&h->res, &cap32, h->res_count + 1, sizeof *h->res)) return HOST_ERR_NO_MEMORY;
+    h->res_capacity = (uint32_t)cap32;
+    host_reservation *r = &h->res[h->res_count];
+    memset(r, 0, sizeof *r);
+    r->bytes = bytes;
+    r->handles = calloc(bytes / h->gran, sizeof *r->handles);
+    r->access = calloc(bytes / h->gran, 1);
+    if (!r->handles || !r->access) {
+        free(r->handles);
+        free(r->access);
+        return HOST_ERR_NO_MEMORY;
+    }
+    if (h->real) {
+        r->mapping_bytes = bytes + h->gran;
+        r->mapping = mmap(NULL, r->mapping_bytes, PROT_NONE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r->mapping == MAP_FAILED) {
+            h->last_errno = errno;
+            free(r->handles);
+            free(r->access);
+            return HOST_ERR_SYSTEM;
+        }
+        r->base = ((uint64_t)(uintptr_t)r->mapping + h->gran - 1) & ~(h->gran - 1);
+    } else {
+        /* Fictitious addresses, far apart, aligned, never 0. */
+        if (!h->next_fake_base) h->next_fake_base = 1ull << 44;
+        r->base = h->next_fake_base;
+        h->next_fake_base += (bytes + (1ull << 40)) & ~(h->gran - 1);
+    }
+    h->res_count++;
+    *base_out = r->base;
+    return 0;
+}
+
+static int host_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
+    host_ctx *h = ctx;
+    for (uint32_t i = 0; i < h->res_count; i++) {
+        host_reservation *r = &h->res[i];
+        if (r->base != base || r->bytes != bytes) continue;
+        for (uint64_t p = 0; p < bytes / h->gran; p++)
+            if (r->handles[p]) return HOST_ERR_PRECONDITION; /* still mapped */
+        if (h->real) munmap(r->mapping, r->mapping_bytes);
+        free(r->handles);
+        free(r->access);
+        h->res[i] = h->res[--h->res_count];
+        return 0;
+    }
+    return HOST_ERR_PRECONDITION;
+}
+
+static int host_page_create(void *ctx, uint64_t *handle_out) {
+    host_ctx *h = ctx;
+    uint64_t handle;
+    if (h->free_count) {
+        handle = h->free_handles[--h->free_count];
+    } else {
+        if (!grow((void **)&h->pages, &h->page_capacity, h->page_count + 1, sizeof *h->pages))
+            return HOST_ERR_NO_MEMORY;
+        handle = ++h->page_count;
+        if (h->real) {
+            if (ftruncate(h->memfd, (off_t)(handle * h->gran)) != 0) {
+                h->last_errno = errno;
+                h->page_count--;
+                return HOST_ERR_SYSTEM;
+            }
+        }
+    }
+    h->pages[handle - 1].in_use = 1;
+    h->pages[handle - 1].mapped_at = 0;
+    *handle_out = handle;
+    return 0;
+}
+
+static bool handle_valid(host_ctx *h, uint64_t handle) {
+    return handle >= 1 && handle <= h->page_count && h->pages[handle - 1].in_use;
+}
+
+static int host_page_release(void *ctx, uint64_t handle) {
+    host_ctx *h = ctx;
+    if (!handle_valid(h, handle) || h->pages[handle - 1].mapped_at) return HOST_ERR_PRECONDITION;
+    h->pages[handle - 1].in_use = 0;
+    if (h->real) /* give the memory back to the system, as cuMemRelease does */
+        fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((handle - 1) * h->gran),
+                  (off_t)h->gran);
+    if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
+        return 0; /* the handle is simply not reused */
+    h->free_handles[h->free_count++] = handle;
+    return 0;
+}
+
+static int host_map(void *ctx, uint64_t va, uint64_t handle) {
+    host_ctx *h = ctx;
+    host_reservation *r = find_res(h, va);
+    if (!r || va % h->gran || !handle_valid(h, handle) || h->pages[handle - 1].mapped_at)
+        return HOST_ERR_PRECONDITION;
+    uint64_t p = (va - r->base) / h->gran;
+    if (r->handles[p]) return HOST_ERR_PRECONDITION;
+    if (h->real) {
+        void *at = mmap((void *)(uintptr_t)va, h->gran, PROT_NONE, MAP_SHARED | MAP_FIXED, h->memfd,
+                        (off_t)((handle - 1) * h->gran));
+        if (at == MAP_FAILED) {
+            h->last_errno = errno;
+            return HOST_ERR_SYSTEM;
+        }
+    }
+    r->handles[p] = handle;
+    r->access[p] = 0;
+    h->pages[handle - 1].mapped_at = va;
+    return 0;
+}
+
+static int host_unmap(void *ctx, uint64_t va) {
+    host_ctx *h = ctx;
+    host_reservation *r = find_res(h, va);
+    if (!r || va % h->gran) return HOST_ERR_PRECONDITION;
+    uint64_t p = (va - r->base) / h->gran;
+    uint64_t handle = r->handles[p];
+    if (!handle) return HOST_ERR_PRECONDITION;
+    if (h->real) {
+        /* Put the reservation back over the page. */
+        void *at = mmap((void *)(uintptr_t)va, h->gran, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        if (at == MAP_FAILED) {
+            h->last_errno = errno;
+            return HOST_ERR_SYSTEM;
+        }
+    }
+    r->handles[p] = 0;
+    r->access[p] = 0;
+    h->pages[handle - 1].mapped_at = 0;
+    return 0;
+}
+
+static int host_set_access(void *ctx, uint64_t va) {
+    host_ctx *h = ctx;
+    host_reservation *r = find_res(h, va);
+    if (!r || va % h->gran) return HOST_ERR_PRECONDITION;
+    uint64_t p = (va - r->base) / h->gran;
+    if (!r->handles[p]) return HOST_ERR_PRECONDITION;
+    if (h->real && mprotect((void *)(uintptr_t)va, h->gran, PROT_READ | PROT_WRITE) != 0) {
+        h->last_errno = errno;
+        return HOST_ERR_SYSTEM;
+    }
+    r->access[p] = 1;
+    return 0;
+}
+
+static int stream_find(host_ctx *h, void *stream, bool add, uint32_t *idx_out) {
+    for (uint32_t i = 0; i < h->stream_count; i++)
+        if (h->streams[i].stream == stream) {
+            *idx_out = i;
+            return 0;
+        }
+    if (!add) return HOST_ERR_PRECONDITION;
+    uint64_t cap = h->stream_capacity;
+    if (!grow((void **)&h->streams, &cap, h->stream_count + 1, sizeof *h->streams))
+        return HOST_ERR_NO_MEMORY;
+    h->stream_capacity = (uint32_t)cap;
+    h->streams[h->stream_count].stream = stream;
+    *idx_out = h->stream_count++;
+    return 0;
+}
+
+static int host_event_record(void *ctx, void *stream, uint64_t *event_out) {
+    host_ctx *h = ctx;
+    uint32_t s;
+    int rc = stream_find(h, stream, true, &s);
+    if (rc) return rc;
+    uint64_t e;
+    for (e = 0; e < h->event_count && h->events[e].in_use; e++) {
+    }
+    if (e == h->event_count) {
+        if (!grow((void **)&h->events, &h->event_capacity, h->event_count + 1, sizeof *h->events))
+            return HOST_ERR_NO_MEMORY;
+        h->event_count++;
+    }
+    h->events[e].in_use = 1;
+    h->events[e].stream = s;
+    h->events[e].seq = h->streams[s].submitted;
+    *event_out = e + 1;
+    return 0;
+}
+
+static host_event *event_get(host_ctx *h, uint64_t event) {
+    if (event < 1 || event > h->event_count || !h->events[event - 1].in_use) return NULL;
+    return &h->events[event - 1];
+}
+
+static int host_event_query(void *ctx, uint64_t event) {
+    host_ctx *h = ctx;
+    host_event *e = event_get(h, event);
+    if (!e) return HOST_ERR_PRECONDITION;
+    return h->streams[e->stream].completed >= e->seq ? 0 : NF_BACKEND_EVENT_PENDING;
+}
+
+static int host_event_sync(void *ctx, uint64_t event) {
+    host_ctx *h = ctx;
+    host_event *e = event_get(h, event);
+    if (!e) return HOST_ERR_PRECONDITION;
+    /* Waiting runs the stream's queued work up to the event. */
+    host_stream *st = &h->streams[e->stream];
+    if (st->completed < e->seq) st->completed = e->seq;
+    return 0;
+}
+
+static int host_event_release(void *ctx, uint64_t event) {
+    host_ctx *h = ctx;
+    host_event *e = event_get(h, event);
+    if (!e) return HOST_ERR_PRECONDITION;
+    e->in_use = 0;
+    return 0;
+}
+
+static const char *host_error_name(void *ctx, int code) {
+    host_ctx *h = ctx;
+    switch (code) {
+    case 0: return "success";
+    case NF_BACKEND_EVENT_PENDING: return "event pending";
+    case HOST_ERR_PRECONDITION: return "precondition broken (caller bug)";
+    case HOST_ERR_NO_MEMORY: return "out of host memory";
+    case HOST_ERR_SYSTEM: return strerror(h->last_errno);
+    }
+    return "unknown host backend error";
+}
+
+static void host_destroy(nf_backend *self) {
+    host_ctx *h = self->ctx;
+    for (uint32_t i = 0; i < h->res_count; i++) {
+        if (h->real) munmap(h->res[i].mapping, h->res[i].mapping_bytes);
+        free(h->res[i].handles);
+        free(h->res[i].access);
+    }
+    if (h->real && h->memfd >= 0) close(h->memfd);
+    free(h->res);
+    free(h->pages);
+    free(h->free_handles);
+    free(h->streams);
+    free(h->events);
+    free(h);
+    free(self);
+}
+
+nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_backend **backend_out) {
+    if (!backend_out) return NF_ERR_INVALID_ARG;
+    *backend_out = NULL;
+    if (granularity == 0) granularity = 2ull << 20;
+    if (granularity < 4096 || (granularity & (granularity - 1))) return NF_ERR_INVALID_ARG;
+    nf_backend *b = calloc(1, sizeof *b);
+    host_ctx *h = calloc(1, sizeof *h);
+    if (!b || !h) {
+        free(b);
+        free(h);
+        return NF_ERR_NO_MEMORY_HOST;
+    }
+    h->real = real_memory;
+    h->gran = granularity;
+    h->memfd = -1;
+    if (real_memory) {
+        h->memfd = memfd_create("nofrag-host", MFD_CLOEXEC);
+        if (h->memfd < 0) {
+            free(b);
+            free(h);
+            return NF_ERR_UNSUPPORTED;
+        }
+    }
+    b->name = real_memory ? "host(real memory)" : "host(accounting)";
+    b->caps = NF_BACKEND_CAP_EVENTS | (real_memory ? NF_BACKEND_CAP_HOST_ACCESSIBLE : 0) |
+              NF_BACKEND_CAP_ALIASING;
+    b->granularity = granularity;
+    b->ctx = h;
+    b->reserve = host_reserve;
+    b->unreserve = host_unreserve;
+    b->page_create = host_page_create;
+    b->page_release = host_page_release;
+    b->map = host_map;
+    b->unmap = host_unmap;
+    b->set_access = host_set_access;
+    b->event_record = host_event_record;
+    b->event_query = host_event_query;
+    b->event_sync = host_event_sync;
+    b->event_release = host_event_release;
+    b->error_name = host_error_name;
+    b->destroy = host_destroy;
+    *backend_out = b;
+    return NF_OK;
+}
+
+void nf_backend_destroy(nf_backend *backend) {
+    if (backend && backend->destroy) backend->destroy(backend);
+}
+
+static host_ctx *as_host(nf_backend *backend) {
+    return backend && backend->destroy == host_destroy ? backend->ctx : NULL;
+}
+
+nf_status nf_host_stream_submit(nf_backend *backend, void *stream) {
+    host_ctx *h = as_host(backend);
+    uint32_t s;
+    if (!h) return NF_ERR_INVALID_ARG;
+    if (stream_find(h, stream, true, &s)) return NF_ERR_NO_MEMORY_HOST;
+    h->streams[s].submitted++;
+    return NF_OK;
+}
+
+nf_status nf_host_stream_complete(nf_backend *backend, void *stream) {
+    host_ctx *h = as_host(backend);
+    uint32_t s;
+    if (!h) return NF_ERR_INVALID_ARG;
+    if (stream_find(h, stream, true, &s)) return NF_ERR_NO_MEMORY_HOST;
+    h->streams[s].completed = h->streams[s].submitted;
+    return NF_OK;
+}
+
+bool nf_host_all_released(nf_backend *backend) {
+    host_ctx *h = as_host(backend);
+    if (!h || h->res_count) return false;
+    for (uint64_t i = 0; i < h->page_count; i++)
+        if (h->pages[i].in_use) return false;
+    return true;
+}

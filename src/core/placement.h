@@ -1,0 +1,23 @@
+/*
+ * Placement: which free block serves a request. Kept apart from pool.c so policies can change
+ * without touching the page and stream machinery.
+ */
+#ifndef NOFRAG_PLACEMENT_H
+#define NOFRAG_PLACEMENT_H
+
+#include "pool_internal.h"
+
+nf_status placement_init(nf_pool *pool);
+void placement_destroy(nf_pool *pool);
+/* A free block (in the index) of at least `size` bytes that stream `idx` may use now and whose
+ * front `size` bytes can be backed under the cap; NULL if none. */
+block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx);
+void placement_note_free(nf_pool *pool, const block *b);
+void placement_note_step(nf_pool *pool);
+
+/* From pool.c, for policies. */
+uint64_t pool_unmapped_pages(const nf_pool *pool, uint64_t addr, uint64_t size);
+bool pool_pages_available(const nf_pool *pool, uint64_t addr, uint64_t size);
+bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx);
+
+#endif

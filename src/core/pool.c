@@ -1,0 +1,669 @@
+/*
+ * The pool: blocks tiling one virtual range, pages mapped on demand under a physical cap, and the
+ * stream rules that decide when freed memory may be reused or unmapped.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_calls.h"
+#include "placement.h"
+#include "pool_internal.h"
+
+enum { BLOCKS_PER_SLAB = 1024 };
+static const uint64_t DEFAULT_VIRTUAL_NO_CAP = 1ull << 40; /* 1 TiB */
+static const uint64_t VIRTUAL_PER_CAPACITY = 4;
+
+const char *nf_version(void) { return NF_VERSION_STRING; }
+
+nf_config nf_config_default(void) {
+    nf_config c;
+    memset(&c, 0, sizeof c);
+    c.alignment = 512;
+    c.log_level = NF_LOG_WARN;
+    return c;
+}
+
+void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...) {
+    if (!pool->config.log || level > pool->config.log_level) return;
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    pool->config.log(pool->config.log_user, level, message);
+}
+
+void gauge_add(nf_gauge *g, uint64_t amount) {
+    g->current += amount;
+    g->total += amount;
+    if (g->current > g->peak) g->peak = g->current;
+}
+
+void gauge_sub(nf_gauge *g, uint64_t amount) { g->current -= amount; }
+
+/* ---- block structs ---------------------------------------------------------------------- */
+
+static block *block_new(nf_pool *pool) {
+    if (!pool->spare_blocks) {
+        block_slab *slab = malloc(sizeof *slab + BLOCKS_PER_SLAB * sizeof(block));
+        if (!slab) return NULL;
+        slab->next = pool->slabs;
+        pool->slabs = slab;
+        for (int i = 0; i < BLOCKS_PER_SLAB; i++) {
+            slab->blocks[i].next = pool->spare_blocks;
+            pool->spare_blocks = &slab->blocks[i];
+        }
+    }
+    block *b = pool->spare_blocks;
+    pool->spare_blocks = b->next;
+    memset(b, 0, sizeof *b);
+    return b;
+}
+
+static void block_recycle(nf_pool *pool, block *b) {
+    b->next = pool->spare_blocks;
+    pool->spare_blocks = b;
+}
+
+/* ---- streams ------------------------------------------------------------------------------ */
+
+static nf_status stream_index(nf_pool *pool, void *stream, uint32_t *idx_out) {
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (pool->streams[i].stream == stream) {
+            *idx_out = i;
+            return NF_OK;
+        }
+    }
+    if (pool->stream_count == pool->stream_capacity) {
+        uint32_t cap = pool->stream_capacity ? pool->stream_capacity * 2 : 4;
+        stream_state *grown = realloc(pool->streams, cap * sizeof *grown);
+        if (!grown) return NF_ERR_NO_MEMORY_HOST;
+        pool->streams = grown;
+        pool->stream_capacity = cap;
+    }
+    stream_state *st = &pool->streams[pool->stream_count];
+    memset(st, 0, sizeof *st);
+    st->stream = stream;
+    *idx_out = pool->stream_count++;
+    return NF_OK;
+}
+
+/*
+ * Makes sure the work queued on stream `idx` before free number `seq` has completed, as far as
+ * can be known without waiting (wait == false) or by waiting (wait == true). *done_out says which.
+ *
+ * Events are recorded lazily, when a question is asked, not at every free: an event recorded now
+ * covers all work queued before every earlier free on that stream, so one event answers for all of
+ * them, and a job on one stream never pays for events it does not need.
+ */
+static nf_status stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out) {
+    stream_state *st = &pool->streams[idx];
+    *done_out = st->done_seq >= seq;
+    if (*done_out) return NF_OK;
+    if (!(pool->backend->caps & NF_BACKEND_CAP_EVENTS)) {
+        st->done_seq = pool->free_seq;
+        *done_out = true;
+        return NF_OK;
+    }
+    nf_status s;
+    if (!st->event || st->event_seq < seq) {
+        if (st->event && (s = call_event_release(pool, st->event)) != NF_OK) return s;
+        st->event = 0;
+        if ((s = call_event_record(pool, st->stream, &st->event)) != NF_OK) return s;
+        st->event_seq = pool->free_seq;
+    }
+    if ((s = call_event_query(pool, st->event, done_out)) != NF_OK) return s;
+    if (!*done_out && wait) {
+        if ((s = call_event_sync(pool, st->event)) != NF_OK) return s;
+        *done_out = true;
+    }
+    if (*done_out) st->done_seq = st->event_seq;
+    return NF_OK;
+}
+
+/* Whether a free block may serve stream `idx` now, from what is already known (no backend call). */
+bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
+    return b->fence_seq == 0 || b->stream_idx == idx ||
+           pool->streams[b->stream_idx].done_seq >= b->fence_seq;
+}
+
+bool blocks_mergeable(const block *a, const block *b) {
+    /* Two free blocks fenced by different streams stay apart: one fence cannot describe both. */
+    return !a->live && !b->live &&
+           (a->stream_idx == b->stream_idx || a->fence_seq == 0 || b->fence_seq == 0);
+}
+
+/* ---- pages -------------------------------------------------------------------------------- */
+
+static void idle_push(nf_pool *pool, uint64_t p) {
+    page *pg = &pool->pages[p];
+    pg->idle_next = NF_NO_PAGE;
+    pg->idle_prev = pool->idle_tail;
+    if (pool->idle_tail != NF_NO_PAGE) pool->pages[pool->idle_tail].idle_next = (int32_t)p;
+    else pool->idle_head = (int32_t)p;
+    pool->idle_tail = (int32_t)p;
+    pool->idle_count++;
+    gauge_add(&pool->stats.idle_mapped_bytes, pool->gran);
+}
+
+static void idle_remove(nf_pool *pool, uint64_t p) {
+    page *pg = &pool->pages[p];
+    if (pg->idle_prev != NF_NO_PAGE) pool->pages[pg->idle_prev].idle_next = pg->idle_next;
+    else pool->idle_head = pg->idle_next;
+    if (pg->idle_next != NF_NO_PAGE) pool->pages[pg->idle_next].idle_prev = pg->idle_prev;
+    else pool->idle_tail = pg->idle_prev;
+    pg->idle_prev = pg->idle_next = NF_NO_PAGE;
+    pool->idle_count--;
+    gauge_sub(&pool->stats.idle_mapped_bytes, pool->gran);
+}
+
+static bool fence_known_done(const nf_pool *pool, const page *pg) {
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        uint64_t bit = 1ull << (i < 63 ? i : 63);
+        if ((pg->fence_mask & bit) && pool->streams[i].done_seq < pg->fence_seq) return false;
+    }
+    return true;
+}
+
+static void page_fence_add(nf_pool *pool, page *pg, uint32_t idx, uint64_t seq) {
+    if (fence_known_done(pool, pg)) pg->fence_mask = 0;
+    pg->fence_mask |= 1ull << (idx < 63 ? idx : 63);
+    pg->fence_seq = seq;
+}
+
+/* Waits, if it must, until no queued work can touch page pg. */
+static nf_status page_wait_quiet(nf_pool *pool, page *pg) {
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        uint64_t bit = 1ull << (i < 63 ? i : 63);
+        if (!(pg->fence_mask & bit)) continue;
+        bool done;
+        nf_status s = stream_reach(pool, i, pg->fence_seq, true, &done);
+        if (s != NF_OK) return s;
+    }
+    pg->fence_mask = 0;
+    return NF_OK;
+}
+
+static uint64_t held_pages(const nf_pool *pool) { return pool->mapped_count + pool->spare_count; }
+
+static uint64_t cap_headroom(const nf_pool *pool) {
+    if (!pool->cap_pages) return UINT64_MAX;
+    uint64_t limit = pool->cap_pages + pool->cap_slack;
+    return held_pages(pool) >= limit ? 0 : limit - held_pages(pool);
+}
+
+/* Unmaps idle page p (waiting for its work first); its handle becomes spare. */
+static nf_status page_unmap_idle(nf_pool *pool, uint64_t p) {
+    page *pg = &pool->pages[p];
+    nf_status s = page_wait_quiet(pool, pg);
+    if (s != NF_OK) return s;
+    if ((s = call_unmap(pool, pool->base + (p << pool->gran_log2))) != NF_OK) return s;
+    idle_remove(pool, p);
+    pool->spare_handles[pool->spare_count++] = pg->handle;
+    pg->handle = 0;
+    pool->mapped_count--;
+    gauge_sub(&pool->stats.mapped_bytes, pool->gran);
+    pool->stats.num_page_unmaps++;
+    return NF_OK;
+}
+
+/* Maps a physical page at page p: a spare handle, else a new one under the cap, else an idle page
+ * taken from elsewhere (least recently idled first). */
+static nf_status page_map(nf_pool *pool, uint64_t p, bool *reclaimed) {
+    nf_status s;
+    bool remap = false;
+    if (!pool->spare_count) {
+        if (cap_headroom(pool) > 0) {
+            uint64_t handle;
+            if ((s = call_page_create(pool, &handle)) != NF_OK) return s;
+            pool->spare_handles[pool->spare_count++] = handle;
+            gauge_add(&pool->stats.reserved_bytes, pool->gran);
+        } else {
+            if (pool->idle_head == NF_NO_PAGE) return NF_ERR_OUT_OF_MEMORY;
+            if ((s = page_unmap_idle(pool, (uint64_t)pool->idle_head)) != NF_OK) return s;
+            remap = true;
+            *reclaimed = true;
+        }
+    }
+    uint64_t handle = pool->spare_handles[pool->spare_count - 1];
+    uint64_t va = pool->base + (p << pool->gran_log2);
+    if ((s = call_map(pool, va, handle)) != NF_OK) return s;
+    pool->spare_count--;
+    page *pg = &pool->pages[p];
+    pg->handle = handle;
+    pool->mapped_count++;
+    gauge_add(&pool->stats.mapped_bytes, pool->gran);
+    pool->stats.num_page_maps++;
+    if (remap) pool->stats.num_remaps++;
+    if ((s = call_set_access(pool, va)) != NF_OK) return s;
+    return NF_OK;
+}
+
+/* ---- blocks ------------------------------------------------------------------------------- */
+
+/* Splits `size` bytes off the front of free block b (not in the index); the rest goes back to the
+ * index as a new free block with b's fence. Returns false only when host memory runs out. */
+static bool block_split_front(nf_pool *pool, block *b, uint64_t size) {
+    if (b->size == size) return true;
+    block *rest = block_new(pool);
+    if (!rest) return false;
+    rest->addr = b->addr + size;
+    rest->size = b->size - size;
+    rest->stream_idx = b->stream_idx;
+    rest->fence_seq = b->fence_seq;
+    rest->prev = b;
+    rest->next = b->next;
+    if (b->next) b->next->prev = rest;
+    b->next = rest;
+    b->size = size;
+    index_insert(&pool->index, rest);
+    return true;
+}
+
+/* Merges free block b with mergeable free neighbours; b must not be in the index. Returns the
+ * merged block (not in the index). */
+static block *block_coalesce(nf_pool *pool, block *b) {
+    block *n = b->next;
+    if (n && blocks_mergeable(b, n)) {
+        index_remove(&pool->index, n);
+        if (n->fence_seq > b->fence_seq) {
+            b->fence_seq = n->fence_seq;
+            b->stream_idx = n->stream_idx;
+        }
+        b->size += n->size;
+        b->next = n->next;
+        if (n->next) n->next->prev = b;
+        block_recycle(pool, n);
+    }
+    block *p = b->prev;
+    if (p && blocks_mergeable(p, b)) {
+        index_remove(&pool->index, p);
+        if (b->fence_seq > p->fence_seq) {
+            p->fence_seq = b->fence_seq;
+            p->stream_idx = b->stream_idx;
+        }
+        p->size += b->size;
+        p->next = b->next;
+        if (b->next) b->next->prev = p;
+        block_recycle(pool, b);
+        b = p;
+    }
+    return b;
+}
+
+/* Pages of [addr, addr + size) that are not mapped: what placing a block there would cost. */
+uint64_t pool_unmapped_pages(const nf_pool *pool, uint64_t addr, uint64_t size) {
+    uint64_t count = 0;
+    for (uint64_t p = page_of(pool, addr), last = page_last(pool, addr, size); p <= last; p++)
+        count += pool->pages[p].handle == 0;
+    return count;
+}
+
+/* Idle pages inside [addr, addr + size): they would stop being idle, so cannot be reclaimed. */
+static uint64_t idle_pages_in(const nf_pool *pool, uint64_t addr, uint64_t size) {
+    uint64_t count = 0;
+    for (uint64_t p = page_of(pool, addr), last = page_last(pool, addr, size); p <= last; p++)
+        count += pool->pages[p].handle != 0 && pool->pages[p].live_blocks == 0;
+    return count;
+}
+
+bool pool_pages_available(const nf_pool *pool, uint64_t addr, uint64_t size) {
+    uint64_t need = pool_unmapped_pages(pool, addr, size);
+    if (need == 0) return true;
+    uint64_t headroom = cap_headroom(pool);
+    if (headroom == UINT64_MAX) return true;
+    uint64_t reclaimable = pool->idle_count - idle_pages_in(pool, addr, size) + pool->spare_count;
+    return need <= headroom + reclaimable;
+}
+
+static void virtual_span_after_free(nf_pool *pool, const block *freed) {
+    uint64_t end = freed->addr + freed->size - pool->base;
+    if (end < pool->stats.virtual_span_bytes.current) return;
+    const block *b = freed;
+    while (b && !b->live) b = b->prev;
+    uint64_t span = b ? b->addr + b->size - pool->base : 0;
+    gauge_sub(&pool->stats.virtual_span_bytes, pool->stats.virtual_span_bytes.current - span);
+}
+
+static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx);
+
+/* Turns free block b (out of the index, size >= size) into a live block of `size` bytes at its
+ * front, mapping the pages it needs. */
+static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx) {
+    if (!block_split_front(pool, b, size)) {
+        index_insert(&pool->index, b);
+        return NF_ERR_NO_MEMORY_HOST;
+    }
+    if (!ptr_map_put(&pool->live, b->addr, b)) {
+        index_insert(&pool->index, block_coalesce(pool, b));
+        return NF_ERR_NO_MEMORY_HOST;
+    }
+    b->live = 1;
+    b->stream_idx = idx;
+    b->fence_seq = 0;
+    gauge_add(&pool->stats.allocated_bytes, size);
+    gauge_add(&pool->stats.allocation, 1);
+    uint64_t end = b->addr + size - pool->base;
+    if (end > pool->stats.virtual_span_bytes.current)
+        gauge_add(&pool->stats.virtual_span_bytes, end - pool->stats.virtual_span_bytes.current);
+
+    uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, size);
+    for (uint64_t p = first; p <= last; p++) {
+        page *pg = &pool->pages[p];
+        if (pg->handle && pg->live_blocks == 0) idle_remove(pool, p);
+        pg->live_blocks++;
+    }
+    bool reclaimed = false;
+    for (uint64_t p = first; p <= last; p++) {
+        if (pool->pages[p].handle) continue;
+        nf_status s = page_map(pool, p, &reclaimed);
+        if (s != NF_OK) {
+            /* Undo: releasing the block drops every page's count again; pages mapped so far stay
+             * mapped and become idle. */
+            block_release_live(pool, b, idx);
+            return s;
+        }
+    }
+    if (reclaimed) pool->stats.num_reclaims++;
+    return NF_OK;
+}
+
+/* Returns live block b to the free index as freed on stream idx. */
+static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx) {
+    uint64_t seq = ++pool->free_seq;
+    uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, b->size);
+    for (uint64_t p = first; p <= last; p++) {
+        page *pg = &pool->pages[p];
+        page_fence_add(pool, pg, idx, seq);
+        if (--pg->live_blocks == 0 && pg->handle) idle_push(pool, p);
+    }
+    ptr_map_remove(&pool->live, b->addr);
+    b->live = 0;
+    b->stream_idx = idx;
+    b->fence_seq = seq;
+    gauge_sub(&pool->stats.allocated_bytes, b->size);
+    gauge_sub(&pool->stats.allocation, 1);
+    virtual_span_after_free(pool, b);
+    index_insert(&pool->index, block_coalesce(pool, b));
+    return NF_OK;
+}
+
+/* ---- pool lifetime ------------------------------------------------------------------------ */
+
+static uint64_t round_up(uint64_t x, uint64_t align) { return (x + align - 1) & ~(align - 1); }
+
+nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out) {
+    if (!config || !backend || !pool_out) return NF_ERR_INVALID_ARG;
+    *pool_out = NULL;
+    uint64_t align = config->alignment;
+    uint64_t gran = backend->granularity;
+    if (align < 256 || (align & (align - 1)) || gran == 0 || (gran & (gran - 1)) || align > gran)
+        return NF_ERR_INVALID_ARG;
+    uint64_t capacity = config->capacity ? round_up(config->capacity, gran) : 0;
+    uint64_t virtual_bytes = config->virtual_bytes;
+    if (!virtual_bytes)
+        virtual_bytes = capacity ? capacity * VIRTUAL_PER_CAPACITY : DEFAULT_VIRTUAL_NO_CAP;
+    virtual_bytes = round_up(virtual_bytes, gran);
+    if (virtual_bytes < capacity || virtual_bytes / gran > INT32_MAX) return NF_ERR_INVALID_ARG;
+
+    nf_pool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NF_ERR_NO_MEMORY_HOST;
+    pool->config = *config;
+    pool->backend = backend;
+    pool->gran = gran;
+    pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
+    pool->virtual_bytes = virtual_bytes;
+    pool->cap_pages = capacity / gran;
+    pool->page_count = virtual_bytes / gran;
+    pool->idle_head = pool->idle_tail = NF_NO_PAGE;
+    pool->stats.size = sizeof(nf_stats);
+    pool->stats.version = NF_STATS_VERSION;
+    pool->pages = calloc(pool->page_count, sizeof *pool->pages);
+    /* Every held page is either mapped (at most page_count) or spare (at most cap_pages, and at
+     * most page_count without a cap): this bounds the spare list. */
+    pool->spare_handles = calloc(pool->page_count + 1, sizeof *pool->spare_handles);
+    block *whole = NULL;
+    nf_status s = NF_ERR_NO_MEMORY_HOST;
+    if (!pool->pages || !pool->spare_handles || !ptr_map_init(&pool->live, 1024) ||
+        !(whole = block_new(pool)) || pthread_mutex_init(&pool->lock, NULL) != 0)
+        goto fail;
+    for (uint64_t p = 0; p < pool->page_count; p++)
+        pool->pages[p].idle_prev = pool->pages[p].idle_next = NF_NO_PAGE;
+    if ((s = call_reserve(pool, virtual_bytes, &pool->base)) != NF_OK) {
+        pthread_mutex_destroy(&pool->lock);
+        goto fail;
+    }
+    whole->addr = pool->base;
+    whole->size = virtual_bytes;
+    pool->first = whole;
+    index_insert(&pool->index, whole);
+    if ((s = placement_init(pool)) != NF_OK) {
+        nf_pool_destroy(pool);
+        return s;
+    }
+    *pool_out = pool;
+    return NF_OK;
+fail:
+    while (pool->slabs) {
+        block_slab *next = pool->slabs->next;
+        free(pool->slabs);
+        pool->slabs = next;
+    }
+    ptr_map_free(&pool->live);
+    free(pool->pages);
+    free(pool->spare_handles);
+    free(pool);
+    return s;
+}
+
+nf_status nf_pool_destroy(nf_pool *pool) {
+    if (!pool) return NF_OK;
+    nf_status first_error = NF_OK, s;
+#define KEEP_FIRST(expr) \
+    if ((s = (expr)) != NF_OK && first_error == NF_OK) first_error = s
+    for (uint64_t p = 0; p < pool->page_count; p++) {
+        page *pg = &pool->pages[p];
+        if (!pg->handle) continue;
+        KEEP_FIRST(page_wait_quiet(pool, pg));
+        KEEP_FIRST(call_unmap(pool, pool->base + (p << pool->gran_log2)));
+        KEEP_FIRST(call_page_release(pool, pg->handle));
+    }
+    for (uint64_t i = 0; i < pool->spare_count; i++)
+        KEEP_FIRST(call_page_release(pool, pool->spare_handles[i]));
+    for (uint32_t i = 0; i < pool->stream_count; i++)
+        if (pool->streams[i].event) KEEP_FIRST(call_event_release(pool, pool->streams[i].event));
+    if (pool->base) KEEP_FIRST(call_unreserve(pool, pool->base, pool->virtual_bytes));
+#undef KEEP_FIRST
+    placement_destroy(pool);
+    while (pool->slabs) {
+        block_slab *next = pool->slabs->next;
+        free(pool->slabs);
+        pool->slabs = next;
+    }
+    ptr_map_free(&pool->live);
+    free(pool->pages);
+    free(pool->spare_handles);
+    free(pool->streams);
+    pthread_mutex_destroy(&pool->lock);
+    free(pool);
+    return first_error;
+}
+
+/* ---- allocation --------------------------------------------------------------------------- */
+
+static uint64_t largest_free_block(const nf_pool *pool) {
+    uint64_t largest = 0;
+    for (int fl = INDEX_FL_COUNT - 1; fl >= 0 && !largest; fl--) {
+        if (!(pool->index.fl_bitmap & (1ull << fl))) continue;
+        for (int sl = INDEX_SL_COUNT - 1; sl >= 0; sl--)
+            for (const block *b = pool->index.bins[fl][sl]; b; b = b->free_next)
+                if (b->size > largest) largest = b->size;
+    }
+    return largest;
+}
+
+static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) {
+    pool->stats.num_alloc_failures++;
+    pool_log(pool, NF_LOG_WARN,
+             "out of memory: requested %llu bytes (%s); capacity %llu, live %llu, mapped %llu, "
+             "idle %llu, largest free virtual block %llu",
+             (unsigned long long)size, why, (unsigned long long)(pool->cap_pages * pool->gran),
+             (unsigned long long)pool->stats.allocated_bytes.current,
+             (unsigned long long)pool->stats.mapped_bytes.current,
+             (unsigned long long)pool->stats.idle_mapped_bytes.current,
+             (unsigned long long)largest_free_block(pool));
+}
+
+/* Asks the backend about every stream with frees whose completion is not yet known; with
+ * wait == true, waits for them. Returns NF_OK after learning anything new. */
+static nf_status streams_poll(nf_pool *pool, bool wait, bool *progress) {
+    *progress = false;
+    if (!(pool->backend->caps & NF_BACKEND_CAP_EVENTS)) return NF_OK;
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        stream_state *st = &pool->streams[i];
+        if (st->done_seq >= pool->free_seq) continue;
+        uint64_t before = st->done_seq;
+        bool done;
+        nf_status s = stream_reach(pool, i, pool->free_seq, wait, &done);
+        if (s != NF_OK) return s;
+        if (st->done_seq != before) *progress = true;
+    }
+    return NF_OK;
+}
+
+static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **ptr_out) {
+    uint64_t align = pool->config.alignment;
+    if ((uint64_t)size > UINT64_MAX - align || round_up(size, align) > pool->virtual_bytes ||
+        (pool->cap_pages && round_up(size, align) > pool->cap_pages * pool->gran)) {
+        report_out_of_memory(pool, size, "larger than the capacity");
+        return NF_ERR_OUT_OF_MEMORY;
+    }
+    uint64_t rounded = round_up(size, align);
+    uint32_t idx;
+    nf_status s = stream_index(pool, stream, &idx);
+    if (s != NF_OK) return s;
+
+    /* 1: what is known to be reusable now; 2: after asking the backend which streams' work has
+     * finished; 3: after waiting for it. Each step only runs when the previous one found nothing. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        block *b = placement_find(pool, rounded, idx);
+        if (b) {
+            index_remove(&pool->index, b);
+            s = block_make_live(pool, b, rounded, idx);
+            if (s != NF_OK) return s;
+            pool->stats.num_allocs++;
+            *ptr_out = (void *)(uintptr_t)b->addr;
+            return NF_OK;
+        }
+        if (attempt == 2) break;
+        bool progress;
+        if ((s = streams_poll(pool, attempt == 1, &progress)) != NF_OK) return s;
+        if (!progress) break;
+    }
+    report_out_of_memory(pool, rounded, "no placement fits under the capacity");
+    return NF_ERR_OUT_OF_MEMORY;
+}
+
+nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out) {
+    if (!pool || !ptr_out) return NF_ERR_INVALID_ARG;
+    *ptr_out = NULL;
+    if (size == 0) return NF_OK;
+    pthread_mutex_lock(&pool->lock);
+    nf_status s = alloc_locked(pool, size, stream, ptr_out);
+    pthread_mutex_unlock(&pool->lock);
+    return s;
+}
+
+/* Why a pointer is not a live block's start: for the error status and message. */
+static nf_status classify_bad_free(nf_pool *pool, uint64_t addr) {
+    pool->stats.num_invalid_frees++;
+    if (addr < pool->base || addr >= pool->base + pool->virtual_bytes) {
+        pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: not from this pool", (unsigned long long)addr);
+        return NF_ERR_INVALID_POINTER;
+    }
+    for (const block *b = pool->first; b; b = b->next) {
+        if (addr < b->addr || addr >= b->addr + b->size) continue;
+        if (!b->live && addr == b->addr) {
+            pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: already free (double free)",
+                     (unsigned long long)addr);
+            return NF_ERR_DOUBLE_FREE;
+        }
+        pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: %s", (unsigned long long)addr,
+                 b->live ? "points inside a live block" : "not a live block (freed, or never allocated)");
+        return b->live ? NF_ERR_INVALID_POINTER : NF_ERR_DOUBLE_FREE;
+    }
+    return NF_ERR_INVALID_POINTER;
+}
+
+nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
+    if (!pool) return NF_ERR_INVALID_ARG;
+    if (!ptr) return NF_OK;
+    pthread_mutex_lock(&pool->lock);
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    nf_status s;
+    block *b = ptr_map_get(&pool->live, addr);
+    uint32_t idx;
+    if (!b) s = classify_bad_free(pool, addr);
+    else if ((s = stream_index(pool, stream, &idx)) == NF_OK) {
+        placement_note_free(pool, b);
+        s = block_release_live(pool, b, idx);
+        pool->stats.num_frees++;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    return s;
+}
+
+/* ---- trimming, steps, capacity ------------------------------------------------------------ */
+
+static nf_status trim_locked(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
+    nf_status s;
+    while (held_pages(pool) > keep_pages) {
+        if (!pool->spare_count) {
+            if (pool->idle_head == NF_NO_PAGE) break;
+            if ((s = page_unmap_idle(pool, (uint64_t)pool->idle_head)) != NF_OK) return s;
+        }
+        if ((s = call_page_release(pool, pool->spare_handles[pool->spare_count - 1])) != NF_OK)
+            return s;
+        pool->spare_count--;
+        gauge_sub(&pool->stats.reserved_bytes, pool->gran);
+        *released += pool->gran;
+    }
+    uint64_t held = held_pages(pool);
+    pool->cap_slack = pool->cap_pages && held > pool->cap_pages ? held - pool->cap_pages : 0;
+    return NF_OK;
+}
+
+nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
+    if (!pool) return NF_ERR_INVALID_ARG;
+    uint64_t released = 0;
+    pthread_mutex_lock(&pool->lock);
+    nf_status s = trim_locked(pool, keep_bytes / pool->gran, &released);
+    pthread_mutex_unlock(&pool->lock);
+    if (released_out) *released_out = released;
+    return s;
+}
+
+nf_status nf_step_mark(nf_pool *pool) {
+    if (!pool) return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&pool->lock);
+    pool->stats.num_steps++;
+    placement_note_step(pool);
+    pthread_mutex_unlock(&pool->lock);
+    return NF_OK;
+}
+
+nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
+    if (!pool) return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&pool->lock);
+    uint64_t cap_pages = round_up(capacity, pool->gran) / pool->gran;
+    if (cap_pages > pool->page_count) cap_pages = 0;
+    pool->cap_pages = cap_pages;
+    uint64_t released = 0;
+    nf_status s = NF_OK;
+    if (cap_pages && held_pages(pool) > cap_pages) s = trim_locked(pool, cap_pages, &released);
+    else pool->cap_slack = 0;
+    pthread_mutex_unlock(&pool->lock);
+    return s;
+}

@@ -1,0 +1,161 @@
+/*
+ * The pool's internal state, shared by the files of src/core. Not installed.
+ *
+ *   virtual range   base                                                        base + virtual_bytes
+ *                   |-- block --|-- block --|------- block -------|-- block -----------------------|
+ *   pages           [  page 0  ][  page 1  ][  page 2  ][  page 3  ][ page 4 ] ...
+ *                    mapped      mapped      idle       unmapped
+ *
+ * Blocks tile the whole virtual range in address order; every byte belongs to exactly one block.
+ * Pages are the backend's granularity; a page is mapped to a physical handle only while some live
+ * block overlaps it, or while it waits idle for reuse (mapped, no live block) until the cap binds
+ * or nf_trim runs.
+ *
+ * Invariants (checked by nf_pool_check, see check.c):
+ *   I1  sum(block.size) == virtual_bytes, and next.addr == addr + size for neighbours
+ *   I2  two free neighbours are never mergeable (coalescing is eager)
+ *   I3  free blocks == blocks in the free index, each in the bin of its size
+ *   I4  live blocks == entries of the pointer map; allocation.current == |live blocks|
+ *   I5  allocated_bytes.current == sum(live block.size)
+ *   I6  page.live_blocks == |live blocks overlapping the page|, for every page
+ *   I7  page.live_blocks > 0  =>  page.handle != 0 (mapped)
+ *   I8  idle list == { pages : mapped and live_blocks == 0 };  idle_mapped_bytes == |idle| * gran
+ *   I9  mapped_bytes.current == |mapped pages| * gran
+ *   I10 reserved_bytes.current == (|mapped pages| + |spare handles|) * gran
+ *   I11 capacity != 0  =>  held pages <= cap_pages + cap_slack
+ *   I12 every gauge: current <= peak
+ */
+#ifndef NOFRAG_POOL_INTERNAL_H
+#define NOFRAG_POOL_INTERNAL_H
+
+#include <pthread.h>
+
+#include "nofrag.h"
+#include "nofrag_backend.h"
+
+#define NF_NO_PAGE (-1)
+
+typedef struct block {
+    uint64_t addr;
+    uint64_t size;
+    struct block *prev; /* address-order neighbours; NULL at the range's ends */
+    struct block *next;
+    struct block *free_prev; /* links in the free index bin; valid while in_index */
+    struct block *free_next;
+    /* A free block is reusable at once by its stream (stream_idx), and by other streams once that
+     * stream's work up to free sequence fence_seq has completed. fence_seq == 0: no restriction. */
+    uint64_t fence_seq;
+    uint32_t stream_idx;
+    uint8_t live;
+    uint8_t in_index;
+} block;
+
+typedef struct page {
+    uint64_t handle;      /* physical page mapped here; 0 when unmapped */
+    uint32_t live_blocks; /* live blocks overlapping the page */
+    int32_t idle_prev;    /* idle list links (page indices), NF_NO_PAGE at the ends */
+    int32_t idle_next;
+    /* Work that may still touch the page: the streams in fence_mask, up to free sequence fence_seq.
+     * Bit 63 stands for every stream index >= 63. */
+    uint64_t fence_seq;
+    uint64_t fence_mask;
+} page;
+
+typedef struct stream_state {
+    void *stream;
+    uint64_t done_seq;     /* frees on this stream with seq <= done_seq have no pending work */
+    uint64_t event;        /* last recorded event (0: none) */
+    uint64_t event_seq;    /* the free sequence the event covers */
+} stream_state;
+
+/* Free blocks by size: TLSF's two-level bitmap index (block_index.c). */
+#define INDEX_SL_LOG2 5
+#define INDEX_SL_COUNT (1u << INDEX_SL_LOG2)
+#define INDEX_FL_COUNT 64
+typedef struct block_index {
+    uint64_t fl_bitmap;
+    uint32_t sl_bitmap[INDEX_FL_COUNT];
+    block *bins[INDEX_FL_COUNT][INDEX_SL_COUNT];
+    uint64_t count;
+} block_index;
+
+void index_insert(block_index *index, block *b);
+void index_remove(block_index *index, block *b);
+/* The bin a block of `size` lives in. */
+void index_bin_of(uint64_t size, uint32_t *fl, uint32_t *sl);
+/* The first non-empty bin at or after (fl, sl) in size order; false if none. */
+bool index_next_bin(const block_index *index, uint32_t fl, uint32_t sl, uint32_t *fl_out,
+                    uint32_t *sl_out);
+
+/* Address -> live block (ptr_map.c): open addressing, linear probing, backward-shift delete. */
+typedef struct ptr_map {
+    uint64_t *keys; /* 0 marks an empty slot; addresses are never 0 */
+    block **values;
+    uint64_t capacity; /* power of two */
+    uint64_t count;
+} ptr_map;
+
+bool ptr_map_init(ptr_map *map, uint64_t capacity);
+void ptr_map_free(ptr_map *map);
+bool ptr_map_put(ptr_map *map, uint64_t key, block *value);
+block *ptr_map_get(const ptr_map *map, uint64_t key);
+bool ptr_map_remove(ptr_map *map, uint64_t key);
+
+/* Block structs come from slabs so that a pool does few host allocations. */
+typedef struct block_slab {
+    struct block_slab *next;
+    block blocks[];
+} block_slab;
+
+struct nf_pool {
+    pthread_mutex_t lock;
+    nf_config config;
+    nf_backend *backend;
+    uint64_t gran;
+    uint32_t gran_log2;
+    uint64_t base;
+    uint64_t virtual_bytes;
+    uint64_t cap_pages;  /* 0: no cap */
+    uint64_t cap_slack;  /* pages held above the cap after it was lowered; see I11 */
+
+    block *first;       /* lowest block */
+    block_index index;
+    ptr_map live;
+    block_slab *slabs;
+    block *spare_blocks; /* unused block structs, linked through next */
+
+    page *pages;
+    uint64_t page_count;
+    int32_t idle_head; /* least recently idled page first */
+    int32_t idle_tail;
+    uint64_t idle_count;
+    uint64_t mapped_count;
+    uint64_t *spare_handles; /* physical pages held but mapped nowhere */
+    uint64_t spare_count;
+
+    stream_state *streams;
+    uint32_t stream_count;
+    uint32_t stream_capacity;
+    uint64_t free_seq; /* incremented by every free */
+
+    nf_stats stats; /* gauges and counters; derived fields are filled by nf_stats_get */
+};
+
+/* Logging through the config's callback (pool.c). */
+void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+void gauge_add(nf_gauge *g, uint64_t amount);
+void gauge_sub(nf_gauge *g, uint64_t amount);
+
+static inline uint64_t page_of(const nf_pool *pool, uint64_t addr) {
+    return (addr - pool->base) >> pool->gran_log2;
+}
+/* Index of the last page overlapping [addr, addr + size), size > 0. */
+static inline uint64_t page_last(const nf_pool *pool, uint64_t addr, uint64_t size) {
+    return (addr + size - 1 - pool->base) >> pool->gran_log2;
+}
+
+bool blocks_mergeable(const block *a, const block *b);
+
+#endif /* NOFRAG_POOL_INTERNAL_H */

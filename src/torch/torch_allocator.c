@@ -1,0 +1,3 @@
+/* PyTorch entry points: written with the CUDA backend. */
+#include "nofrag.h"
+int nf_torch_unused;

@@ -1,0 +1,212 @@
+/*
+ * The nofrag command line: `nofrag replay TRACE...` runs allocation traces through a nofrag pool
+ * on the host backend and reports memory held, driver calls and fragmentation.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nofrag.h"
+#include "replay.h"
+#include "trace.h"
+
+static const char USAGE[] =
+    "usage: nofrag replay [options] TRACE...\n"
+    "       nofrag version\n"
+    "\n"
+    "Replays allocation traces (RMM CSV: Thread,Time,Action,Pointer,Size,Stream; gzip or plain,\n"
+    "with an optional NAME.steps sidecar) through a nofrag pool on the host backend.\n"
+    "\n"
+    "options:\n"
+    "  --capacity BYTES        physical cap (suffixes K, M, G, T: powers of 1024)\n"
+    "  --capacity-factor F     physical cap of F x the trace's peak live bytes (F >= 1)\n"
+    "  --min-capacity          also search the smallest cap under which the trace completes\n"
+    "  --json                  one JSON object per trace, one per line\n"
+    "  --granularity BYTES     physical page size (default 2M, CUDA's)\n"
+    "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
+    "  -h, --help              this text\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "nofrag: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", USAGE);
+    return 2;
+}
+
+static int parse_bytes(const char *s, uint64_t *out) {
+    errno = 0;
+    char *end;
+    if (!*s || *s == '-') return -1;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0) return -1;
+    double mult = 1;
+    switch (*end) {
+    case 'K': case 'k': mult = 1024.0; end++; break;
+    case 'M': case 'm': mult = 1048576.0; end++; break;
+    case 'G': case 'g': mult = 1073741824.0; end++; break;
+    case 'T': case 't': mult = 1099511627776.0; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'I') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end || v * mult >= 1.8e19) return -1;
+    *out = (uint64_t)llround(v * mult);
+    return 0;
+}
+
+typedef struct cli {
+    uint64_t capacity;
+    double capacity_factor;
+    bool min_capacity;
+    bool json;
+    replay_options opts;
+} cli;
+
+static double gib(uint64_t bytes) { return (double)bytes / 1073741824.0; }
+
+static void print_table_header(const cli *c) {
+    printf("%-20s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "trace", "events", "peak live",
+           "peak mapd", "ratio", "vspan", "calls/st", "remaps/st", "driver/st", "failed", "Mev/s",
+           c->min_capacity ? "  min cap" : "");
+    printf("%-20s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "", "", "GiB", "GiB", "", "GiB", "",
+           "", "ms", "", "", c->min_capacity ? "  x live" : "");
+}
+
+static void print_row(const cli *c, const trace *t, const replay_result *r, uint64_t min_cap) {
+    const nf_stats *s = &r->stats;
+    printf("%-20.20s %9llu %9.3f %9.3f %7.4f %9.3f %8.1f %9.1f %10.2f %8llu %7.2f", t->name,
+           (unsigned long long)r->events, gib(t->peak_live), gib(s->reserved_bytes.peak),
+           t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
+           gib(s->virtual_span_bytes.peak), r->driver_calls_per_step, r->remaps_per_step,
+           r->est_driver_us_per_step / 1000.0, (unsigned long long)r->failed_allocs,
+           r->seconds > 0 ? (double)r->events / r->seconds / 1e6 : 0.0);
+    if (c->min_capacity) printf(" %8.4f", (double)min_cap / (double)t->peak_live);
+    printf("\n");
+}
+
+static void print_json(const cli *c, const trace *t, const replay_result *r, uint64_t capacity,
+                       uint64_t min_cap) {
+    const nf_stats *s = &r->stats;
+    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,"
+           "\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_reserved_bytes\":%llu,"
+           "\"overhead_ratio\":%.6f,\"virtual_span_bytes\":%llu,\"failed_allocs\":%llu,"
+           "\"remaps_per_step\":%.3f,\"driver_calls_per_step\":%.3f,\"est_driver_us_per_step\":%.1f,"
+           "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
+           "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
+           t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
+           (unsigned long long)t->peak_live, (unsigned long long)s->mapped_bytes.peak,
+           (unsigned long long)s->reserved_bytes.peak,
+           t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
+           (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,
+           r->remaps_per_step, r->driver_calls_per_step, r->est_driver_us_per_step,
+           r->est_driver_us_total, (unsigned long long)s->backend_calls,
+           (unsigned long long)s->num_remaps, r->seconds,
+           r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
+    if (c->min_capacity)
+        printf(",\"min_capacity_bytes\":%llu,\"min_capacity_ratio\":%.6f", (unsigned long long)min_cap,
+               (double)min_cap / (double)t->peak_live);
+    printf("}\n");
+}
+
+static int cmd_replay(int argc, char **argv) {
+    cli c = {0};
+    int first_trace = argc;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--capacity") == 0 || strcmp(a, "--granularity") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a value", a);
+            uint64_t *dst = a[2] == 'c' ? &c.capacity : &c.opts.granularity;
+            if (parse_bytes(argv[++i], dst) || *dst == 0)
+                return usage_error("'%s' is not a byte count (examples: 12G, 512MiB, 1048576)", argv[i]);
+        } else if (strcmp(a, "--capacity-factor") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a value", a);
+            char *end;
+            errno = 0;
+            c.capacity_factor = strtod(argv[++i], &end);
+            if (errno || *end || !(c.capacity_factor >= 1.0) || c.capacity_factor > 1000)
+                return usage_error("'%s' is not a factor between 1 and 1000", argv[i]);
+        } else if (strcmp(a, "--min-capacity") == 0) {
+            c.min_capacity = true;
+        } else if (strcmp(a, "--json") == 0) {
+            c.json = true;
+        } else if (strcmp(a, "--real-memory") == 0) {
+            c.opts.real_memory = true;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("unknown option '%s'", a);
+        } else {
+            first_trace = i;
+            break;
+        }
+    }
+    for (int i = first_trace; i < argc; i++)
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error("options go before the traces: '%s'", argv[i]);
+    if (first_trace >= argc) return usage_error("%s", "no trace given");
+    if (c.capacity && c.capacity_factor) return usage_error("%s", "give --capacity or --capacity-factor, not both");
+    uint64_t gran = c.opts.granularity ? c.opts.granularity : 2ull << 20;
+    if (gran < 4096 || (gran & (gran - 1))) return usage_error("%s", "--granularity must be a power of two >= 4K");
+    c.opts.progress = isatty(2);
+
+    int status = 0;
+    bool header_done = false;
+    for (int i = first_trace; i < argc; i++) {
+        char err[1024];
+        trace t;
+        if (trace_load(argv[i], &t, err, sizeof err)) {
+            fprintf(stderr, "nofrag: %s\n", err);
+            status = 1;
+            continue;
+        }
+        replay_options o = c.opts;
+        o.capacity = c.capacity;
+        if (c.capacity_factor)
+            o.capacity = (uint64_t)ceil((double)t.peak_live * c.capacity_factor / (double)gran) * gran;
+        replay_result r;
+        uint64_t min_cap = 0;
+        if (replay_run(&t, &o, &r, err, sizeof err) ||
+            (c.min_capacity && replay_min_capacity(&t, &o, &min_cap, err, sizeof err))) {
+            fprintf(stderr, "nofrag: %s\n", err);
+            status = 1;
+            trace_free(&t);
+            continue;
+        }
+        if (c.json) {
+            print_json(&c, &t, &r, o.capacity, min_cap);
+        } else {
+            if (!header_done) {
+                printf("cap: %s; per-step figures average the steps after step %d; driver time is "
+                       "estimated from measured H200 call costs\n",
+                       c.capacity ? "fixed" : c.capacity_factor ? "factor x peak live" : "none",
+                       REPLAY_WARMUP_STEPS);
+                print_table_header(&c);
+                header_done = true;
+            }
+            print_row(&c, &t, &r, min_cap);
+        }
+        fflush(stdout);
+        trace_free(&t);
+    }
+    return status;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "replay") == 0) return cmd_replay(argc - 2, argv + 2);
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("nofrag %s\n", nf_version());
+        return 0;
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    return usage_error("unknown command '%s'", argv[1]);
+}

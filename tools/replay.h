@@ -1,0 +1,49 @@
+/*
+ * Replaying a loaded trace through a nofrag pool, and the figures the replayer reports.
+ */
+#ifndef NOFRAG_REPLAY_H
+#define NOFRAG_REPLAY_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "nofrag.h"
+#include "trace.h"
+
+/* Steps before this index are warm-up; per-step figures average over the steps from here on. */
+#define REPLAY_WARMUP_STEPS 3
+
+typedef struct replay_options {
+    uint64_t capacity;    /* bytes; 0: no cap */
+    bool real_memory;     /* host backend with real memory (slow; for checking data paths) */
+    uint64_t granularity; /* 0: 2 MiB, CUDA's */
+    bool progress;        /* draw a progress line on stderr */
+} replay_options;
+
+typedef struct replay_result {
+    nf_status status;      /* NF_OK unless the pool itself failed (not an out-of-memory) */
+    uint64_t events;
+    uint64_t failed_allocs;
+    nf_stats stats;        /* at the end */
+    nf_stats window_start; /* at the start of step REPLAY_WARMUP_STEPS (or the beginning) */
+    uint32_t window_steps; /* steps in the per-step window (at least 1) */
+    double seconds;        /* wall time of the replay loop */
+    double remaps_per_step;
+    double driver_calls_per_step;
+    double est_driver_us_per_step;
+    double est_driver_us_total;
+} replay_result;
+
+/* The cost of each backend primitive in microseconds, from CUDA measurements on an H200
+ * (docs/cost-model.md). */
+double replay_cost_us(const nf_stats *delta_calls);
+
+/* Replays t under opts. Returns 0, or -1 with a message in err when the pool could not be made. */
+int replay_run(const trace *t, const replay_options *opts, replay_result *result, char *err, size_t err_size);
+
+/* The smallest capacity (a multiple of the granularity) under which t replays with no failed
+ * allocation, by bisection. Returns 0, or -1 with a message in err. */
+int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *min_capacity_out,
+                        char *err, size_t err_size);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * Allocation traces in RMM's logging_resource_adaptor CSV format
+ * (Thread,Time,Action,Pointer,Size,Stream), gzip-compressed or plain, with an optional NAME.steps
+ * sidecar listing the data row where each training step starts.
+ *
+ * A trace is loaded whole and resolved before replay: each allocation gets a slot (a small integer
+ * reused once its block is freed), so replaying needs no pointer lookups of its own.
+ */
+#ifndef NOFRAG_TRACE_H
+#define NOFRAG_TRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { TRACE_ALLOC = 0, TRACE_FREE = 1 } trace_action;
+
+typedef struct trace_event {
+    uint64_t size;   /* bytes, as logged */
+    uint32_t slot;   /* the allocation this event creates or ends */
+    uint16_t stream; /* index into trace.streams */
+    uint8_t action;  /* trace_action */
+} trace_event;
+
+typedef struct trace {
+    char *path;
+    char *name;           /* file name without directories and the .csv / .csv.gz suffix */
+    trace_event *events;
+    uint64_t event_count;
+    uint32_t slot_count;  /* most allocations live at once */
+    uint64_t *step_starts; /* event index where each step starts (from the .steps sidecar) */
+    uint32_t step_count;
+    uint64_t *streams;    /* stream values as logged (hex) */
+    uint32_t stream_count;
+    uint64_t peak_live;   /* most bytes live at once */
+    uint64_t skipped_rows; /* rows that record no change (RMM's "allocate failure") */
+} trace;
+
+/* Loads `path`. On failure returns -1 and writes "FILE:LINE: what is wrong" into err. */
+int trace_load(const char *path, trace *out, char *err, size_t err_size);
+void trace_free(trace *t);
+
+#endif

@@ -173,8 +173,9 @@ static int load_steps(const char *path, uint64_t **rows_out, uint32_t *count_out
         if (line[0] == '#' || line[0] == '\0') continue;
         uint64_t v;
         if (!parse_u64(line, 10, &v) || (count && v <= rows[count - 1])) {
-            snprintf(err, err_size, "%s:%llu: expected a row index greater than the previous one, got '%s'",
-                     sp, lineno, line);
+            snprintf(err, err_size,
+                     "%s:%llu: expected a row index greater than the previous one, got '%s' "
+                     "(steps sidecar of %s)", sp, lineno, line, path);
             rc = -1;
             break;
         }

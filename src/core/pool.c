@@ -129,10 +129,30 @@ bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
            pool->streams[b->stream_idx].done_seq >= b->fence_seq;
 }
 
-bool blocks_mergeable(const block *a, const block *b) {
-    /* Two free blocks fenced by different streams stay apart: one fence cannot describe both. */
+bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
+    /* A free block fenced by one stream does not absorb a block fenced by another, nor an unfenced
+     * one: the merged block would make other streams wait for memory they could use now. While
+     * the pool has seen a single stream there is no other stream to wait, so everything merges. */
     return !a->live && !b->live &&
-           (a->stream_idx == b->stream_idx || a->fence_seq == 0 || b->fence_seq == 0);
+           (pool->stream_count <= 1 || a->stream_idx == b->stream_idx ||
+            (a->fence_seq == 0 && b->fence_seq == 0));
+}
+
+/* The block's fence, or 0 when its stream's work is already known to be done. */
+static uint64_t effective_fence(const nf_pool *pool, const block *b) {
+    return b->fence_seq && pool->streams[b->stream_idx].done_seq < b->fence_seq ? b->fence_seq : 0;
+}
+
+/* Like blocks_mergeable, with fences already known to be done treated as cleared. If so,
+ * *fence_out and *stream_out describe the merged block. */
+static bool blocks_mergeable_now(const nf_pool *pool, const block *a, const block *b,
+                                 uint64_t *fence_out, uint32_t *stream_out) {
+    if (a->live || b->live) return false;
+    uint64_t fa = effective_fence(pool, a), fb = effective_fence(pool, b);
+    if (pool->stream_count > 1 && a->stream_idx != b->stream_idx && (fa || fb)) return false;
+    *fence_out = fa > fb ? fa : fb;
+    *stream_out = !*fence_out ? NO_STREAM : fa >= fb ? a->stream_idx : b->stream_idx;
+    return true;
 }
 
 /* ---- pages -------------------------------------------------------------------------------- */
@@ -262,35 +282,33 @@ static bool block_split_front(nf_pool *pool, block *b, uint64_t size) {
     return true;
 }
 
-/* Merges free block b with mergeable free neighbours; b must not be in the index. Returns the
- * merged block (not in the index). */
+/* Merges free block b with every neighbour it can merge with, repeatedly, since a merge can change
+ * the fence and so what the next neighbour may join; b must not be in the index. Returns the merged
+ * block (not in the index). */
 static block *block_coalesce(nf_pool *pool, block *b) {
-    block *n = b->next;
-    if (n && blocks_mergeable(b, n)) {
-        index_remove(&pool->index, n);
-        if (n->fence_seq > b->fence_seq) {
-            b->fence_seq = n->fence_seq;
-            b->stream_idx = n->stream_idx;
+    for (;;) {
+        uint64_t fence;
+        uint32_t stream;
+        block *n = b->next, *p = b->prev;
+        if (n && blocks_mergeable_now(pool, b, n, &fence, &stream)) {
+            index_remove(&pool->index, n);
+            b->size += n->size;
+            b->next = n->next;
+            if (n->next) n->next->prev = b;
+            block_recycle(pool, n);
+        } else if (p && blocks_mergeable_now(pool, p, b, &fence, &stream)) {
+            index_remove(&pool->index, p);
+            p->size += b->size;
+            p->next = b->next;
+            if (b->next) b->next->prev = p;
+            block_recycle(pool, b);
+            b = p;
+        } else {
+            return b;
         }
-        b->size += n->size;
-        b->next = n->next;
-        if (n->next) n->next->prev = b;
-        block_recycle(pool, n);
+        b->fence_seq = fence;
+        b->stream_idx = stream;
     }
-    block *p = b->prev;
-    if (p && blocks_mergeable(p, b)) {
-        index_remove(&pool->index, p);
-        if (b->fence_seq > p->fence_seq) {
-            p->fence_seq = b->fence_seq;
-            p->stream_idx = b->stream_idx;
-        }
-        p->size += b->size;
-        p->next = b->next;
-        if (b->next) b->next->prev = p;
-        block_recycle(pool, b);
-        b = p;
-    }
-    return b;
 }
 
 /* Pages of [addr, addr + size) that are not mapped: what placing a block there would cost. */
@@ -435,6 +453,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
         pthread_mutex_destroy(&pool->lock);
         goto fail;
     }
+    whole->stream_idx = NO_STREAM;
     whole->addr = pool->base;
     whole->size = virtual_bytes;
     pool->first = whole;
@@ -576,25 +595,32 @@ nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out) {
     return s;
 }
 
-/* Why a pointer is not a live block's start: for the error status and message. */
+static bool freed_recently(const nf_pool *pool, uint64_t addr) {
+    for (uint32_t i = 0; i < sizeof pool->recent_frees / sizeof pool->recent_frees[0]; i++)
+        if (pool->recent_frees[i] == addr) return true;
+    return false;
+}
+
+/* Why a pointer is not a live block's start: for the error status and message. A pointer inside
+ * free space is a double free if a block started there (still a block of its own, or freed recently
+ * and since merged), else a pointer never allocated. */
 static nf_status classify_bad_free(nf_pool *pool, uint64_t addr) {
     pool->stats.num_invalid_frees++;
-    if (addr < pool->base || addr >= pool->base + pool->virtual_bytes) {
-        pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: not from this pool", (unsigned long long)addr);
-        return NF_ERR_INVALID_POINTER;
-    }
-    for (const block *b = pool->first; b; b = b->next) {
-        if (addr < b->addr || addr >= b->addr + b->size) continue;
-        if (!b->live && addr == b->addr) {
-            pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: already free (double free)",
-                     (unsigned long long)addr);
-            return NF_ERR_DOUBLE_FREE;
-        }
-        pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: %s", (unsigned long long)addr,
-                 b->live ? "points inside a live block" : "not a live block (freed, or never allocated)");
-        return b->live ? NF_ERR_INVALID_POINTER : NF_ERR_DOUBLE_FREE;
-    }
-    return NF_ERR_INVALID_POINTER;
+    const block *b = pool->first;
+    if (addr >= pool->base && addr < pool->base + pool->virtual_bytes)
+        while (b && addr >= b->addr + b->size) b = b->next;
+    else
+        b = NULL;
+    const char *why;
+    nf_status s = NF_ERR_INVALID_POINTER;
+    if (!b) why = "not from this pool";
+    else if (b->live) why = "points inside a live block";
+    else if (addr == b->addr || freed_recently(pool, addr)) {
+        why = "already free (double free)";
+        s = NF_ERR_DOUBLE_FREE;
+    } else why = "never allocated";
+    pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: %s", (unsigned long long)addr, why);
+    return s;
 }
 
 nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
@@ -608,6 +634,7 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
     if (!b) s = classify_bad_free(pool, addr);
     else if ((s = stream_index(pool, stream, &idx)) == NF_OK) {
         placement_note_free(pool, b);
+        pool->recent_frees[pool->recent_free_next++ % 256] = addr;
         s = block_release_live(pool, b, idx);
         pool->stats.num_frees++;
     }

@@ -34,6 +34,7 @@
 #include "nofrag_backend.h"
 
 #define NF_NO_PAGE (-1)
+#define NO_STREAM UINT32_MAX /* stream_idx of a free block no stream has touched */
 
 typedef struct block {
     uint64_t addr;
@@ -43,7 +44,8 @@ typedef struct block {
     struct block *free_prev; /* links in the free index bin; valid while in_index */
     struct block *free_next;
     /* A free block is reusable at once by its stream (stream_idx), and by other streams once that
-     * stream's work up to free sequence fence_seq has completed. fence_seq == 0: no restriction. */
+     * stream's work up to free sequence fence_seq has completed. fence_seq == 0: no restriction
+     * (stream_idx is then NO_STREAM, or the last stream for blocks merged in a one-stream pool). */
     uint64_t fence_seq;
     uint32_t stream_idx;
     uint8_t live;
@@ -138,6 +140,11 @@ struct nf_pool {
     uint32_t stream_capacity;
     uint64_t free_seq; /* incremented by every free */
 
+    /* Addresses of the most recent frees: a second free of one of them is reported as a double
+     * free even after its block has merged into a larger free block. */
+    uint64_t recent_frees[256];
+    uint32_t recent_free_next;
+
     nf_stats stats; /* gauges and counters; derived fields are filled by nf_stats_get */
 };
 
@@ -156,6 +163,6 @@ static inline uint64_t page_last(const nf_pool *pool, uint64_t addr, uint64_t si
     return (addr + size - 1 - pool->base) >> pool->gran_log2;
 }
 
-bool blocks_mergeable(const block *a, const block *b);
+bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b);
 
 #endif /* NOFRAG_POOL_INTERNAL_H */

@@ -143,7 +143,7 @@ static nf_status check_locked(nf_pool *pool) {
         } else {
             free_count++;
             CHECK(b->in_index, "I3 free block 0x%" PRIx64 " not indexed", b->addr);
-            CHECK(!prev || !blocks_mergeable(prev, b), "I2 mergeable neighbours at 0x%" PRIx64, b->addr);
+            CHECK(!prev || !blocks_mergeable(pool, prev, b), "I2 mergeable neighbours at 0x%" PRIx64, b->addr);
         }
         prev = b;
     }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: set up, build, and replay the bundled training traces through nofrag, with and
+# without a physical cap, and search each trace's minimum capacity.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-debian.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+echo "== no cap =="
+build/nofrag replay --min-capacity traces/*.csv.gz
+echo
+echo "== cap of 1.02 x peak live =="
+build/nofrag replay --capacity-factor 1.02 traces/*.csv.gz

@@ -1,0 +1,67 @@
+/* Minimal test support: CHECK records a failure with its location and goes on; tests end with
+ * check_exit(), which prints "N passed, N failed" and fails the process on any failure. */
+#ifndef NOFRAG_TEST_CHECK_H
+#define NOFRAG_TEST_CHECK_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "nofrag.h"
+#include "nofrag_backend.h"
+
+static unsigned long check_passed, check_failed;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (cond) check_passed++;                                                       \
+        else {                                                                          \
+            check_failed++;                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_STATUS(expr, expected)                                                    \
+    do {                                                                                \
+        nf_status check_s_ = (expr);                                                    \
+        if (check_s_ == (expected)) check_passed++;                                     \
+        else {                                                                          \
+            check_failed++;                                                             \
+            fprintf(stderr, "%s:%d: %s returned %s, expected %s\n", __FILE__, __LINE__, \
+                    #expr, nf_status_str(check_s_), nf_status_str(expected));           \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_OK(expr) CHECK_STATUS(expr, NF_OK)
+
+/* Stops the test at once: for failures after which nothing further means anything. */
+#define REQUIRE(cond)                                                                   \
+    do {                                                                                \
+        int require_ok_ = (cond) ? 1 : 0;                                               \
+        CHECK(require_ok_ && #cond);                                                    \
+        if (!require_ok_) {                                                             \
+            fprintf(stderr, "stopping\n");                                              \
+            exit(1);                                                                    \
+        }                                                                               \
+    } while (0)
+
+static inline void test_log(void *user, nf_log_level level, const char *message) {
+    (void)user;
+    if (level <= NF_LOG_ERROR) fprintf(stderr, "  [nofrag] %s\n", message);
+}
+
+static inline int check_exit(const char *name) {
+    printf("%s: %lu passed, %lu failed\n", name, check_passed, check_failed);
+    return check_failed ? 1 : 0;
+}
+
+/* Deterministic PRNG (splitmix64), so every seed reproduces its sequence. */
+static inline uint64_t rng_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rng_below(uint64_t *state, uint64_t n) { return rng_next(state) % n; }
+
+#endif

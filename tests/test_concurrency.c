@@ -1,0 +1,92 @@
+/* Several threads allocating and freeing on one pool (each on its own stream), on real memory,
+ * each block stamped and verified so a race that hands one range to two threads is caught. */
+#include <pthread.h>
+#include <string.h>
+
+#include "check.h"
+
+enum { THREADS = 6, OPS = 20000, SLOTS = 64 };
+
+typedef struct worker {
+    nf_pool *pool;
+    uint64_t seed;
+    uint64_t corrupt;
+    uint64_t failures;
+    uint64_t errors;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    uint64_t rng = w->seed;
+    void *stream = (void *)(uintptr_t)(w->seed & 0xff);
+    uint64_t *ptr[SLOTS] = {0};
+    size_t words[SLOTS] = {0};
+    uint64_t stamp[SLOTS] = {0};
+    for (int op = 0; op < OPS; op++) {
+        int i = (int)rng_below(&rng, SLOTS);
+        if (ptr[i]) {
+            for (size_t k = 0; k < words[i]; k += 61) w->corrupt += ptr[i][k] != stamp[i] + k;
+            if (nf_free(w->pool, ptr[i], stream) != NF_OK) w->errors++;
+            ptr[i] = NULL;
+        } else {
+            size_t bytes = 8 * (1 + rng_below(&rng, rng_below(&rng, 8) ? 1024 : 65536));
+            void *p;
+            nf_status s = nf_alloc(w->pool, bytes, stream, &p);
+            if (s == NF_ERR_OUT_OF_MEMORY) {
+                w->failures++;
+                continue;
+            }
+            if (s != NF_OK) {
+                w->errors++;
+                continue;
+            }
+            ptr[i] = p;
+            words[i] = bytes / 8;
+            stamp[i] = rng_next(&rng);
+            for (size_t k = 0; k < words[i]; k += 61) ptr[i][k] = stamp[i] + k;
+        }
+        if (op % 5000 == 0) nf_step_mark(w->pool);
+    }
+    for (int i = 0; i < SLOTS; i++)
+        if (ptr[i] && nf_free(w->pool, ptr[i], stream) != NF_OK) w->errors++;
+    return NULL;
+}
+
+int main(void) {
+    nf_backend *be;
+    REQUIRE(nf_backend_host_create(true, 64 * 1024, &be) == NF_OK);
+    nf_config cfg = nf_config_default();
+    cfg.capacity = 24ull << 20; /* tight enough that threads reclaim each other's idle pages */
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
+    pthread_t threads[THREADS];
+    worker workers[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        workers[t] = (worker){.pool = pool, .seed = 1000 + (uint64_t)t};
+        REQUIRE(pthread_create(&threads[t], NULL, work, &workers[t]) == 0);
+    }
+    uint64_t corrupt = 0, errors = 0, failures = 0;
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        corrupt += workers[t].corrupt;
+        errors += workers[t].errors;
+        failures += workers[t].failures;
+    }
+    CHECK(corrupt == 0);
+    CHECK(errors == 0);
+    CHECK_OK(nf_pool_check(pool));
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.allocation.current == 0);
+    CHECK(st.num_allocs == st.num_frees);
+    CHECK(st.num_alloc_failures == failures);
+    CHECK(st.num_steps == THREADS * (OPS / 5000));
+    CHECK(st.num_remaps > 0); /* the threads really competed for pages */
+    printf("allocs %llu, failures %llu, remaps %llu\n", (unsigned long long)st.num_allocs,
+           (unsigned long long)failures, (unsigned long long)st.num_remaps);
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(be));
+    nf_backend_destroy(be);
+    return check_exit("test_concurrency");
+}

@@ -1,0 +1,95 @@
+/* Randomized, seeded operation sequences with nf_pool_check after every operation, across caps,
+ * granularities, streams, trims and step marks. */
+#include <string.h>
+
+#include "check.h"
+
+typedef struct live_block {
+    void *ptr;
+    size_t size;
+    void *stream;
+} live_block;
+
+static size_t random_size(uint64_t *rng, uint64_t gran) {
+    switch (rng_below(rng, 4)) {
+    case 0: return 1 + rng_below(rng, 4096);                 /* small */
+    case 1: return 1 + rng_below(rng, gran);                 /* up to a page */
+    case 2: return gran * (1 + rng_below(rng, 4)) - rng_below(rng, 2) * 512; /* whole pages */
+    default: return 1 + rng_below(rng, 6 * gran);            /* large */
+    }
+}
+
+static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, int ops) {
+    uint64_t rng = seed;
+    nf_backend *backend;
+    REQUIRE(nf_backend_host_create(false, gran, &backend) == NF_OK);
+    nf_config cfg = nf_config_default();
+    cfg.capacity = cap_pages * gran;
+    cfg.virtual_bytes = 256 * gran;
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, backend, &pool) == NF_OK);
+    live_block *live = calloc((size_t)ops, sizeof *live);
+    size_t nlive = 0;
+    unsigned long failures = 0;
+    for (int op = 0; op < ops; op++) {
+        void *stream = (void *)(uintptr_t)rng_below(&rng, (uint64_t)streams);
+        uint64_t r = rng_below(&rng, 100);
+        if (r < 55 || nlive == 0) {
+            size_t size = random_size(&rng, gran);
+            void *p;
+            nf_status s = nf_alloc(pool, size, stream, &p);
+            CHECK(s == NF_OK || s == NF_ERR_OUT_OF_MEMORY);
+            if (s == NF_OK) {
+                CHECK(p != NULL && (uintptr_t)p % 512 == 0);
+                live[nlive++] = (live_block){p, size, stream};
+            } else {
+                CHECK(p == NULL);
+                failures++;
+            }
+        } else if (r < 97) {
+            size_t i = (size_t)rng_below(&rng, nlive);
+            /* Free on the allocating stream mostly, sometimes on another one. */
+            void *fs = rng_below(&rng, 4) ? live[i].stream : stream;
+            CHECK_OK(nf_free(pool, live[i].ptr, fs));
+            live[i] = live[--nlive];
+            if (rng_below(&rng, 3) == 0) nf_host_stream_submit(backend, fs);
+        } else if (r < 98) {
+            CHECK_OK(nf_trim(pool, rng_below(&rng, cap_pages + 1) * gran, NULL));
+        } else if (r < 99) {
+            CHECK_OK(nf_step_mark(pool));
+        } else {
+            for (int s = 0; s < streams; s++) nf_host_stream_complete(backend, (void *)(uintptr_t)s);
+        }
+        nf_status c = nf_pool_check(pool);
+        CHECK(c == NF_OK);
+        if (c != NF_OK) {
+            fprintf(stderr, "seed %llu: check failed after op %d\n", (unsigned long long)seed, op);
+            break;
+        }
+    }
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.allocation.current == nlive);
+    CHECK(st.num_alloc_failures == failures);
+    if (cap_pages) CHECK(st.reserved_bytes.peak <= cap_pages * gran);
+    for (size_t i = 0; i < nlive; i++) CHECK_OK(nf_free(pool, live[i].ptr, live[i].stream));
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.allocated_bytes.current == 0 && st.allocation.current == 0);
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(backend));
+    nf_backend_destroy(backend);
+    free(live);
+}
+
+int main(void) {
+    const uint64_t gran = 64 * 1024;
+    for (uint64_t seed = 1; seed <= 12; seed++) {
+        run(seed, gran, 0, 1, 3000);          /* no cap, one stream */
+        run(seed * 7919, gran, 40, 1, 3000);  /* tight cap: reclaim and remap */
+        run(seed * 104729, gran, 48, 4, 3000); /* tight cap, four streams */
+    }
+    run(99, 2ull << 20, 24, 2, 4000);          /* CUDA's granularity */
+    return check_exit("test_random");
+}

@@ -1,0 +1,117 @@
+/* Statistics, the walker, trim and capacity changes, on layouts whose figures are known. */
+#include <string.h>
+
+#include "check.h"
+
+static const uint64_t G = 64 * 1024;
+
+typedef struct walk_sum {
+    uint64_t bytes, live_bytes, blocks, live_blocks;
+    int stop_after;
+} walk_sum;
+
+static int visit(void *user, const nf_block_info *b) {
+    walk_sum *w = user;
+    w->bytes += b->size;
+    w->blocks++;
+    if (b->live) {
+        w->live_bytes += b->size;
+        w->live_blocks++;
+    }
+    return w->stop_after && (int)w->blocks >= w->stop_after;
+}
+
+int main(void) {
+    nf_backend *be;
+    REQUIRE(nf_backend_host_create(false, G, &be) == NF_OK);
+    nf_config cfg = nf_config_default();
+    cfg.capacity = 8 * G;
+    cfg.virtual_bytes = 32 * G;
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
+
+    /* Four one-page blocks, then free the 2nd and 4th: 2 pages idle, free mapped = 2 pages,
+     * largest free mapped run = 1 page, so fragmentation = 1 - 1/2. */
+    void *p[4];
+    for (int i = 0; i < 4; i++) CHECK_OK(nf_alloc(pool, G, NULL, &p[i]));
+    CHECK_OK(nf_free(pool, p[1], NULL));
+    CHECK_OK(nf_free(pool, p[3], NULL));
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.size == sizeof st && st.version == NF_STATS_VERSION);
+    CHECK(st.allocated_bytes.current == 2 * G && st.allocated_bytes.peak == 4 * G);
+    CHECK(st.allocated_bytes.total == 4 * G);
+    CHECK(st.reserved_bytes.current == 4 * G && st.mapped_bytes.current == 4 * G);
+    CHECK(st.idle_mapped_bytes.current == 2 * G);
+    CHECK(st.free_mapped_bytes == 2 * G);
+    CHECK(st.largest_free_mapped_bytes == G);
+    CHECK(st.fragmentation > 0.49 && st.fragmentation < 0.51);
+    CHECK(st.overhead_ratio > 0.99 && st.overhead_ratio < 1.01);
+    CHECK(st.virtual_span_bytes.current == 3 * G && st.virtual_span_bytes.peak == 4 * G);
+    CHECK(st.capacity_bytes == 8 * G && st.granularity_bytes == G);
+    CHECK(st.backend_calls == st.calls_reserve + st.calls_page_create + st.calls_map + st.calls_set_access);
+
+    /* The walker covers the range exactly and can stop early. */
+    walk_sum w = {0};
+    CHECK_OK(nf_pool_walk(pool, visit, &w));
+    CHECK(w.bytes == 32 * G && w.live_bytes == 2 * G && w.live_blocks == 2);
+    walk_sum first = {.stop_after = 1};
+    CHECK_OK(nf_pool_walk(pool, visit, &first));
+    CHECK(first.blocks == 1);
+
+    /* JSON has every field, balanced braces, PyTorch's key names. */
+    char json[8192];
+    size_t needed;
+    CHECK_OK(nf_stats_to_json(&st, json, sizeof json, &needed));
+    CHECK(needed == strlen(json));
+    CHECK(json[0] == '{' && json[needed - 1] == '}');
+    CHECK(strstr(json, "\"allocated_bytes.peak\":262144") != NULL);
+    CHECK(strstr(json, "\"reserved_bytes.current\":262144") != NULL);
+    CHECK(strstr(json, "\"num_remaps\":0") != NULL);
+    CHECK(strstr(json, "\"fragmentation\":0.5") != NULL);
+    char small[16];
+    CHECK_OK(nf_stats_to_json(&st, small, sizeof small, &needed));
+    CHECK(strlen(small) == sizeof small - 1 && needed > sizeof small);
+
+    /* Reset peaks. */
+    CHECK_OK(nf_stats_reset_peaks(pool));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.allocated_bytes.peak == 2 * G && st.allocated_bytes.total == 4 * G);
+
+    /* Trim keeps live pages and releases idle ones down to keep_bytes. */
+    uint64_t released;
+    CHECK_OK(nf_trim(pool, 3 * G, &released));
+    CHECK(released == G);
+    CHECK_OK(nf_trim(pool, 0, &released));
+    CHECK(released == G);
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.reserved_bytes.current == 2 * G && st.idle_mapped_bytes.current == 0);
+    CHECK_OK(nf_pool_check(pool));
+
+    /* Lowering the cap below what live blocks hold: allowed, growth stops. */
+    CHECK_OK(nf_pool_set_capacity(pool, G));
+    CHECK_OK(nf_pool_check(pool));
+    void *q;
+    CHECK_STATUS(nf_alloc(pool, G, NULL, &q), NF_ERR_OUT_OF_MEMORY);
+    CHECK_OK(nf_free(pool, p[0], NULL));
+    CHECK_OK(nf_pool_set_capacity(pool, G));
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.reserved_bytes.current == G);
+    CHECK_OK(nf_pool_set_capacity(pool, 0)); /* no cap */
+    CHECK_OK(nf_alloc(pool, 10 * G, NULL, &q));
+    CHECK_OK(nf_pool_check(pool));
+
+    /* Step marks are counted. */
+    CHECK_OK(nf_step_mark(pool));
+    CHECK_OK(nf_step_mark(pool));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_steps == 2);
+    CHECK(strcmp(nf_version(), NF_VERSION_STRING) == 0);
+
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(be));
+    nf_backend_destroy(be);
+    return check_exit("test_stats");
+}

@@ -1,0 +1,144 @@
+/* The stream rules: a block freed on stream S is reusable at once by S, by another stream only
+ * once S's work queued before the free has completed; a page is unmapped only when no pending work
+ * can touch it. The host backend simulates streams: submit queues a kernel, complete finishes it. */
+#include "check.h"
+
+static void *const S = (void *)0x51, *const T = (void *)0x52;
+static const uint64_t GRAN = 64 * 1024;
+
+static nf_pool *make(nf_backend **backend, uint64_t cap_pages) {
+    REQUIRE(nf_backend_host_create(false, GRAN, backend) == NF_OK);
+    nf_config cfg = nf_config_default();
+    cfg.capacity = cap_pages * GRAN;
+    cfg.virtual_bytes = 64 * GRAN;
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, *backend, &pool) == NF_OK);
+    return pool;
+}
+
+static void same_stream_reuses_at_once(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 0);
+    void *a, *b;
+    CHECK_OK(nf_alloc(pool, 4096, S, &a));
+    nf_host_stream_submit(be, S); /* a kernel using a is still running */
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_alloc(pool, 4096, S, &b));
+    CHECK(a == b); /* stream order makes reuse safe: no event needed */
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.calls_event_record == 0 && st.num_event_waits == 0);
+    CHECK_OK(nf_pool_check(pool));
+    nf_pool_destroy(pool);
+    nf_backend_destroy(be);
+}
+
+static void other_stream_waits_for_work(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 0);
+    void *a, *b, *c;
+    /* T is known to the pool before S frees. (A pool that has seen one stream only merges freed
+     * blocks into fresh space regardless of fences; a stream that shows up later may then wait once
+     * for that stream's work.) */
+    CHECK_OK(nf_alloc(pool, 512, T, &c));
+    CHECK_OK(nf_alloc(pool, 4096, S, &a));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    /* T must not get a while S's kernel may still use it; with no cap it gets fresh memory. */
+    CHECK_OK(nf_alloc(pool, 4096, T, &b));
+    CHECK(b != a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 0);
+    /* Once S's work completes, a is T's to reuse. */
+    nf_host_stream_complete(be, S);
+    CHECK_OK(nf_free(pool, b, T));
+    nf_host_stream_submit(be, T); /* keeps b fenced for S */
+    void *d;
+    CHECK_OK(nf_alloc(pool, 4096, T, &d));
+    CHECK(d == a || d == b);
+    CHECK_OK(nf_free(pool, c, T));
+    CHECK_OK(nf_pool_check(pool));
+    nf_pool_destroy(pool);
+    nf_backend_destroy(be);
+}
+
+static void pending_block_not_reused_by_other_stream_under_cap(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 1); /* one page: nothing else to hand out */
+    void *a, *b;
+    CHECK_OK(nf_alloc(pool, GRAN, S, &a));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    /* The only memory is fenced by S's pending kernel: T's request waits for it (the pool syncs
+     * the event) and then gets the page. */
+    CHECK_OK(nf_alloc(pool, GRAN, T, &b));
+    CHECK(b == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 1);
+    CHECK(st.calls_event_record >= 1 && st.calls_event_query >= 1 && st.calls_event_sync == 1);
+    CHECK_OK(nf_pool_check(pool));
+    nf_pool_destroy(pool);
+    nf_backend_destroy(be);
+}
+
+static void completed_work_needs_no_wait(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 1);
+    void *a, *b;
+    CHECK_OK(nf_alloc(pool, GRAN, S, &a));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    nf_host_stream_complete(be, S);
+    CHECK_OK(nf_alloc(pool, GRAN, T, &b));
+    CHECK(b == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 0); /* the query found the work done */
+    CHECK(st.calls_event_query >= 1);
+    nf_pool_destroy(pool);
+    nf_backend_destroy(be);
+}
+
+static void page_not_unmapped_under_pending_work(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 2);
+    void *a, *b, *c;
+    /* a fills page 0 and frees with a kernel pending; b takes page 1. A request needing a page
+     * elsewhere must move page 0, so it has to wait for S's kernel first. */
+    CHECK_OK(nf_alloc(pool, GRAN, S, &a));
+    CHECK_OK(nf_alloc(pool, GRAN, S, &b));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    nf_stats before;
+    CHECK_OK(nf_stats_get(pool, &before));
+    CHECK(before.idle_mapped_bytes.current == GRAN);
+    CHECK_OK(nf_alloc(pool, GRAN, S, &c)); /* reuses page 0 in place: no unmap, no wait */
+    CHECK(c == a);
+    CHECK_OK(nf_free(pool, c, S));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, b, S));
+    /* Now both pages are idle with S's kernel pending. Trimming must wait before unmapping. */
+    uint64_t released = 0;
+    CHECK_OK(nf_trim(pool, 0, &released));
+    CHECK(released == 2 * GRAN);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits >= 1);
+    CHECK(st.reserved_bytes.current == 0);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(be));
+    nf_backend_destroy(be);
+}
+
+int main(void) {
+    same_stream_reuses_at_once();
+    other_stream_waits_for_work();
+    pending_block_not_reused_by_other_stream_under_cap();
+    completed_work_needs_no_wait();
+    page_not_unmapped_under_pending_work();
+    return check_exit("test_streams");
+}

@@ -116,6 +116,12 @@ nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
  * O(1) plus O(pages the block covers); thread-safe. */
 nf_status nf_free(nf_pool *pool, void *ptr, void *stream);
 
+/* Declares that the live block at ptr is also used by work on `stream` (PyTorch's record_stream):
+ * when it is freed, no stream reuses it, and no page under it moves, until the work queued on every
+ * such stream before the free has completed.
+ * Fails with NF_ERR_INVALID_POINTER iff ptr is not a live block's start. O(1); thread-safe. */
+nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream);
+
 /*
  * Statistics: one list (NF_STATS_GAUGES / NF_STATS_COUNTERS) generates the struct, the text
  * printer and the JSON writer. Names follow PyTorch's memory_stats keys where the meaning matches.

@@ -134,7 +134,28 @@ static void page_not_unmapped_under_pending_work(void) {
     nf_backend_destroy(be);
 }
 
+static void recorded_stream_fences_the_block(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 1);
+    void *a, *b, *R = (void *)0x53;
+    CHECK_OK(nf_alloc(pool, GRAN, S, &a));
+    CHECK_OK(nf_record_stream(pool, a, R));
+    CHECK_STATUS(nf_record_stream(pool, (char *)a + 512, R), NF_ERR_INVALID_POINTER);
+    nf_host_stream_submit(be, R); /* a kernel on R still reads a */
+    CHECK_OK(nf_free(pool, a, S));
+    /* Even S, the freeing stream, must wait for R: the block is fenced by R's kernel, and the one
+     * page under the cap must move from under it to serve the request elsewhere. */
+    CHECK_OK(nf_alloc(pool, GRAN, S, &b));
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 1);
+    CHECK_OK(nf_pool_check(pool));
+    nf_pool_destroy(pool);
+    nf_backend_destroy(be);
+}
+
 int main(void) {
+    recorded_stream_fences_the_block();
     same_stream_reuses_at_once();
     other_stream_waits_for_work();
     pending_block_not_reused_by_other_stream_under_cap();

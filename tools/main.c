@@ -27,6 +27,7 @@ static const char USAGE[] =
     "  --json                  one JSON object per trace, one per line\n"
     "  --granularity BYTES     physical page size (default 2M, CUDA's)\n"
     "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
+    "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
     "  -h, --help              this text\n";
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -113,6 +114,7 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
 
 static int cmd_replay(int argc, char **argv) {
     cli c = {0};
+    c.opts.cuda_device = -1;
     int first_trace = argc;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -132,6 +134,12 @@ static int cmd_replay(int argc, char **argv) {
             c.min_capacity = true;
         } else if (strcmp(a, "--json") == 0) {
             c.json = true;
+        } else if (strcmp(a, "--cuda") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a device number", a);
+            char *end;
+            long d = strtol(argv[++i], &end, 10);
+            if (*end || d < 0 || d > 1023) return usage_error("'%s' is not a device number", argv[i]);
+            c.opts.cuda_device = (int)d;
         } else if (strcmp(a, "--real-memory") == 0) {
             c.opts.real_memory = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

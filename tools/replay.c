@@ -41,9 +41,12 @@ static double now_seconds(void) {
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
     nf_backend *backend;
-    nf_status s = nf_backend_host_create(opts->real_memory, opts->granularity, &backend);
+    nf_status s = opts->cuda_device >= 0
+                      ? nf_backend_cuda_create(opts->cuda_device, false, NULL, NULL, &backend)
+                      : nf_backend_host_create(opts->real_memory, opts->granularity, &backend);
     if (s != NF_OK) {
-        snprintf(err, err_size, "cannot create the host backend: %s", nf_status_str(s));
+        snprintf(err, err_size, "cannot create the %s backend: %s", opts->cuda_device >= 0 ? "cuda" : "host",
+                 nf_status_str(s));
         return -1;
     }
     nf_config cfg = nf_config_default();

@@ -18,6 +18,7 @@ typedef struct replay_options {
     bool real_memory;     /* host backend with real memory (slow; for checking data paths) */
     uint64_t granularity; /* 0: 2 MiB, CUDA's */
     bool progress;        /* draw a progress line on stderr */
+    int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
 } replay_options;
 
 typedef struct replay_result {

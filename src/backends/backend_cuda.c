@@ -1,11 +1,387 @@
+/*
+ * CUDA virtual-memory backend: cuMemAddressReserve / cuMemCreate / cuMemMap / cuMemSetAccess,
+ * events for stream-ordered reuse.
+ *
+ * The driver is loaded at run time (dlopen of libcuda.so.1, then cuGetProcAddress for each entry
+ * point, as PyTorch and NCCL do), so the library builds and loads where there is no GPU and no
+ * driver; only cuda.h is needed to compile this file. Without cuda.h the constructors report
+ * NF_ERR_UNSUPPORTED.
+ *
+ * Every primitive returns the driver's CUresult (0 on success). Each call runs with the device's
+ * primary context current (the context PyTorch and the runtime API use), restoring whatever context
+ * the calling thread had.
+ */
 #include "nofrag_backend.h"
+
+#if defined(NOFRAG_HAVE_CUDA_H)
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The driver entry points nofrag uses; X(name, return, params). */
+#define NF_CUDA_ENTRY_POINTS(X)                                                                    \
+    X(cuInit, (unsigned int flags))                                                                \
+    X(cuDeviceGet, (CUdevice * device, int ordinal))                                               \
+    X(cuDeviceGetCount, (int *count))                                                              \
+    X(cuDeviceGetAttribute, (int *value, CUdevice_attribute attr, CUdevice dev))                   \
+    X(cuDeviceCanAccessPeer, (int *can, CUdevice dev, CUdevice peer))                              \
+    X(cuDevicePrimaryCtxRetain, (CUcontext * ctx, CUdevice dev))                                   \
+    X(cuDevicePrimaryCtxRelease, (CUdevice dev))                                                   \
+    X(cuCtxGetCurrent, (CUcontext * ctx))                                                          \
+    X(cuCtxSetCurrent, (CUcontext ctx))                                                            \
+    X(cuMemGetInfo, (size_t * free_bytes, size_t *total_bytes))                                    \
+    X(cuMemGetAllocationGranularity,                                                               \
+      (size_t * granularity, const CUmemAllocationProp *prop, CUmemAllocationGranularity_flags o)) \
+    X(cuMemAddressReserve,                                                                         \
+      (CUdeviceptr * ptr, size_t size, size_t alignment, CUdeviceptr addr, unsigned long long f))  \
+    X(cuMemAddressFree, (CUdeviceptr ptr, size_t size))                                            \
+    X(cuMemCreate, (CUmemGenericAllocationHandle * handle, size_t size,                            \
+                    const CUmemAllocationProp *prop, unsigned long long flags))                    \
+    X(cuMemRelease, (CUmemGenericAllocationHandle handle))                                         \
+    X(cuMemMap, (CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle h,      \
+                 unsigned long long flags))                                                        \
+    X(cuMemUnmap, (CUdeviceptr ptr, size_t size))                                                  \
+    X(cuMemSetAccess, (CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count))   \
+    X(cuEventCreate, (CUevent * event, unsigned int flags))                                        \
+    X(cuEventRecord, (CUevent event, CUstream stream))                                             \
+    X(cuEventQuery, (CUevent event))                                                               \
+    X(cuEventSynchronize, (CUevent event))                                                         \
+    X(cuEventDestroy, (CUevent event))                                                             \
+    X(cuGetErrorName, (CUresult error, const char **name))
+
+typedef struct driver_api {
+#define NF_X_FIELD(name, params) CUresult (*name) params;
+    NF_CUDA_ENTRY_POINTS(NF_X_FIELD)
+#undef NF_X_FIELD
+} driver_api;
+
+static driver_api driver;
+static CUresult driver_status = CUDA_ERROR_NOT_INITIALIZED;
+static char driver_message[256];
+static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
+
+/* cuGetProcAddress as declared by CUDA 12.0+ (with the symbol status out-parameter) and before. */
+typedef CUresult (*get_proc_v2_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
+typedef CUresult (*get_proc_v1_fn)(const char *, void **, int, cuuint64_t);
+
+static void driver_load(void) {
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(driver_message, sizeof driver_message, "cannot load libcuda.so.1: %s", dlerror());
+        driver_status = CUDA_ERROR_NO_DEVICE;
+        return;
+    }
+    get_proc_v2_fn get_v2 = (get_proc_v2_fn)dlsym(lib, "cuGetProcAddress_v2");
+    get_proc_v1_fn get_v1 = get_v2 ? NULL : (get_proc_v1_fn)dlsym(lib, "cuGetProcAddress");
+    /* Ask for the ABI of the CUDA version these headers describe, but no newer than 12.0 for
+     * entry points whose signature we use from 12.0 headers. */
+    const int version = CUDA_VERSION < 12000 ? CUDA_VERSION : 12000;
+#define NF_X_LOAD(name, params)                                                                     \
+    {                                                                                               \
+        void *fn = NULL;                                                                            \
+        if (get_v2) {                                                                               \
+            CUdriverProcAddressQueryResult found;                                                   \
+            if (get_v2(#name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS)  \
+                fn = NULL;                                                                          \
+        } else if (get_v1 && get_v1(#name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT) != CUDA_SUCCESS) { \
+            fn = NULL;                                                                              \
+        }                                                                                           \
+        if (!fn) fn = dlsym(lib, #name);                                                            \
+        if (!fn) {                                                                                  \
+            snprintf(driver_message, sizeof driver_message, "libcuda.so.1 lacks %s", #name);        \
+            driver_status = CUDA_ERROR_NOT_SUPPORTED;                                               \
+            return;                                                                                 \
+        }                                                                                           \
+        memcpy(&driver.name, &fn, sizeof fn);                                                       \
+    }
+    NF_CUDA_ENTRY_POINTS(NF_X_LOAD)
+#undef NF_X_LOAD
+    driver_status = driver.cuInit(0);
+    if (driver_status != CUDA_SUCCESS)
+        snprintf(driver_message, sizeof driver_message, "cuInit failed (%d)", (int)driver_status);
+}
+
+static const char *result_name(CUresult r) {
+    const char *name = NULL;
+    if (driver.cuGetErrorName && driver.cuGetErrorName(r, &name) == CUDA_SUCCESS && name) return name;
+    return "unknown CUresult";
+}
+
+typedef struct cuda_ctx {
+    int ordinal;
+    CUdevice device;
+    CUcontext primary;
+    CUmemAllocationProp prop;
+    CUmemAccessDesc access[64]; /* the device first, then peers */
+    size_t access_count;
+    uint64_t gran;
+} cuda_ctx;
+
+/* Runs `call` with the device's primary context current, then restores the caller's. */
+#define WITH_CONTEXT(c, call)                                                        \
+    do {                                                                             \
+        CUcontext saved_ = NULL;                                                     \
+        driver.cuCtxGetCurrent(&saved_);                                             \
+        if (saved_ != (c)->primary) driver.cuCtxSetCurrent((c)->primary);            \
+        rc = (call);                                                                 \
+        if (saved_ != (c)->primary) driver.cuCtxSetCurrent(saved_);                  \
+    } while (0)
+
+/* NF_BACKEND_EVENT_PENDING is 1, which is also CUDA_ERROR_INVALID_VALUE: that one error is passed
+ * on as this code instead. */
+#define INVALID_VALUE_CODE (-1)
+
+static int as_code(CUresult r) { return r == CUDA_ERROR_INVALID_VALUE ? INVALID_VALUE_CODE : (int)r; }
+
+static int cuda_reserve(void *ctx, uint64_t bytes, uint64_t *base_out) {
+    cuda_ctx *c = ctx;
+    CUdeviceptr ptr = 0;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemAddressReserve(&ptr, bytes, c->gran, 0, 0));
+    *base_out = ptr;
+    return as_code(rc);
+}
+
+static int cuda_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemAddressFree(base, bytes));
+    return as_code(rc);
+}
+
+static int cuda_page_create(void *ctx, uint64_t *handle_out) {
+    cuda_ctx *c = ctx;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemCreate(&h, c->gran, &c->prop, 0));
+    *handle_out = h;
+    return as_code(rc);
+}
+
+static int cuda_page_release(void *ctx, uint64_t handle) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemRelease(handle));
+    return as_code(rc);
+}
+
+static int cuda_map(void *ctx, uint64_t va, uint64_t handle) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemMap(va, c->gran, 0, handle, 0));
+    return as_code(rc);
+}
+
+static int cuda_unmap(void *ctx, uint64_t va) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemUnmap(va, c->gran));
+    return as_code(rc);
+}
+
+static int cuda_set_access(void *ctx, uint64_t va) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemSetAccess(va, c->gran, c->access, c->access_count));
+    return as_code(rc);
+}
+
+static int cuda_event_record(void *ctx, void *stream, uint64_t *event_out) {
+    cuda_ctx *c = ctx;
+    CUevent ev = NULL;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    if (rc != CUDA_SUCCESS) return as_code(rc);
+    WITH_CONTEXT(c, driver.cuEventRecord(ev, (CUstream)stream));
+    if (rc != CUDA_SUCCESS) {
+        driver.cuEventDestroy(ev);
+        return as_code(rc);
+    }
+    *event_out = (uint64_t)(uintptr_t)ev;
+    return 0;
+}
+
+static int cuda_event_query(void *ctx, uint64_t event) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuEventQuery((CUevent)(uintptr_t)event));
+    return rc == CUDA_ERROR_NOT_READY ? NF_BACKEND_EVENT_PENDING : as_code(rc);
+}
+
+static int cuda_event_sync(void *ctx, uint64_t event) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuEventSynchronize((CUevent)(uintptr_t)event));
+    return as_code(rc);
+}
+
+static int cuda_event_release(void *ctx, uint64_t event) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuEventDestroy((CUevent)(uintptr_t)event));
+    return as_code(rc);
+}
+
+static const char *cuda_error_name(void *ctx, int code) {
+    (void)ctx;
+    if (code == NF_BACKEND_EVENT_PENDING) return "event pending";
+    if (code == INVALID_VALUE_CODE) return result_name(CUDA_ERROR_INVALID_VALUE);
+    return result_name((CUresult)code);
+}
+
+static void cuda_destroy(nf_backend *self) {
+    cuda_ctx *c = self->ctx;
+    driver.cuDevicePrimaryCtxRelease(c->device);
+    free(c);
+    free(self);
+}
+
+static void report(nf_log_fn log, void *user, const char *fmt, const char *a, int code) {
+    if (!log) return;
+    char message[400];
+    snprintf(message, sizeof message, fmt, a, code);
+    log(user, NF_LOG_ERROR, message);
+}
+
+/* Loads the driver and finds the device; NF_OK or the status to return. */
+static nf_status device_open(int ordinal, CUdevice *device, nf_log_fn log, void *user) {
+    pthread_once(&driver_once, driver_load);
+    if (driver_status != CUDA_SUCCESS) {
+        report(log, user, "cuda backend: %s (%d)", driver_message, (int)driver_status);
+        return NF_ERR_UNSUPPORTED;
+    }
+    int count = 0;
+    CUresult rc = driver.cuDeviceGetCount(&count);
+    if (rc != CUDA_SUCCESS || ordinal < 0 || ordinal >= count) {
+        report(log, user, "cuda backend: no device %s (cuDeviceGetCount: %d)", "with that ordinal", (int)rc);
+        return rc != CUDA_SUCCESS ? NF_ERR_BACKEND : NF_ERR_INVALID_ARG;
+    }
+    if ((rc = driver.cuDeviceGet(device, ordinal)) != CUDA_SUCCESS) {
+        report(log, user, "cuda backend: cuDeviceGet failed: %s (%d)", result_name(rc), (int)rc);
+        return NF_ERR_BACKEND;
+    }
+    return NF_OK;
+}
+
+nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, void *log_user,
+                                 nf_backend **backend_out) {
+    if (!backend_out) return NF_ERR_INVALID_ARG;
+    *backend_out = NULL;
+    CUdevice device;
+    nf_status s = device_open(ordinal, &device, log, log_user);
+    if (s != NF_OK) return s;
+    int vmm = 0;
+    CUresult rc = driver.cuDeviceGetAttribute(
+        &vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device);
+    if (rc != CUDA_SUCCESS || !vmm) {
+        report(log, log_user, "cuda backend: device lacks virtual memory management (%s, %d)",
+               result_name(rc), (int)rc);
+        return NF_ERR_UNSUPPORTED;
+    }
+    nf_backend *b = calloc(1, sizeof *b);
+    cuda_ctx *c = calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return NF_ERR_NO_MEMORY_HOST;
+    }
+    c->ordinal = ordinal;
+    c->device = device;
+    if ((rc = driver.cuDevicePrimaryCtxRetain(&c->primary, device)) != CUDA_SUCCESS) {
+        report(log, log_user, "cuda backend: cuDevicePrimaryCtxRetain failed: %s (%d)", result_name(rc), (int)rc);
+        free(b);
+        free(c);
+        return NF_ERR_BACKEND;
+    }
+    c->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    c->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->prop.location.id = device;
+    size_t gran = 0;
+    WITH_CONTEXT(c, driver.cuMemGetAllocationGranularity(&gran, &c->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CUresult grc = rc;
+    if (grc != CUDA_SUCCESS || gran == 0 || (gran & (gran - 1))) {
+        report(log, log_user, "cuda backend: cuMemGetAllocationGranularity failed: %s (%d)", result_name(grc), (int)grc);
+        driver.cuDevicePrimaryCtxRelease(device);
+        free(b);
+        free(c);
+        return NF_ERR_BACKEND;
+    }
+    c->gran = gran;
+    c->access[0].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->access[0].location.id = device;
+    c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    c->access_count = 1;
+    if (peer_access) {
+        int count = 0;
+        driver.cuDeviceGetCount(&count);
+        for (int i = 0; i < count && c->access_count < 64; i++) {
+            CUdevice peer;
+            int can = 0;
+            if (i == ordinal || driver.cuDeviceGet(&peer, i) != CUDA_SUCCESS) continue;
+            if (driver.cuDeviceCanAccessPeer(&can, peer, device) != CUDA_SUCCESS || !can) continue;
+            c->access[c->access_count].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            c->access[c->access_count].location.id = peer;
+            c->access[c->access_count].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            c->access_count++;
+        }
+    }
+    b->name = "cuda";
+    b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING;
+    b->granularity = gran;
+    b->ctx = c;
+    b->reserve = cuda_reserve;
+    b->unreserve = cuda_unreserve;
+    b->page_create = cuda_page_create;
+    b->page_release = cuda_page_release;
+    b->map = cuda_map;
+    b->unmap = cuda_unmap;
+    b->set_access = cuda_set_access;
+    b->event_record = cuda_event_record;
+    b->event_query = cuda_event_query;
+    b->event_sync = cuda_event_sync;
+    b->event_release = cuda_event_release;
+    b->error_name = cuda_error_name;
+    b->destroy = cuda_destroy;
+    *backend_out = b;
+    return NF_OK;
+}
+
+nf_status nf_cuda_mem_info(int ordinal, uint64_t *free_out, uint64_t *total_out) {
+    if (!free_out || !total_out) return NF_ERR_INVALID_ARG;
+    CUdevice device;
+    nf_status s = device_open(ordinal, &device, NULL, NULL);
+    if (s != NF_OK) return s;
+    cuda_ctx c = {.device = device};
+    CUresult rc = driver.cuDevicePrimaryCtxRetain(&c.primary, device);
+    if (rc != CUDA_SUCCESS) return NF_ERR_BACKEND;
+    size_t free_bytes = 0, total_bytes = 0;
+    WITH_CONTEXT(&c, driver.cuMemGetInfo(&free_bytes, &total_bytes));
+    driver.cuDevicePrimaryCtxRelease(device);
+    if (rc != CUDA_SUCCESS) return NF_ERR_BACKEND;
+    *free_out = free_bytes;
+    *total_out = total_bytes;
+    return NF_OK;
+}
+
+#else /* no cuda.h at build time */
+
 nf_status nf_backend_cuda_create(int device, bool peer_access, nf_log_fn log, void *log_user,
                                  nf_backend **backend_out) {
-    (void)device; (void)peer_access; (void)log; (void)log_user;
+    (void)device;
+    (void)peer_access;
+    if (log) log(log_user, NF_LOG_ERROR, "cuda backend: this nofrag was built without cuda.h");
     if (backend_out) *backend_out = NULL;
-    return NF_ERR_UNSUPPORTED;
+    return backend_out ? NF_ERR_UNSUPPORTED : NF_ERR_INVALID_ARG;
 }
+
 nf_status nf_cuda_mem_info(int device, uint64_t *free_out, uint64_t *total_out) {
-    (void)device; (void)free_out; (void)total_out;
+    (void)device;
+    if (!free_out || !total_out) return NF_ERR_INVALID_ARG;
     return NF_ERR_UNSUPPORTED;
 }
+
+#endif

@@ -123,35 +123,52 @@ static nf_status stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wa
     return NF_OK;
 }
 
-/* Whether a free block may serve stream `idx` now, from what is already known (no backend call). */
+/* Whether every stream in `mask` other than `idx` is known to have finished its work up to free
+ * number `seq` (no backend call). Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
+static bool fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    if (idx < 63) mask &= ~(1ull << idx);
+    while (mask) {
+        uint32_t bit = (uint32_t)__builtin_ctzll(mask);
+        mask &= mask - 1;
+        for (uint32_t i = bit; i < (bit < 63 ? bit + 1 : pool->stream_count); i++)
+            if (pool->streams[i].done_seq < seq) return false;
+    }
+    return true;
+}
+
+/* Whether a free block may serve stream `idx` now, from what is already known. */
 bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
-    return b->fence_seq == 0 || b->stream_idx == idx ||
-           pool->streams[b->stream_idx].done_seq >= b->fence_seq;
+    return b->fence_seq == 0 || fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
-    /* A free block fenced by one stream does not absorb a block fenced by another, nor an unfenced
+    /* A free block fenced by some streams does not absorb one fenced by others, nor an unfenced
      * one: the merged block would make other streams wait for memory they could use now. While
-     * the pool has seen a single stream there is no other stream to wait, so everything merges. */
-    return !a->live && !b->live &&
-           (pool->stream_count <= 1 || a->stream_idx == b->stream_idx ||
-            (a->fence_seq == 0 && b->fence_seq == 0));
+     * the pool has seen a single stream there is no other stream to wait, so everything merges.
+     * (A free block with fence_seq == 0 has fence_mask == 0, so equal masks cover two unfenced.) */
+    return !a->live && !b->live && (pool->stream_count <= 1 || a->fence_mask == b->fence_mask);
 }
 
-/* The block's fence, or 0 when its stream's work is already known to be done. */
-static uint64_t effective_fence(const nf_pool *pool, const block *b) {
-    return b->fence_seq && pool->streams[b->stream_idx].done_seq < b->fence_seq ? b->fence_seq : 0;
+/* The block's fence mask, or 0 when all its streams' work is already known to be done. */
+static uint64_t effective_mask(const nf_pool *pool, const block *b) {
+    return b->fence_seq && !fence_known_done(pool, b->fence_mask, b->fence_seq, NO_STREAM) ? b->fence_mask : 0;
 }
 
 /* Like blocks_mergeable, with fences already known to be done treated as cleared. If so,
- * *fence_out and *stream_out describe the merged block. */
+ * *seq_out and *mask_out give the merged block's fence. */
 static bool blocks_mergeable_now(const nf_pool *pool, const block *a, const block *b,
-                                 uint64_t *fence_out, uint32_t *stream_out) {
+                                 uint64_t *seq_out, uint64_t *mask_out) {
     if (a->live || b->live) return false;
-    uint64_t fa = effective_fence(pool, a), fb = effective_fence(pool, b);
-    if (pool->stream_count > 1 && a->stream_idx != b->stream_idx && (fa || fb)) return false;
-    *fence_out = fa > fb ? fa : fb;
-    *stream_out = !*fence_out ? NO_STREAM : fa >= fb ? a->stream_idx : b->stream_idx;
+    uint64_t seq = a->fence_seq > b->fence_seq ? a->fence_seq : b->fence_seq;
+    if (blocks_mergeable(pool, a, b)) {
+        *seq_out = seq;
+        *mask_out = a->fence_mask | b->fence_mask;
+        return true;
+    }
+    uint64_t ma = effective_mask(pool, a), mb = effective_mask(pool, b);
+    if (ma != mb) return false;
+    *mask_out = ma;
+    *seq_out = ma ? seq : 0;
     return true;
 }
 
@@ -179,25 +196,16 @@ static void idle_remove(nf_pool *pool, uint64_t p) {
     gauge_sub(&pool->stats.idle_mapped_bytes, pool->gran);
 }
 
-static bool fence_known_done(const nf_pool *pool, const page *pg) {
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        uint64_t bit = 1ull << (i < 63 ? i : 63);
-        if ((pg->fence_mask & bit) && pool->streams[i].done_seq < pg->fence_seq) return false;
-    }
-    return true;
-}
-
-static void page_fence_add(nf_pool *pool, page *pg, uint32_t idx, uint64_t seq) {
-    if (fence_known_done(pool, pg)) pg->fence_mask = 0;
-    pg->fence_mask |= 1ull << (idx < 63 ? idx : 63);
+static void page_fence_add(nf_pool *pool, page *pg, uint64_t mask, uint64_t seq) {
+    if (fence_known_done(pool, pg->fence_mask, pg->fence_seq, NO_STREAM)) pg->fence_mask = 0;
+    pg->fence_mask |= mask;
     pg->fence_seq = seq;
 }
 
 /* Waits, if it must, until no queued work can touch page pg. */
 static nf_status page_wait_quiet(nf_pool *pool, page *pg) {
     for (uint32_t i = 0; i < pool->stream_count; i++) {
-        uint64_t bit = 1ull << (i < 63 ? i : 63);
-        if (!(pg->fence_mask & bit)) continue;
+        if (!(pg->fence_mask & stream_bit(i))) continue;
         bool done;
         nf_status s = stream_reach(pool, i, pg->fence_seq, true, &done);
         if (s != NF_OK) return s;
@@ -273,6 +281,7 @@ static bool block_split_front(nf_pool *pool, block *b, uint64_t size) {
     rest->size = b->size - size;
     rest->stream_idx = b->stream_idx;
     rest->fence_seq = b->fence_seq;
+    rest->fence_mask = b->fence_mask;
     rest->prev = b;
     rest->next = b->next;
     if (b->next) b->next->prev = rest;
@@ -287,16 +296,15 @@ static bool block_split_front(nf_pool *pool, block *b, uint64_t size) {
  * block (not in the index). */
 static block *block_coalesce(nf_pool *pool, block *b) {
     for (;;) {
-        uint64_t fence;
-        uint32_t stream;
+        uint64_t fence, mask;
         block *n = b->next, *p = b->prev;
-        if (n && blocks_mergeable_now(pool, b, n, &fence, &stream)) {
+        if (n && blocks_mergeable_now(pool, b, n, &fence, &mask)) {
             index_remove(&pool->index, n);
             b->size += n->size;
             b->next = n->next;
             if (n->next) n->next->prev = b;
             block_recycle(pool, n);
-        } else if (p && blocks_mergeable_now(pool, p, b, &fence, &stream)) {
+        } else if (p && blocks_mergeable_now(pool, p, b, &fence, &mask)) {
             index_remove(&pool->index, p);
             p->size += b->size;
             p->next = b->next;
@@ -307,7 +315,7 @@ static block *block_coalesce(nf_pool *pool, block *b) {
             return b;
         }
         b->fence_seq = fence;
-        b->stream_idx = stream;
+        b->fence_mask = mask;
     }
 }
 
@@ -361,6 +369,7 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
     b->live = 1;
     b->stream_idx = idx;
     b->fence_seq = 0;
+    b->fence_mask = stream_bit(idx);
     gauge_add(&pool->stats.allocated_bytes, size);
     gauge_add(&pool->stats.allocation, 1);
     uint64_t end = b->addr + size - pool->base;
@@ -391,16 +400,18 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
 /* Returns live block b to the free index as freed on stream idx. */
 static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx) {
     uint64_t seq = ++pool->free_seq;
+    uint64_t mask = b->fence_mask | stream_bit(idx); /* every stream the block was used on */
     uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, b->size);
     for (uint64_t p = first; p <= last; p++) {
         page *pg = &pool->pages[p];
-        page_fence_add(pool, pg, idx, seq);
+        page_fence_add(pool, pg, mask, seq);
         if (--pg->live_blocks == 0 && pg->handle) idle_push(pool, p);
     }
     ptr_map_remove(&pool->live, b->addr);
     b->live = 0;
     b->stream_idx = idx;
     b->fence_seq = seq;
+    b->fence_mask = mask;
     gauge_sub(&pool->stats.allocated_bytes, b->size);
     gauge_sub(&pool->stats.allocation, 1);
     virtual_span_after_free(pool, b);
@@ -638,6 +649,17 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
         s = block_release_live(pool, b, idx);
         pool->stats.num_frees++;
     }
+    pthread_mutex_unlock(&pool->lock);
+    return s;
+}
+
+nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream) {
+    if (!pool || !ptr) return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&pool->lock);
+    block *b = ptr_map_get(&pool->live, (uint64_t)(uintptr_t)ptr);
+    uint32_t idx;
+    nf_status s = b ? stream_index(pool, stream, &idx) : NF_ERR_INVALID_POINTER;
+    if (s == NF_OK) b->fence_mask |= stream_bit(idx);
     pthread_mutex_unlock(&pool->lock);
     return s;
 }

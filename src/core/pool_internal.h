@@ -34,7 +34,9 @@
 #include "nofrag_backend.h"
 
 #define NF_NO_PAGE (-1)
-#define NO_STREAM UINT32_MAX /* stream_idx of a free block no stream has touched */
+#define NO_STREAM UINT32_MAX /* stream_idx of a block no stream has touched */
+
+static inline uint64_t stream_bit(uint32_t idx) { return 1ull << (idx < 63 ? idx : 63); }
 
 typedef struct block {
     uint64_t addr;
@@ -43,11 +45,14 @@ typedef struct block {
     struct block *next;
     struct block *free_prev; /* links in the free index bin; valid while in_index */
     struct block *free_next;
-    /* A free block is reusable at once by its stream (stream_idx), and by other streams once that
-     * stream's work up to free sequence fence_seq has completed. fence_seq == 0: no restriction
-     * (stream_idx is then NO_STREAM, or the last stream for blocks merged in a one-stream pool). */
+    /* A free block's fence: the streams (fence_mask, one bit per stream index, bit 63 for every
+     * index >= 63) whose work queued before free number fence_seq may still touch it. A stream in
+     * the mask may reuse the block at once (stream order protects it) once every *other* stream in
+     * the mask is known done; fence_seq == 0 means no fence. A live block's fence_mask holds the
+     * streams it is used on: its allocating stream and any added by nf_record_stream. */
     uint64_t fence_seq;
-    uint32_t stream_idx;
+    uint64_t fence_mask;
+    uint32_t stream_idx; /* the stream of the last alloc or free (for the walker) */
     uint8_t live;
     uint8_t in_index;
 } block;

@@ -1,3 +1,218 @@
-/* PyTorch entry points: written with the CUDA backend. */
+/*
+ * PyTorch front end, C side: the two functions torch.cuda.memory.CUDAPluggableAllocator calls, and
+ * the control functions the Python package reaches through ctypes. One pool per device, created on
+ * its first allocation over the CUDA backend.
+ *
+ * This file reads no environment variable: the Python package turns NOFRAG_* settings into a call
+ * of nf_torch_configure before the first allocation.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "nofrag.h"
-int nf_torch_unused;
+#include "nofrag_backend.h"
+
+#pragma GCC visibility push(default)
+void *nf_torch_alloc(size_t size, int device, void *stream);
+void nf_torch_free(void *ptr, size_t size, int device, void *stream);
+int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
+                       int peer_access, int log_level);
+int nf_torch_set_memory_fraction(double fraction, int device);
+int nf_torch_record_stream(void *ptr, int device, void *stream);
+int nf_torch_step(int device);
+int nf_torch_trim(int device, uint64_t keep_bytes);
+int nf_torch_check(int device);
+int nf_torch_stats_json(int device, char *buf, size_t size);
+int nf_torch_pool_exists(int device);
+const char *nf_torch_last_error(void);
+#pragma GCC visibility pop
+
+enum { MAX_DEVICES = 64 };
+
+typedef struct device_pool {
+    nf_backend *backend;
+    nf_pool *pool;
+    uint64_t total_bytes;
+} device_pool;
+
+static struct {
+    pthread_mutex_t lock; /* guards creation and settings; pools lock themselves */
+    device_pool devices[MAX_DEVICES];
+    uint64_t capacity_bytes;
+    double capacity_fraction;
+    uint64_t margin_bytes;
+    bool peer_access;
+    nf_log_level log_level;
+    bool any_pool;
+    char last_error[512];
+} torch_state = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .margin_bytes = 512ull << 20,
+    .log_level = NF_LOG_WARN,
+};
+
+/* Keeps the message for nofrag.last_error() and prints warnings and errors: in a training job
+ * stderr is where an out-of-memory report must land. */
+static void torch_log(void *user, nf_log_level level, const char *message) {
+    int device = (int)(intptr_t)user;
+    snprintf(torch_state.last_error, sizeof torch_state.last_error, "device %d: %s", device, message);
+    if (level <= torch_state.log_level) fprintf(stderr, "nofrag[cuda:%d]: %s\n", device, message);
+}
+
+static void set_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(torch_state.last_error, sizeof torch_state.last_error, fmt, ap);
+    va_end(ap);
+    if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", torch_state.last_error);
+}
+
+/* The pool of `device`, created on first use. NULL on failure (last_error says why). */
+static nf_pool *device_pool_get(int device) {
+    if (device < 0 || device >= MAX_DEVICES) {
+        set_error("device %d out of range", device);
+        return NULL;
+    }
+    device_pool *d = &torch_state.devices[device];
+    nf_pool *pool = __atomic_load_n(&d->pool, __ATOMIC_ACQUIRE);
+    if (pool) return pool;
+    pthread_mutex_lock(&torch_state.lock);
+    if (!d->pool) {
+        uint64_t free_bytes = 0, total = 0;
+        nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
+        if (s == NF_OK)
+            s = nf_backend_cuda_create(device, torch_state.peer_access, torch_log,
+                                       (void *)(intptr_t)device, &d->backend);
+        if (s != NF_OK) {
+            set_error("cannot open cuda:%d: %s", device, nf_status_str(s));
+        } else {
+            /* Capacity: explicit bytes, else a fraction of the device, else what is free now less
+             * a margin for the CUDA context, cuBLAS workspaces and other libraries. */
+            uint64_t cap = torch_state.capacity_bytes;
+            if (!cap && torch_state.capacity_fraction > 0)
+                cap = (uint64_t)((double)total * torch_state.capacity_fraction);
+            if (!cap) cap = free_bytes > torch_state.margin_bytes ? free_bytes - torch_state.margin_bytes : 0;
+            if (cap > free_bytes) cap = free_bytes;
+            nf_config cfg = nf_config_default();
+            cfg.capacity = cap;
+            cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
+            cfg.log = torch_log;
+            cfg.log_user = (void *)(intptr_t)device;
+            cfg.log_level = NF_LOG_DEBUG;
+            nf_pool *created = NULL;
+            if (!cap) s = NF_ERR_OUT_OF_MEMORY;
+            else s = nf_pool_create(&cfg, d->backend, &created);
+            if (s != NF_OK) {
+                set_error("cannot create the pool of cuda:%d (capacity %llu bytes): %s", device,
+                          (unsigned long long)cap, nf_status_str(s));
+                nf_backend_destroy(d->backend);
+                d->backend = NULL;
+            } else {
+                d->total_bytes = total;
+                torch_state.any_pool = true;
+                __atomic_store_n(&d->pool, created, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    pool = d->pool;
+    pthread_mutex_unlock(&torch_state.lock);
+    return pool;
+}
+
+/* The pool of `device` if it exists; no creation. */
+static nf_pool *device_pool_peek(int device) {
+    if (device < 0 || device >= MAX_DEVICES) return NULL;
+    return __atomic_load_n(&torch_state.devices[device].pool, __ATOMIC_ACQUIRE);
+}
+
+void *nf_torch_alloc(size_t size, int device, void *stream) {
+    nf_pool *pool = device_pool_get(device);
+    if (!pool) return NULL;
+    void *ptr = NULL;
+    nf_alloc(pool, size, stream, &ptr); /* failures are reported through torch_log */
+    return ptr;
+}
+
+void nf_torch_free(void *ptr, size_t size, int device, void *stream) {
+    (void)size;
+    nf_pool *pool = device_pool_peek(device);
+    if (pool) nf_free(pool, ptr, stream);
+}
+
+int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
+                       int peer_access, int log_level) {
+    if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG)
+        return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&torch_state.lock);
+    int s = NF_OK;
+    if (torch_state.any_pool) {
+        s = NF_ERR_UNSUPPORTED; /* pools exist: their capacity changes through set_memory_fraction */
+    } else {
+        torch_state.capacity_bytes = capacity_bytes;
+        torch_state.capacity_fraction = capacity_fraction;
+        torch_state.margin_bytes = margin_bytes;
+        torch_state.peer_access = peer_access != 0;
+        torch_state.log_level = (nf_log_level)log_level;
+    }
+    pthread_mutex_unlock(&torch_state.lock);
+    return s;
+}
+
+int nf_torch_set_memory_fraction(double fraction, int device) {
+    if (!(fraction > 0 && fraction <= 1)) return NF_ERR_INVALID_ARG;
+    nf_pool *pool = device_pool_get(device);
+    if (!pool) return NF_ERR_UNSUPPORTED;
+    return nf_pool_set_capacity(pool, (uint64_t)floor((double)torch_state.devices[device].total_bytes * fraction));
+}
+
+int nf_torch_record_stream(void *ptr, int device, void *stream) {
+    nf_pool *pool = device_pool_peek(device);
+    return pool ? nf_record_stream(pool, ptr, stream) : NF_ERR_INVALID_POINTER;
+}
+
+/* device < 0: every device with a pool. */
+#define FOR_EACH_POOL(device, pool, body)                                        \
+    for (int d_ = device < 0 ? 0 : device; d_ < (device < 0 ? MAX_DEVICES : device + 1); d_++) { \
+        nf_pool *pool = device_pool_peek(d_);                                     \
+        if (pool) body                                                            \
+    }
+
+int nf_torch_step(int device) {
+    int s = NF_OK;
+    FOR_EACH_POOL(device, pool, { nf_step_mark(pool); })
+    return s;
+}
+
+int nf_torch_trim(int device, uint64_t keep_bytes) {
+    int s = NF_OK;
+    FOR_EACH_POOL(device, pool, {
+        int r = nf_trim(pool, keep_bytes, NULL);
+        if (r != NF_OK) s = r;
+    })
+    return s;
+}
+
+int nf_torch_check(int device) {
+    int s = NF_OK;
+    FOR_EACH_POOL(device, pool, {
+        int r = nf_pool_check(pool);
+        if (r != NF_OK) s = r;
+    })
+    return s;
+}
+
+int nf_torch_stats_json(int device, char *buf, size_t size) {
+    nf_pool *pool = device_pool_peek(device);
+    if (!pool) return NF_ERR_INVALID_ARG;
+    nf_stats st;
+    nf_status s = nf_stats_get(pool, &st);
+    if (s != NF_OK) return s;
+    return nf_stats_to_json(&st, buf, size, NULL);
+}
+
+int nf_torch_pool_exists(int device) { return device_pool_peek(device) != NULL; }
+
+const char *nf_torch_last_error(void) { return torch_state.last_error; }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every GPU check, in one go (about 5-8 minutes on an H100). Writes logs and JSON under $OUT
+# (default gpu-results/). Run from the repository root on a machine with a GPU, nvcc and PyTorch.
+#   gpu/run-all.sh              everything
+#   gpu/run-all.sh record       also record new traces (needs workloads.py in .rec/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+status=0
+step() { echo; echo "== $* =="; }
+
+step build
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DNOFRAG_GPU_TESTS=ON \
+  -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" >/dev/null || exit 1
+cmake --build build-gpu -j"$(nproc)" >/dev/null || exit 1
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+
+step "CTest (C tests, CUDA backend test, 1M-operation stress test)"
+(cd build-gpu && ctest --output-on-failure) 2>&1 | tee "$OUT/ctest.log" | tail -25 || status=1
+grep -q "100% tests passed" "$OUT/ctest.log" || status=1
+
+step "compute-sanitizer memcheck on the stress test (30k operations)"
+compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 \
+  2>&1 | tee "$OUT/memcheck.log" | tail -4 || status=1
+
+step "bundled traces: host replay vs CUDA replay (peak mapped)"
+traces=(traces/*.csv.gz)
+if ! build-gpu/nofrag replay --json traces/vit_fixed.csv.gz >/dev/null 2>&1; then
+  echo "(this build has no zlib: replaying gunzipped copies)"
+  mkdir -p /tmp/nofrag-traces
+  for f in traces/*.csv.gz; do
+    gunzip -c "$f" >"/tmp/nofrag-traces/$(basename "$f" .gz)"
+    cp "${f%.csv.gz}.steps" /tmp/nofrag-traces/
+  done
+  traces=(/tmp/nofrag-traces/*.csv)
+fi
+for t in "${traces[@]}"; do
+  build-gpu/nofrag replay --json "$t"
+  build-gpu/nofrag replay --json --cuda 0 "$t"
+done | tee "$OUT/replay_host_vs_cuda.jsonl" >/dev/null
+python3 - "$OUT/replay_host_vs_cuda.jsonl" <<'PY' || status=1
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ok = True
+for host, cuda in zip(rows[::2], rows[1::2]):
+    diff = abs(host["peak_mapped_bytes"] - cuda["peak_mapped_bytes"])
+    good = diff <= 2 << 20 and cuda["failed_allocs"] == 0
+    ok &= good
+    print(f'{host["trace"]:18s} host {host["peak_mapped_bytes"]/2**30:.3f} GiB  cuda {cuda["peak_mapped_bytes"]/2**30:.3f} GiB'
+          f'  diff {diff} B  cuda replay {cuda["replay_seconds"]:.2f} s  {"ok" if good else "MISMATCH"}')
+sys.exit(0 if ok else 1)
+PY
+
+step "GPT-2, 100 steps: native allocator vs nofrag (default cap, then a tight cap)"
+export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so"
+python3 gpu/gpt2_losses.py native "$OUT/gpt2_native.json" 2>&1 | grep -v Warning | tail -2
+python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag.json" 2>&1 | grep -v Warning | tail -2
+peak=$(python3 -c "import json;print(json.load(open('$OUT/gpt2_native.json'))['stats']['allocated_bytes.all.peak'])")
+NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag_tight.json" 2>&1 \
+  | grep -v Warning | tail -2
+python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" || status=1
+
+if [ "${1:-}" = record ] && [ -f .rec/workloads.py ]; then
+  step "recording traces"
+  mkdir -p "$OUT/rec"
+  for w in gpt2_accum_ckpt gpt2_train_eval gpt2_generate; do
+    timeout 240 python3 .rec/workloads.py "$w" "${STEPS:-30}" "$OUT/rec" --record 2>&1 | tail -1
+    python3 gpu/convert_trace.py "$OUT/rec/$w.trace.csv.gz" "$OUT/rec/$w.marks.json" "$OUT/traces"
+  done
+fi
+echo
+echo "run-all: $([ $status -eq 0 ] && echo PASSED || echo FAILED)"
+exit $status

@@ -1,0 +1,133 @@
+"""Serving PyTorch's CUDA allocations from nofrag (torch.cuda.memory.CUDAPluggableAllocator).
+
+    import nofrag.torch
+    nofrag.torch.enable(capacity="70G")   # before anything touches CUDA
+
+Settings (argument, else environment variable, else default):
+    capacity           NOFRAG_CAPACITY           physical cap per device in bytes ("70G")
+    capacity_fraction  NOFRAG_CAPACITY_FRACTION  ... or as a fraction of the device's memory
+    margin             NOFRAG_MARGIN             default cap = free memory at first use less this
+                                                 (default 512M, left for the CUDA context and libraries)
+    peer_access        NOFRAG_PEER_ACCESS        map pages for peer devices too (1/0)
+    log_level          NOFRAG_LOG_LEVEL          0 error, 1 warn (default), 2 info, 3 debug
+Setting NOFRAG_ENABLE=1 and importing nofrag.torch enables it with these settings.
+"""
+import os
+
+from ._lib import NofragError, check, lib, library_path, parse_bytes
+
+_enabled = False
+_hooks = {}
+
+
+def _setting(value, env, convert, default):
+    if value is not None:
+        return convert(value)
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return default
+    try:
+        return convert(raw)
+    except ValueError as e:
+        raise ValueError(f"{env}={raw!r}: {e}") from None
+
+
+def _fraction(x):
+    f = float(x)
+    if not 0 < f <= 1:
+        raise ValueError(f"capacity fraction must be in (0, 1], got {x!r}")
+    return f
+
+
+def _flag(x):
+    if isinstance(x, bool):
+        return x
+    s = str(x).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false, got {x!r}")
+
+
+def _level(x):
+    n = int(x)
+    if not 0 <= n <= 3:
+        raise ValueError(f"log level must be 0..3, got {x!r}")
+    return n
+
+
+def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None):
+    """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
+    return {
+        "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
+        "capacity_fraction": _setting(capacity_fraction, "NOFRAG_CAPACITY_FRACTION", _fraction, 0.0),
+        "margin": _setting(margin, "NOFRAG_MARGIN", parse_bytes, 512 << 20),
+        "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, False),
+        "log_level": _setting(log_level, "NOFRAG_LOG_LEVEL", _level, 1),
+    }
+
+
+def enabled():
+    return _enabled
+
+
+def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None):
+    """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
+    tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
+    Calling it again after success does nothing."""
+    global _enabled
+    if _enabled:
+        return
+    import torch
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            "nofrag.torch.enable() must run before CUDA is initialised, and CUDA already is in this "
+            "process (something created a CUDA tensor or queried the device). Call it at the very "
+            "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
+    s = settings(capacity, capacity_fraction, margin, peer_access, log_level)
+    L = lib()
+    check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"],
+                               int(s["peer_access"]), s["log_level"]), "nofrag.torch.enable")
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
+    torch.cuda.memory.change_current_allocator(allocator)
+    _install_hooks(torch)
+    _enabled = True
+
+
+def _install_hooks(torch):
+    """PyTorch's pluggable allocator has no Python setters for its optional hooks, so the public
+    functions that would reach them are wrapped instead."""
+    L = lib()
+
+    def empty_cache():
+        check(L.nf_torch_trim(-1, 0), "torch.cuda.empty_cache (nofrag trim)")
+
+    def set_per_process_memory_fraction(fraction, device=None):
+        dev = torch.cuda.current_device() if device is None else torch.device("cuda", device).index \
+            if not isinstance(device, int) else device
+        check(L.nf_torch_set_memory_fraction(float(fraction), dev), "set_per_process_memory_fraction")
+
+    original_record_stream = torch.Tensor.record_stream
+
+    def record_stream(self, stream):
+        if self.is_cuda:
+            ptr = self.untyped_storage().data_ptr()
+            if ptr:
+                L.nf_torch_record_stream(ptr, self.device.index, stream.cuda_stream)
+        return original_record_stream(self, stream)
+
+    _hooks.update(empty_cache=torch.cuda.empty_cache,
+                  set_per_process_memory_fraction=torch.cuda.set_per_process_memory_fraction,
+                  record_stream=original_record_stream)
+    torch.cuda.empty_cache = empty_cache
+    torch.cuda.memory.empty_cache = empty_cache
+    torch.cuda.set_per_process_memory_fraction = set_per_process_memory_fraction
+    torch.cuda.memory.set_per_process_memory_fraction = set_per_process_memory_fraction
+    torch.Tensor.record_stream = record_stream
+
+
+if os.environ.get("NOFRAG_ENABLE", "") not in ("", "0"):
+    enable()
+
+__all__ = ["enable", "enabled", "settings", "NofragError"]

@@ -1,0 +1,140 @@
+"""The Python front end without a GPU: settings, library loading, enable() against a stand-in torch
+module, and the C entry points' behaviour where no CUDA driver exists."""
+import ctypes
+import importlib
+import os
+import sys
+import types
+import unittest
+
+import nofrag
+from nofrag import _lib
+
+
+def fake_torch(initialized=False):
+    """A stand-in for the parts of torch that nofrag.torch touches, recording what it is asked."""
+    calls = {}
+    torch = types.ModuleType("torch")
+    cuda = types.ModuleType("torch.cuda")
+    memory = types.ModuleType("torch.cuda.memory")
+
+    class CUDAPluggableAllocator:
+        def __init__(self, path, alloc, free):
+            calls["allocator"] = (path, alloc, free)
+
+    memory.CUDAPluggableAllocator = CUDAPluggableAllocator
+    memory.change_current_allocator = lambda a: calls.setdefault("changed", a)
+    memory.empty_cache = lambda: calls.setdefault("original_empty_cache", True)
+    cuda.memory = memory
+    cuda.is_initialized = lambda: initialized
+    cuda.empty_cache = memory.empty_cache
+    cuda.set_per_process_memory_fraction = lambda f, d=None: None
+    cuda.current_device = lambda: 0
+    torch.cuda = cuda
+
+    class Tensor:
+        def record_stream(self, stream):
+            calls["record_stream"] = stream
+
+    torch.Tensor = Tensor
+    return torch, calls
+
+
+class SettingsTest(unittest.TestCase):
+    def test_parse_bytes(self):
+        self.assertEqual(nofrag.parse_bytes("12G"), 12 << 30)
+        self.assertEqual(nofrag.parse_bytes("512MiB"), 512 << 20)
+        self.assertEqual(nofrag.parse_bytes("1.5k"), 1536)
+        self.assertEqual(nofrag.parse_bytes(4096), 4096)
+        for bad in ("", "-1G", "12X", "G", "1e9"):
+            with self.assertRaises(ValueError):
+                nofrag.parse_bytes(bad)
+
+    def test_settings_from_arguments_then_environment(self):
+        import nofrag.torch as nt
+        env = {"NOFRAG_CAPACITY": "8G", "NOFRAG_PEER_ACCESS": "yes", "NOFRAG_LOG_LEVEL": "2"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            s = nt.settings(margin="1G")
+            self.assertEqual(s["capacity"], 8 << 30)
+            self.assertTrue(s["peer_access"])
+            self.assertEqual(s["log_level"], 2)
+            self.assertEqual(s["margin"], 1 << 30)
+            self.assertEqual(nt.settings(capacity="1G")["capacity"], 1 << 30)
+            os.environ["NOFRAG_CAPACITY_FRACTION"] = "1.5"
+            with self.assertRaisesRegex(ValueError, "NOFRAG_CAPACITY_FRACTION"):
+                nt.settings()
+        finally:
+            os.environ.pop("NOFRAG_CAPACITY_FRACTION", None)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+class LibraryTest(unittest.TestCase):
+    def test_exports_only_nf_symbols_needed_by_pytorch(self):
+        L = _lib.lib()
+        for name in ("nf_torch_alloc", "nf_torch_free", "nf_torch_configure", "nf_alloc", "nf_free"):
+            self.assertTrue(hasattr(L, name), name)
+        self.assertEqual(nofrag.version().count("."), 2)
+
+    def test_no_driver_means_null_and_a_reason(self):
+        L = _lib.lib()
+        if os.path.exists("/dev/nvidia0"):
+            self.skipTest("a GPU is present")
+        L.nf_torch_alloc.restype = ctypes.c_void_p
+        L.nf_torch_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+        self.assertIsNone(L.nf_torch_alloc(1024, 0, None))
+        self.assertIn("cuda:0", nofrag.last_error())
+        self.assertEqual(nofrag.stats(0), {})  # no pool was created
+        nofrag.trim()  # nothing to trim: no error
+        nofrag.check_pools()
+
+    def test_configure_rejects_bad_values(self):
+        L = _lib.lib()
+        self.assertNotEqual(L.nf_torch_configure(0, 1.5, 0, 0, 1), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 9), 0)
+
+
+class EnableTest(unittest.TestCase):
+    def setUp(self):
+        self.saved = sys.modules.get("torch")
+
+    def tearDown(self):
+        if self.saved is None:
+            sys.modules.pop("torch", None)
+        else:
+            sys.modules["torch"] = self.saved
+        import nofrag.torch as nt
+        nt._enabled = False
+
+    def test_too_late_is_a_clear_error(self):
+        torch, calls = fake_torch(initialized=True)
+        sys.modules["torch"] = torch
+        import nofrag.torch as nt
+        with self.assertRaisesRegex(RuntimeError, "before CUDA is initialised"):
+            nt.enable()
+        self.assertNotIn("changed", calls)
+        self.assertFalse(nt.enabled())
+
+    def test_enable_installs_allocator_and_hooks(self):
+        torch, calls = fake_torch()
+        sys.modules["torch"] = torch
+        import nofrag.torch as nt
+        nt.enable(capacity="1G")
+        self.assertTrue(nt.enabled())
+        path, alloc, free = calls["allocator"]
+        self.assertEqual((alloc, free), ("nf_torch_alloc", "nf_torch_free"))
+        self.assertEqual(path, _lib.library_path())
+        self.assertIn("changed", calls)
+        torch.cuda.empty_cache()  # now nofrag's trim, which succeeds with no pool
+        self.assertNotIn("original_empty_cache", calls)
+        nt.enable()  # a second call does nothing
+        importlib.reload(nt)  # reloading without NOFRAG_ENABLE must not enable again
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -36,7 +36,8 @@ torch.manual_seed(0)
 torch.use_deterministic_algorithms(True)
 torch.backends.cudnn.benchmark = False
 cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
-model = GPT2LMHeadModel(cfg, attn_implementation="eager").cuda()
+cfg._attn_implementation = "eager"  # plain matmul attention: deterministic in backward
+model = GPT2LMHeadModel(cfg).cuda()
 opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
 gen = torch.Generator().manual_seed(1234)
 losses = []

@@ -5,7 +5,8 @@
 #   gpu/run-all.sh record       also record new traces (needs workloads.py in .rec/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-results}
+RESULTS=${OUT:-gpu-results}
+OUT="$RESULTS/detail"   # everything but the traces goes into one archive at the end
 mkdir -p "$OUT"
 status=0
 step() { echo; echo "== $* =="; }
@@ -23,6 +24,7 @@ grep -q "100% tests passed" "$OUT/ctest.log" || status=1
 step "compute-sanitizer memcheck on the stress test (30k operations)"
 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 \
   2>&1 | tee "$OUT/memcheck.log" | tail -4 || status=1
+grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || status=1
 
 step "bundled traces: host replay vs CUDA replay (peak mapped)"
 traces=(traces/*.csv.gz)
@@ -61,14 +63,21 @@ NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gp
   | grep -v Warning | tail -2
 python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" || status=1
 
+step "allocation latency through PyTorch (us per torch.empty + del)"
+python3 gpu/latency.py native 2>&1 | tail -1 | tee "$OUT/latency.txt"
+python3 gpu/latency.py nofrag 2>&1 | tail -1 | tee -a "$OUT/latency.txt"
+
 if [ "${1:-}" = record ] && [ -f .rec/workloads.py ]; then
   step "recording traces"
-  mkdir -p "$OUT/rec"
-  for w in gpt2_accum_ckpt gpt2_train_eval gpt2_generate; do
-    timeout 240 python3 .rec/workloads.py "$w" "${STEPS:-30}" "$OUT/rec" --record 2>&1 | tail -1
-    python3 gpu/convert_trace.py "$OUT/rec/$w.trace.csv.gz" "$OUT/rec/$w.marks.json" "$OUT/traces"
+  mkdir -p /tmp/rec
+  for spec in ${WORKLOADS:-gpt2_accum_ckpt:30 gpt2_train_eval:30 gpt2_generate:12}; do
+    w=${spec%%:*}
+    timeout 300 python3 .rec/workloads.py "$w" "${spec##*:}" /tmp/rec --record 2>&1 | tail -1
+    python3 gpu/convert_trace.py "/tmp/rec/$w.trace.csv.gz" "/tmp/rec/$w.marks.json" "$RESULTS/traces"
+    cp "/tmp/rec/$w.default.json" "$OUT/" 2>/dev/null
   done
 fi
+tar -czf "$RESULTS/detail.tar.gz" -C "$RESULTS" detail && rm -rf "$OUT"
 echo
 echo "run-all: $([ $status -eq 0 ] && echo PASSED || echo FAILED)"
 exit $status

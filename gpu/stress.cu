@@ -119,12 +119,14 @@ int main(int argc, char **argv) {
     nf_stats st;
     nf_stats_get(pool, &st);
     int check = nf_pool_check(pool);
+    fflush(stderr);
     printf("ops %ld, allocs %llu, out-of-memory %llu, remaps %llu, event waits %llu, peak reserved %.1f MiB "
            "(cap %llu MiB), corrupt words %llu, check %s\n",
            ops, allocs, failures, (unsigned long long)st.num_remaps, (unsigned long long)st.num_event_waits,
            (double)st.reserved_bytes.peak / 1048576.0, cap_mib, bad, nf_status_str((nf_status)check));
-    for (int i = 0; i < nstreams; i++) cudaStreamDestroy(streams[i]);
+    /* The pool goes before the streams it served: destroying it may record events on them. */
     if (nf_pool_destroy(pool) != NF_OK) return 1;
     nf_backend_destroy(be);
+    for (int i = 0; i < nstreams; i++) cudaStreamDestroy(streams[i]);
     return bad == 0 && check == NF_OK && st.num_remaps > 0 ? 0 : 1;
 }

@@ -96,7 +96,8 @@ nf_config nf_config_default(void);
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out);
 
 /* Destroys a pool: unmaps and releases every page and the virtual range, whether or not blocks are
- * still live (their pointers become invalid). NULL is a no-op returning NF_OK. Returns the first
+ * still live (their pointers become invalid). It may record events on the streams that freed
+ * blocks, so destroy the pool before those streams. NULL is a no-op returning NF_OK. Returns the first
  * backend failure met, after attempting every release. Not thread-safe against other calls on the
  * same pool. O(pages + blocks). */
 nf_status nf_pool_destroy(nf_pool *pool);

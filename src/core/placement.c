@@ -30,7 +30,41 @@ static bool candidate_fits(const nf_pool *pool, const block *b, uint64_t size, u
            pool_pages_available(pool, b->addr, size);
 }
 
-block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx) {
+#include <stdlib.h>
+static int experiment = -1;
+int nf_experiment_hint; /* oracle lifetime for experiments: 1 long-lived, 0 transient */
+static block *brute(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out) {
+    block *best = NULL;
+    uint64_t best_key = UINT64_MAX;
+    for (block *b = pool->first; b; b = b->next) {
+        if (b->live || b->size < size) continue;
+        uint64_t key, off = 0;
+        switch (experiment) {
+        case 1: key = 0; break; /* address-ordered first fit */
+        case 2: key = b->size; break; /* address-ordered best fit */
+        case 3: key = (pool_unmapped_pages(pool, b->addr, size) << 40) + (b->size >> 9); break; /* mapped first, then best fit */
+        case 4: key = (pool_unmapped_pages(pool, b->addr, size) << 40) + ((b->addr - pool->base) >> 9); break; /* mapped first, then lowest */
+        default: {
+            /* 5: oracle segregation: long-lived low half, transient high half; address-ordered best fit within */
+            uint64_t mid = pool->base + pool->virtual_bytes / 2;
+            bool in_high = b->addr + b->size > mid;
+            if (nf_experiment_hint && b->addr >= mid) continue;
+            if (!nf_experiment_hint && !in_high) continue;
+            uint64_t addr = b->addr;
+            if (!nf_experiment_hint && addr < mid) { if (b->addr + b->size - mid < size) continue; off = mid - addr; addr = mid; }
+            key = experiment == 5 ? b->size : (addr - pool->base) >> 9;
+        }
+        }
+        if (!pool_block_usable_by(pool, b, idx) || !pool_pages_available(pool, b->addr + off, size)) continue;
+        if (key < best_key) { best_key = key; best = b; *offset_out = off; }
+    }
+    return best;
+}
+
+block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out) {
+    if (experiment < 0) { const char *e = getenv("NF_EXPERIMENT"); experiment = e ? atoi(e) : 0; }
+    *offset_out = 0;
+    if (experiment > 0) return brute(pool, size, idx, offset_out);
     uint32_t fl, sl;
     index_bin_of(size, &fl, &sl);
     block *best = NULL;

@@ -355,6 +355,17 @@ static void virtual_span_after_free(nf_pool *pool, const block *freed) {
 
 static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx);
 
+/* Splits free block b (not in the index) at `offset`: the front part goes back to the index and
+ * the returned block starts at b->addr + offset. NULL only when host memory runs out. */
+static block *block_split_at(nf_pool *pool, block *b, uint64_t offset) {
+    if (offset == 0) return b;
+    if (!block_split_front(pool, b, offset)) return NULL;
+    block *rest = b->next; /* block_split_front indexed it */
+    index_remove(&pool->index, rest);
+    index_insert(&pool->index, b);
+    return rest;
+}
+
 /* Turns free block b (out of the index, size >= size) into a live block of `size` bytes at its
  * front, mapping the pages it needs. */
 static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx) {
@@ -578,9 +589,15 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
     /* 1: what is known to be reusable now; 2: after asking the backend which streams' work has
      * finished; 3: after waiting for it. Each step only runs when the previous one found nothing. */
     for (int attempt = 0; attempt < 3; attempt++) {
-        block *b = placement_find(pool, rounded, idx);
+        uint64_t offset = 0;
+        block *b = placement_find(pool, rounded, idx, &offset);
         if (b) {
             index_remove(&pool->index, b);
+            block *front = b;
+            if (!(b = block_split_at(pool, b, offset))) {
+                index_insert(&pool->index, front);
+                return NF_ERR_NO_MEMORY_HOST;
+            }
             s = block_make_live(pool, b, rounded, idx);
             if (s != NF_OK) return s;
             pool->stats.num_allocs++;

@@ -137,9 +137,9 @@ typedef struct nf_gauge {
 /* X(name, description) */
 #define NF_STATS_GAUGES(X)                                                                   \
     X(allocated_bytes, "bytes in live blocks (rounded to the alignment)")                  \
-    X(reserved_bytes, "physical bytes held from the backend (mapped + spare)")              \
-    X(mapped_bytes, "physical bytes mapped into the virtual range")                         \
-    X(idle_mapped_bytes, "mapped bytes on pages that hold no live block")                    \
+    X(reserved_bytes, "physical bytes held from the backend")                               \
+    X(mapped_bytes, "virtual bytes backed by a mapping (a page mapped at two places: twice)") \
+    X(idle_bytes, "physical bytes held on pages that hold no live block")                   \
     X(virtual_span_bytes, "bytes from the range's base to the end of the highest block used") \
     X(allocation, "live blocks")
 
@@ -150,8 +150,8 @@ typedef struct nf_gauge {
     X(num_invalid_frees, "frees rejected as invalid or double")                             \
     X(num_page_maps, "pages mapped")                                                        \
     X(num_page_unmaps, "pages unmapped")                                                    \
-    X(num_remaps, "pages unmapped from one virtual place and mapped at another")            \
-    X(num_reclaims, "times the cap bound and idle pages were taken back")                   \
+    X(num_remaps, "physical pages mapped at a new place after serving elsewhere")           \
+    X(num_reclaims, "allocations served by idle physical pages from other places")          \
     X(num_event_waits, "times the pool had to wait for a stream's work to finish")          \
     X(num_steps, "training steps marked with nf_step_mark")                                 \
     X(calls_reserve, "backend calls: reserve a virtual range")                              \
@@ -182,7 +182,7 @@ typedef struct nf_stats {
     uint64_t granularity_bytes;     /* physical page size */
     uint64_t backend_calls;         /* sum of the calls_* counters */
     uint64_t largest_free_mapped_bytes; /* largest free range lying wholly on mapped pages */
-    uint64_t free_mapped_bytes;     /* mapped bytes not in live blocks */
+    uint64_t free_mapped_bytes;     /* free bytes on mapped virtual pages */
     double overhead_ratio;          /* reserved_bytes.peak / allocated_bytes.peak (0 if none) */
     double fragmentation;           /* 1 - largest_free_mapped / free_mapped (0 if nothing free) */
 } nf_stats;

@@ -29,8 +29,8 @@ enum {
 };
 
 typedef struct host_page {
-    uint64_t mapped_at; /* 0: mapped nowhere */
-    uint8_t in_use;     /* created and not released */
+    uint32_t mappings; /* virtual places it is mapped at (CUDA allows several) */
+    uint8_t in_use;    /* created and not released */
 } host_page;
 
 typedef struct host_stream {
@@ -163,7 +163,7 @@ static int host_page_create(void *ctx, uint64_t *handle_out) {
         }
     }
     h->pages[handle - 1].in_use = 1;
-    h->pages[handle - 1].mapped_at = 0;
+    h->pages[handle - 1].mappings = 0;
     *handle_out = handle;
     return 0;
 }
@@ -174,7 +174,7 @@ static bool handle_valid(host_ctx *h, uint64_t handle) {
 
 static int host_page_release(void *ctx, uint64_t handle) {
     host_ctx *h = ctx;
-    if (!handle_valid(h, handle) || h->pages[handle - 1].mapped_at) return HOST_ERR_PRECONDITION;
+    if (!handle_valid(h, handle) || h->pages[handle - 1].mappings) return HOST_ERR_PRECONDITION;
     h->pages[handle - 1].in_use = 0;
     if (h->real) /* give the memory back to the system, as cuMemRelease does */
         fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((handle - 1) * h->gran),
@@ -188,8 +188,7 @@ static int host_page_release(void *ctx, uint64_t handle) {
 static int host_map(void *ctx, uint64_t va, uint64_t handle) {
     host_ctx *h = ctx;
     host_reservation *r = find_res(h, va);
-    if (!r || va % h->gran || !handle_valid(h, handle) || h->pages[handle - 1].mapped_at)
-        return HOST_ERR_PRECONDITION;
+    if (!r || va % h->gran || !handle_valid(h, handle)) return HOST_ERR_PRECONDITION;
     uint64_t p = (va - r->base) / h->gran;
     if (r->handles[p]) return HOST_ERR_PRECONDITION;
     if (h->real) {
@@ -202,7 +201,7 @@ static int host_map(void *ctx, uint64_t va, uint64_t handle) {
     }
     r->handles[p] = handle;
     r->access[p] = 0;
-    h->pages[handle - 1].mapped_at = va;
+    h->pages[handle - 1].mappings++;
     return 0;
 }
 
@@ -224,7 +223,7 @@ static int host_unmap(void *ctx, uint64_t va) {
     }
     r->handles[p] = 0;
     r->access[p] = 0;
-    h->pages[handle - 1].mapped_at = 0;
+    h->pages[handle - 1].mappings--;
     return 0;
 }
 

@@ -25,7 +25,7 @@ void placement_note_free(nf_pool *pool, const block *b) {
 
 void placement_note_step(nf_pool *pool) { (void)pool; }
 
-static bool candidate_fits(const nf_pool *pool, const block *b, uint64_t size, uint32_t idx) {
+static bool candidate_fits(nf_pool *pool, const block *b, uint64_t size, uint32_t idx) {
     return b->size >= size && pool_block_usable_by(pool, b, idx) &&
            pool_pages_available(pool, b->addr, size);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend_calls.h"
+#include "pages.h"
 #include "placement.h"
 #include "pool_internal.h"
 
@@ -98,7 +99,7 @@ static nf_status stream_index(nf_pool *pool, void *stream, uint32_t *idx_out) {
  * covers all work queued before every earlier free on that stream, so one event answers for all of
  * them, and a job on one stream never pays for events it does not need.
  */
-static nf_status stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out) {
+nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out) {
     stream_state *st = &pool->streams[idx];
     *done_out = st->done_seq >= seq;
     if (*done_out) return NF_OK;
@@ -125,7 +126,7 @@ static nf_status stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wa
 
 /* Whether every stream in `mask` other than `idx` is known to have finished its work up to free
  * number `seq` (no backend call). Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
-static bool fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
     if (idx < 63) mask &= ~(1ull << idx);
     while (mask) {
         uint32_t bit = (uint32_t)__builtin_ctzll(mask);
@@ -138,7 +139,7 @@ static bool fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, u
 
 /* Whether a free block may serve stream `idx` now, from what is already known. */
 bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
-    return b->fence_seq == 0 || fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
+    return b->fence_seq == 0 || pool_fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
@@ -151,7 +152,7 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
 
 /* The block's fence mask, or 0 when all its streams' work is already known to be done. */
 static uint64_t effective_mask(const nf_pool *pool, const block *b) {
-    return b->fence_seq && !fence_known_done(pool, b->fence_mask, b->fence_seq, NO_STREAM) ? b->fence_mask : 0;
+    return b->fence_seq && !pool_fence_known_done(pool, b->fence_mask, b->fence_seq, NO_STREAM) ? b->fence_mask : 0;
 }
 
 /* Like blocks_mergeable, with fences already known to be done treated as cleared. If so,
@@ -170,103 +171,6 @@ static bool blocks_mergeable_now(const nf_pool *pool, const block *a, const bloc
     *mask_out = ma;
     *seq_out = ma ? seq : 0;
     return true;
-}
-
-/* ---- pages -------------------------------------------------------------------------------- */
-
-static void idle_push(nf_pool *pool, uint64_t p) {
-    page *pg = &pool->pages[p];
-    pg->idle_next = NF_NO_PAGE;
-    pg->idle_prev = pool->idle_tail;
-    if (pool->idle_tail != NF_NO_PAGE) pool->pages[pool->idle_tail].idle_next = (int32_t)p;
-    else pool->idle_head = (int32_t)p;
-    pool->idle_tail = (int32_t)p;
-    pool->idle_count++;
-    gauge_add(&pool->stats.idle_mapped_bytes, pool->gran);
-}
-
-static void idle_remove(nf_pool *pool, uint64_t p) {
-    page *pg = &pool->pages[p];
-    if (pg->idle_prev != NF_NO_PAGE) pool->pages[pg->idle_prev].idle_next = pg->idle_next;
-    else pool->idle_head = pg->idle_next;
-    if (pg->idle_next != NF_NO_PAGE) pool->pages[pg->idle_next].idle_prev = pg->idle_prev;
-    else pool->idle_tail = pg->idle_prev;
-    pg->idle_prev = pg->idle_next = NF_NO_PAGE;
-    pool->idle_count--;
-    gauge_sub(&pool->stats.idle_mapped_bytes, pool->gran);
-}
-
-static void page_fence_add(nf_pool *pool, page *pg, uint64_t mask, uint64_t seq) {
-    if (fence_known_done(pool, pg->fence_mask, pg->fence_seq, NO_STREAM)) pg->fence_mask = 0;
-    pg->fence_mask |= mask;
-    pg->fence_seq = seq;
-}
-
-/* Waits, if it must, until no queued work can touch page pg. */
-static nf_status page_wait_quiet(nf_pool *pool, page *pg) {
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        if (!(pg->fence_mask & stream_bit(i))) continue;
-        bool done;
-        nf_status s = stream_reach(pool, i, pg->fence_seq, true, &done);
-        if (s != NF_OK) return s;
-    }
-    pg->fence_mask = 0;
-    return NF_OK;
-}
-
-static uint64_t held_pages(const nf_pool *pool) { return pool->mapped_count + pool->spare_count; }
-
-static uint64_t cap_headroom(const nf_pool *pool) {
-    if (!pool->cap_pages) return UINT64_MAX;
-    uint64_t limit = pool->cap_pages + pool->cap_slack;
-    return held_pages(pool) >= limit ? 0 : limit - held_pages(pool);
-}
-
-/* Unmaps idle page p (waiting for its work first); its handle becomes spare. */
-static nf_status page_unmap_idle(nf_pool *pool, uint64_t p) {
-    page *pg = &pool->pages[p];
-    nf_status s = page_wait_quiet(pool, pg);
-    if (s != NF_OK) return s;
-    if ((s = call_unmap(pool, pool->base + (p << pool->gran_log2))) != NF_OK) return s;
-    idle_remove(pool, p);
-    pool->spare_handles[pool->spare_count++] = pg->handle;
-    pg->handle = 0;
-    pool->mapped_count--;
-    gauge_sub(&pool->stats.mapped_bytes, pool->gran);
-    pool->stats.num_page_unmaps++;
-    return NF_OK;
-}
-
-/* Maps a physical page at page p: a spare handle, else a new one under the cap, else an idle page
- * taken from elsewhere (least recently idled first). */
-static nf_status page_map(nf_pool *pool, uint64_t p, bool *reclaimed) {
-    nf_status s;
-    bool remap = false;
-    if (!pool->spare_count) {
-        if (cap_headroom(pool) > 0) {
-            uint64_t handle;
-            if ((s = call_page_create(pool, &handle)) != NF_OK) return s;
-            pool->spare_handles[pool->spare_count++] = handle;
-            gauge_add(&pool->stats.reserved_bytes, pool->gran);
-        } else {
-            if (pool->idle_head == NF_NO_PAGE) return NF_ERR_OUT_OF_MEMORY;
-            if ((s = page_unmap_idle(pool, (uint64_t)pool->idle_head)) != NF_OK) return s;
-            remap = true;
-            *reclaimed = true;
-        }
-    }
-    uint64_t handle = pool->spare_handles[pool->spare_count - 1];
-    uint64_t va = pool->base + (p << pool->gran_log2);
-    if ((s = call_map(pool, va, handle)) != NF_OK) return s;
-    pool->spare_count--;
-    page *pg = &pool->pages[p];
-    pg->handle = handle;
-    pool->mapped_count++;
-    gauge_add(&pool->stats.mapped_bytes, pool->gran);
-    pool->stats.num_page_maps++;
-    if (remap) pool->stats.num_remaps++;
-    if ((s = call_set_access(pool, va)) != NF_OK) return s;
-    return NF_OK;
 }
 
 /* ---- blocks ------------------------------------------------------------------------------- */
@@ -319,29 +223,12 @@ static block *block_coalesce(nf_pool *pool, block *b) {
     }
 }
 
-/* Pages of [addr, addr + size) that are not mapped: what placing a block there would cost. */
-uint64_t pool_unmapped_pages(const nf_pool *pool, uint64_t addr, uint64_t size) {
-    uint64_t count = 0;
-    for (uint64_t p = page_of(pool, addr), last = page_last(pool, addr, size); p <= last; p++)
-        count += pool->pages[p].handle == 0;
-    return count;
+uint64_t pool_unmapped_pages(nf_pool *pool, uint64_t addr, uint64_t size) {
+    return pages_cost(pool, addr, size);
 }
 
-/* Idle pages inside [addr, addr + size): they would stop being idle, so cannot be reclaimed. */
-static uint64_t idle_pages_in(const nf_pool *pool, uint64_t addr, uint64_t size) {
-    uint64_t count = 0;
-    for (uint64_t p = page_of(pool, addr), last = page_last(pool, addr, size); p <= last; p++)
-        count += pool->pages[p].handle != 0 && pool->pages[p].live_blocks == 0;
-    return count;
-}
-
-bool pool_pages_available(const nf_pool *pool, uint64_t addr, uint64_t size) {
-    uint64_t need = pool_unmapped_pages(pool, addr, size);
-    if (need == 0) return true;
-    uint64_t headroom = cap_headroom(pool);
-    if (headroom == UINT64_MAX) return true;
-    uint64_t reclaimable = pool->idle_count - idle_pages_in(pool, addr, size) + pool->spare_count;
-    return need <= headroom + reclaimable;
+bool pool_pages_available(nf_pool *pool, uint64_t addr, uint64_t size) {
+    return pages_available(pool, addr, size);
 }
 
 static void virtual_span_after_free(nf_pool *pool, const block *freed) {
@@ -387,22 +274,13 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
     if (end > pool->stats.virtual_span_bytes.current)
         gauge_add(&pool->stats.virtual_span_bytes, end - pool->stats.virtual_span_bytes.current);
 
-    uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, size);
-    for (uint64_t p = first; p <= last; p++) {
-        page *pg = &pool->pages[p];
-        if (pg->handle && pg->live_blocks == 0) idle_remove(pool, p);
-        pg->live_blocks++;
-    }
     bool reclaimed = false;
-    for (uint64_t p = first; p <= last; p++) {
-        if (pool->pages[p].handle) continue;
-        nf_status s = page_map(pool, p, &reclaimed);
-        if (s != NF_OK) {
-            /* Undo: releasing the block drops every page's count again; pages mapped so far stay
-             * mapped and become idle. */
-            block_release_live(pool, b, idx);
-            return s;
-        }
+    nf_status s = pages_acquire(pool, b->addr, size, idx, &reclaimed);
+    if (s != NF_OK) {
+        /* Undo: releasing the block drops every page's count again; pages mapped so far stay
+         * mapped and become idle. */
+        block_release_live(pool, b, idx);
+        return s;
     }
     if (reclaimed) pool->stats.num_reclaims++;
     return NF_OK;
@@ -412,12 +290,7 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
 static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx) {
     uint64_t seq = ++pool->free_seq;
     uint64_t mask = b->fence_mask | stream_bit(idx); /* every stream the block was used on */
-    uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, b->size);
-    for (uint64_t p = first; p <= last; p++) {
-        page *pg = &pool->pages[p];
-        page_fence_add(pool, pg, mask, seq);
-        if (--pg->live_blocks == 0 && pg->handle) idle_push(pool, p);
-    }
+    pages_release(pool, b->addr, b->size, mask, seq);
     ptr_map_remove(&pool->live, b->addr);
     b->live = 0;
     b->stream_idx = idx;
@@ -457,20 +330,13 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->virtual_bytes = virtual_bytes;
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
-    pool->idle_head = pool->idle_tail = NF_NO_PAGE;
     pool->stats.size = sizeof(nf_stats);
     pool->stats.version = NF_STATS_VERSION;
-    pool->pages = calloc(pool->page_count, sizeof *pool->pages);
-    /* Every held page is either mapped (at most page_count) or spare (at most cap_pages, and at
-     * most page_count without a cap): this bounds the spare list. */
-    pool->spare_handles = calloc(pool->page_count + 1, sizeof *pool->spare_handles);
     block *whole = NULL;
     nf_status s = NF_ERR_NO_MEMORY_HOST;
-    if (!pool->pages || !pool->spare_handles || !ptr_map_init(&pool->live, 1024) ||
-        !(whole = block_new(pool)) || pthread_mutex_init(&pool->lock, NULL) != 0)
+    if (pages_init(pool) != NF_OK || !ptr_map_init(&pool->live, 1024) || !(whole = block_new(pool)) ||
+        pthread_mutex_init(&pool->lock, NULL) != 0)
         goto fail;
-    for (uint64_t p = 0; p < pool->page_count; p++)
-        pool->pages[p].idle_prev = pool->pages[p].idle_next = NF_NO_PAGE;
     if ((s = call_reserve(pool, virtual_bytes, &pool->base)) != NF_OK) {
         pthread_mutex_destroy(&pool->lock);
         goto fail;
@@ -493,8 +359,7 @@ fail:
         pool->slabs = next;
     }
     ptr_map_free(&pool->live);
-    free(pool->pages);
-    free(pool->spare_handles);
+    pages_free(pool);
     free(pool);
     return s;
 }
@@ -504,15 +369,7 @@ nf_status nf_pool_destroy(nf_pool *pool) {
     nf_status first_error = NF_OK, s;
 #define KEEP_FIRST(expr) \
     if ((s = (expr)) != NF_OK && first_error == NF_OK) first_error = s
-    for (uint64_t p = 0; p < pool->page_count; p++) {
-        page *pg = &pool->pages[p];
-        if (!pg->handle) continue;
-        KEEP_FIRST(page_wait_quiet(pool, pg));
-        KEEP_FIRST(call_unmap(pool, pool->base + (p << pool->gran_log2)));
-        KEEP_FIRST(call_page_release(pool, pg->handle));
-    }
-    for (uint64_t i = 0; i < pool->spare_count; i++)
-        KEEP_FIRST(call_page_release(pool, pool->spare_handles[i]));
+    KEEP_FIRST(pages_destroy(pool));
     for (uint32_t i = 0; i < pool->stream_count; i++)
         if (pool->streams[i].event) KEEP_FIRST(call_event_release(pool, pool->streams[i].event));
     if (pool->base) KEEP_FIRST(call_unreserve(pool, pool->base, pool->virtual_bytes));
@@ -524,8 +381,7 @@ nf_status nf_pool_destroy(nf_pool *pool) {
         pool->slabs = next;
     }
     ptr_map_free(&pool->live);
-    free(pool->pages);
-    free(pool->spare_handles);
+    pages_free(pool);
     free(pool->streams);
     pthread_mutex_destroy(&pool->lock);
     free(pool);
@@ -548,12 +404,12 @@ static uint64_t largest_free_block(const nf_pool *pool) {
 static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) {
     pool->stats.num_alloc_failures++;
     pool_log(pool, NF_LOG_WARN,
-             "out of memory: requested %llu bytes (%s); capacity %llu, live %llu, mapped %llu, "
+             "out of memory: requested %llu bytes (%s); capacity %llu, live %llu, held %llu, "
              "idle %llu, largest free virtual block %llu",
              (unsigned long long)size, why, (unsigned long long)(pool->cap_pages * pool->gran),
              (unsigned long long)pool->stats.allocated_bytes.current,
-             (unsigned long long)pool->stats.mapped_bytes.current,
-             (unsigned long long)pool->stats.idle_mapped_bytes.current,
+             (unsigned long long)pool->stats.reserved_bytes.current,
+             (unsigned long long)pool->stats.idle_bytes.current,
              (unsigned long long)largest_free_block(pool));
 }
 
@@ -567,7 +423,7 @@ static nf_status streams_poll(nf_pool *pool, bool wait, bool *progress) {
         if (st->done_seq >= pool->free_seq) continue;
         uint64_t before = st->done_seq;
         bool done;
-        nf_status s = stream_reach(pool, i, pool->free_seq, wait, &done);
+        nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait, &done);
         if (s != NF_OK) return s;
         if (st->done_seq != before) *progress = true;
     }
@@ -684,21 +540,7 @@ nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream) {
 /* ---- trimming, steps, capacity ------------------------------------------------------------ */
 
 static nf_status trim_locked(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
-    nf_status s;
-    while (held_pages(pool) > keep_pages) {
-        if (!pool->spare_count) {
-            if (pool->idle_head == NF_NO_PAGE) break;
-            if ((s = page_unmap_idle(pool, (uint64_t)pool->idle_head)) != NF_OK) return s;
-        }
-        if ((s = call_page_release(pool, pool->spare_handles[pool->spare_count - 1])) != NF_OK)
-            return s;
-        pool->spare_count--;
-        gauge_sub(&pool->stats.reserved_bytes, pool->gran);
-        *released += pool->gran;
-    }
-    uint64_t held = held_pages(pool);
-    pool->cap_slack = pool->cap_pages && held > pool->cap_pages ? held - pool->cap_pages : 0;
-    return NF_OK;
+    return pages_trim(pool, keep_pages, released);
 }
 
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
@@ -728,7 +570,7 @@ nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     pool->cap_pages = cap_pages;
     uint64_t released = 0;
     nf_status s = NF_OK;
-    if (cap_pages && held_pages(pool) > cap_pages) s = trim_locked(pool, cap_pages, &released);
+    if (cap_pages && pool->phys_count > cap_pages) s = trim_locked(pool, cap_pages, &released);
     else pool->cap_slack = 0;
     pthread_mutex_unlock(&pool->lock);
     return s;

@@ -7,9 +7,10 @@
  *                    mapped      mapped      idle       unmapped
  *
  * Blocks tile the whole virtual range in address order; every byte belongs to exactly one block.
- * Pages are the backend's granularity; a page is mapped to a physical handle only while some live
- * block overlaps it, or while it waits idle for reuse (mapped, no live block) until the cap binds
- * or nf_trim runs.
+ * Pages are the backend's granularity. A virtual page is backed by a physical page while a live
+ * block overlaps it; a physical page whose blocks are all freed stays mapped (idle), possibly at
+ * several virtual places (see pages.c), until it serves another block, the cap binds or nf_trim
+ * runs.
  *
  * Invariants (checked by nf_pool_check, see check.c):
  *   I1  sum(block.size) == virtual_bytes, and next.addr == addr + size for neighbours
@@ -17,12 +18,13 @@
  *   I3  free blocks == blocks in the free index, each in the bin of its size
  *   I4  live blocks == entries of the pointer map; allocation.current == |live blocks|
  *   I5  allocated_bytes.current == sum(live block.size)
- *   I6  page.live_blocks == |live blocks overlapping the page|, for every page
- *   I7  page.live_blocks > 0  =>  page.handle != 0 (mapped)
- *   I8  idle list == { pages : mapped and live_blocks == 0 };  idle_mapped_bytes == |idle| * gran
- *   I9  mapped_bytes.current == |mapped pages| * gran
- *   I10 reserved_bytes.current == (|mapped pages| + |spare handles|) * gran
- *   I11 capacity != 0  =>  held pages <= cap_pages + cap_slack
+ *   I6  page.live_blocks == |live blocks overlapping the page|, for every virtual page
+ *   I7  page.live_blocks > 0  =>  page is mapped to a physical page P with P.busy_va == page;
+ *       a physical page is busy through at most one of its <= MAX_ALIASES virtual pages
+ *   I8  idle list == { physical pages : busy_va == none };  idle_bytes == |idle| * gran
+ *   I9  mapped_bytes.current == |mapped virtual pages| * gran
+ *   I10 reserved_bytes.current == |physical pages| * gran
+ *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
  */
 #ifndef NOFRAG_POOL_INTERNAL_H
@@ -57,16 +59,28 @@ typedef struct block {
     uint8_t in_index;
 } block;
 
+/* A virtual page of the range. */
 typedef struct page {
-    uint64_t handle;      /* physical page mapped here; 0 when unmapped */
+    int32_t phys;         /* physical page mapped here (index into pool->phys), NF_NO_PAGE if none */
+    int32_t alias_next;   /* next virtual page mapped to the same physical page */
     uint32_t live_blocks; /* live blocks overlapping the page */
-    int32_t idle_prev;    /* idle list links (page indices), NF_NO_PAGE at the ends */
+} page;
+
+/* A physical page: held from the backend, mapped at up to MAX_ALIASES virtual pages. */
+typedef struct phys_page {
+    uint64_t handle;      /* 0: slot unused */
+    int32_t busy_va;      /* the virtual page through which live blocks use it, NF_NO_PAGE if idle */
+    int32_t last_va;      /* the virtual page of its last use */
+    int32_t first_alias;  /* head of its list of virtual pages */
+    int32_t idle_prev;    /* idle list links (physical page indices) */
     int32_t idle_next;
-    /* Work that may still touch the page: the streams in fence_mask, up to free sequence fence_seq.
-     * Bit 63 stands for every stream index >= 63. */
+    uint16_t aliases;
+    uint8_t ever_mapped;  /* a later mapping counts as a remap */
+    uint32_t stamp;       /* scratch mark for range_cost */
+    /* Work that may still touch the page: the streams in fence_mask, up to free number fence_seq. */
     uint64_t fence_seq;
     uint64_t fence_mask;
-} page;
+} phys_page;
 
 typedef struct stream_state {
     void *stream;
@@ -131,14 +145,17 @@ struct nf_pool {
     block_slab *slabs;
     block *spare_blocks; /* unused block structs, linked through next */
 
-    page *pages;
+    page *pages; /* the virtual pages */
     uint64_t page_count;
-    int32_t idle_head; /* least recently idled page first */
+    phys_page *phys; /* physical page slots */
+    uint64_t phys_capacity, phys_used; /* slots allocated, slots ever handed out */
+    int32_t *phys_free;                /* released slots */
+    uint64_t phys_free_count;
+    uint64_t phys_count;               /* physical pages held */
+    int32_t idle_head; /* idle physical pages, least recently idled first */
     int32_t idle_tail;
     uint64_t idle_count;
-    uint64_t mapped_count;
-    uint64_t *spare_handles; /* physical pages held but mapped nowhere */
-    uint64_t spare_count;
+    uint32_t stamp;
 
     stream_state *streams;
     uint32_t stream_count;
@@ -169,5 +186,8 @@ static inline uint64_t page_last(const nf_pool *pool, uint64_t addr, uint64_t si
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b);
+/* Stream bookkeeping (pool.c), for the page layer. */
+bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx);
+nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out);
 
 #endif /* NOFRAG_POOL_INTERNAL_H */

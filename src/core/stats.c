@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pages.h"
 #include "pool_internal.h"
 
 const char *nf_status_str(nf_status status) {
@@ -37,7 +38,7 @@ static void free_mapped_figures(const nf_pool *pool, uint64_t *largest_out, uint
             uint64_t p = page_of(pool, addr);
             uint64_t page_end = pool->base + (p + 1) * gran;
             uint64_t piece = (page_end < end ? page_end : end) - addr;
-            if (pool->pages[p].handle) {
+            if (pages_mapped(pool, p)) {
                 run += piece;
                 *total_out += piece;
                 if (run > largest) largest = run;
@@ -166,43 +167,19 @@ static nf_status check_locked(nf_pool *pool) {
     CHECK(live_sum == pool->stats.allocated_bytes.current, "I5 allocated_bytes %" PRIu64 " != %" PRIu64,
           pool->stats.allocated_bytes.current, live_sum);
 
-    /* I6: recount live blocks per page. */
-    uint64_t mapped = 0, idle = 0;
-    uint64_t p = 0;
+    /* I6: recount live blocks per page; the page layer checks the rest. */
     const block *b = pool->first;
-    for (p = 0; p < pool->page_count; p++) {
+    for (uint64_t p = 0; p < pool->page_count; p++) {
         uint64_t page_start = pool->base + (p << pool->gran_log2);
         uint64_t page_end = page_start + pool->gran;
         while (b && b->addr + b->size <= page_start) b = b->next;
         uint32_t count = 0;
         for (const block *c = b; c && c->addr < page_end; c = c->next) count += c->live;
-        const page *pg = &pool->pages[p];
-        CHECK(pg->live_blocks == count, "I6 page %" PRIu64 " counts %u live blocks, has %u", p,
-              pg->live_blocks, count);
-        CHECK(count == 0 || pg->handle != 0, "I7 page %" PRIu64 " has live blocks, unmapped", p);
-        mapped += pg->handle != 0;
-        idle += pg->handle != 0 && count == 0;
+        CHECK(pool->pages[p].live_blocks == count, "I6 page %" PRIu64 " counts %u live blocks, has %u", p,
+              pool->pages[p].live_blocks, count);
     }
-    uint64_t listed = 0;
-    int32_t last = NF_NO_PAGE;
-    for (int32_t i = pool->idle_head; i != NF_NO_PAGE; i = pool->pages[i].idle_next) {
-        const page *pg = &pool->pages[i];
-        CHECK(pg->idle_prev == last, "I8 idle list links at page %d", i);
-        CHECK(pg->handle && pg->live_blocks == 0, "I8 page %d listed idle", i);
-        CHECK(++listed <= pool->page_count, "I8 idle list loops");
-        last = i;
-    }
-    CHECK(last == pool->idle_tail, "I8 idle list tail");
-    CHECK(listed == idle && idle == pool->idle_count, "I8 idle pages: %" PRIu64 " listed, %" PRIu64
-          " found, %" PRIu64 " counted", listed, idle, pool->idle_count);
-    CHECK(pool->stats.idle_mapped_bytes.current == idle * pool->gran, "I8 idle_mapped_bytes");
-    CHECK(mapped == pool->mapped_count && pool->stats.mapped_bytes.current == mapped * pool->gran,
-          "I9 mapped pages %" PRIu64, mapped);
-    CHECK(pool->stats.reserved_bytes.current == (mapped + pool->spare_count) * pool->gran,
-          "I10 reserved_bytes");
-    CHECK(!pool->cap_pages || mapped + pool->spare_count <= pool->cap_pages + pool->cap_slack,
-          "I11 %" PRIu64 " pages held over a cap of %" PRIu64, mapped + pool->spare_count,
-          pool->cap_pages);
+    nf_status s = pages_check(pool);
+    if (s != NF_OK) return s;
 #define NF_X_PEAK(name, desc) CHECK(pool->stats.name.current <= pool->stats.name.peak, "I12 " #name);
     NF_STATS_GAUGES(NF_X_PEAK)
 #undef NF_X_PEAK
@@ -229,7 +206,7 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user) {
         uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, b->size);
         info.pages = (uint32_t)(last - first + 1);
         info.pages_mapped = 0;
-        for (uint64_t q = first; q <= last; q++) info.pages_mapped += pool->pages[q].handle != 0;
+        for (uint64_t q = first; q <= last; q++) info.pages_mapped += pages_mapped(pool, q);
         if (visitor(user, &info)) break;
     }
     pthread_mutex_unlock(&pool->lock);

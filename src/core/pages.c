@@ -1,0 +1,372 @@
+/*
+ * Pages: virtual pages of the pool's range, backed by physical pages that may be mapped at several
+ * virtual places at once (aliases).
+ *
+ *   virtual pages   [ v0 ][ v1 ][ v2 ][ v3 ] ...... [ v90 ][ v91 ]
+ *                      \     |            \            |
+ *   physical pages     P0    P1            P2 ---------+     P2 is mapped at v3 and at v91
+ *
+ * A physical page is busy while a live block lies on one of its virtual pages, and it may be busy
+ * through one virtual page only. An idle physical page can serve a new block through any of its
+ * aliases at no cost, or be mapped at yet another place (a map and a set-access) while keeping its
+ * old mappings. Keeping mappings is what makes a training step that repeats the shape of an earlier
+ * one free of driver calls: each virtual range the job used keeps its pages, and physical memory
+ * moves between ranges that are never live at the same time. A physical page keeps at most
+ * MAX_ALIASES mappings; the oldest goes when another is needed.
+ *
+ * Physical memory held is the number of physical pages; the cap bounds that, never the virtual
+ * mappings.
+ */
+#include "pages.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_calls.h"
+
+enum { MAX_ALIASES = 4 };
+
+static uint64_t va_of(const nf_pool *pool, uint64_t v) { return pool->base + (v << pool->gran_log2); }
+
+/* ---- idle list of physical pages: least recently idled first ----------------------------- */
+
+static void idle_push(nf_pool *pool, int32_t p) {
+    phys_page *pp = &pool->phys[p];
+    pp->idle_next = NF_NO_PAGE;
+    pp->idle_prev = pool->idle_tail;
+    if (pool->idle_tail != NF_NO_PAGE) pool->phys[pool->idle_tail].idle_next = p;
+    else pool->idle_head = p;
+    pool->idle_tail = p;
+    pool->idle_count++;
+    gauge_add(&pool->stats.idle_bytes, pool->gran);
+}
+
+static void idle_remove(nf_pool *pool, int32_t p) {
+    phys_page *pp = &pool->phys[p];
+    if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
+    else pool->idle_head = pp->idle_next;
+    if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
+    else pool->idle_tail = pp->idle_prev;
+    pp->idle_prev = pp->idle_next = NF_NO_PAGE;
+    pool->idle_count--;
+    gauge_sub(&pool->stats.idle_bytes, pool->gran);
+}
+
+/* ---- fences: work that may still touch a physical page ------------------------------------ */
+
+static void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq) {
+    if (pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM)) pp->fence_mask = 0;
+    pp->fence_mask |= mask;
+    pp->fence_seq = seq;
+}
+
+/* Waits until no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
+ * touch the page. Work on `idx` itself is ordered before whatever idx queues next. */
+static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
+    if (!pp->fence_mask || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx)) return NF_OK;
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (i == idx || !(pp->fence_mask & stream_bit(i))) continue;
+        bool done;
+        nf_status s = pool_stream_reach(pool, i, pp->fence_seq, true, &done);
+        if (s != NF_OK) return s;
+    }
+    if (idx == NO_STREAM) pp->fence_mask = 0;
+    return NF_OK;
+}
+
+/* ---- physical pages ---------------------------------------------------------------------- */
+
+static uint64_t held(const nf_pool *pool) { return pool->phys_count; }
+
+static uint64_t headroom(const nf_pool *pool) {
+    if (!pool->cap_pages) return UINT64_MAX;
+    uint64_t limit = pool->cap_pages + pool->cap_slack;
+    return held(pool) >= limit ? 0 : limit - held(pool);
+}
+
+static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
+    if (pool->phys_free_count == 0 && pool->phys_used == pool->phys_capacity) {
+        uint64_t cap = pool->phys_capacity ? pool->phys_capacity * 2 : 64;
+        phys_page *grown = realloc(pool->phys, cap * sizeof *grown);
+        int32_t *grown_free = realloc(pool->phys_free, cap * sizeof *grown_free);
+        if (grown) pool->phys = grown;
+        if (grown_free) pool->phys_free = grown_free;
+        if (!grown || !grown_free) return NF_ERR_NO_MEMORY_HOST;
+        pool->phys_capacity = cap;
+    }
+    uint64_t handle;
+    nf_status s = call_page_create(pool, &handle);
+    if (s != NF_OK) return s;
+    int32_t p = pool->phys_free_count ? pool->phys_free[--pool->phys_free_count] : (int32_t)pool->phys_used++;
+    phys_page *pp = &pool->phys[p];
+    memset(pp, 0, sizeof *pp);
+    pp->handle = handle;
+    pp->busy_va = pp->last_va = pp->first_alias = NF_NO_PAGE;
+    pp->idle_prev = pp->idle_next = NF_NO_PAGE;
+    pool->phys_count++;
+    gauge_add(&pool->stats.reserved_bytes, pool->gran);
+    *p_out = p;
+    return NF_OK;
+}
+
+/* Unmaps virtual page v (mapped, no live block on it) after the work that may touch it is done. */
+static nf_status alias_unmap(nf_pool *pool, int64_t v) {
+    page *pg = &pool->pages[v];
+    phys_page *pp = &pool->phys[pg->phys];
+    nf_status s = fence_wait(pool, pp, NO_STREAM);
+    if (s != NF_OK) return s;
+    if ((s = call_unmap(pool, va_of(pool, (uint64_t)v))) != NF_OK) return s;
+    int32_t *link = &pp->first_alias;
+    while (*link != (int32_t)v) link = &pool->pages[*link].alias_next;
+    *link = pg->alias_next;
+    pg->alias_next = NF_NO_PAGE;
+    pg->phys = NF_NO_PAGE;
+    pp->aliases--;
+    gauge_sub(&pool->stats.mapped_bytes, pool->gran);
+    pool->stats.num_page_unmaps++;
+    return NF_OK;
+}
+
+/* Releases idle physical page p: unmaps every alias, then gives the page back. */
+static nf_status phys_release(nf_pool *pool, int32_t p) {
+    phys_page *pp = &pool->phys[p];
+    nf_status s;
+    while (pp->first_alias != NF_NO_PAGE)
+        if ((s = alias_unmap(pool, pp->first_alias)) != NF_OK) return s;
+    if ((s = call_page_release(pool, pp->handle)) != NF_OK) return s;
+    idle_remove(pool, p);
+    pp->handle = 0;
+    pool->phys_free[pool->phys_free_count++] = p;
+    pool->phys_count--;
+    gauge_sub(&pool->stats.reserved_bytes, pool->gran);
+    return NF_OK;
+}
+
+/* Maps physical page p (idle, with room for an alias) at virtual page v (unmapped). */
+static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
+    phys_page *pp = &pool->phys[p];
+    uint64_t va = va_of(pool, v);
+    nf_status s = call_map(pool, va, pp->handle);
+    if (s != NF_OK) return s;
+    page *pg = &pool->pages[v];
+    pg->phys = p;
+    pg->alias_next = pp->first_alias;
+    pp->first_alias = (int32_t)v;
+    if (pp->ever_mapped) pool->stats.num_remaps++;
+    pp->ever_mapped = 1;
+    pp->aliases++;
+    gauge_add(&pool->stats.mapped_bytes, pool->gran);
+    pool->stats.num_page_maps++;
+    return call_set_access(pool, va);
+}
+
+/* Makes physical page p busy through virtual page v. */
+static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
+    phys_page *pp = &pool->phys[p];
+    idle_remove(pool, p);
+    pp->busy_va = (int32_t)v;
+}
+
+/* A physical page for unmapped virtual page v, mapped there and busy through it. Prefers an idle
+ * page (least recently idled), so physical memory grows only when every page is in use; creates
+ * one under the cap otherwise; takes an alias slot from an idle page as the last resort. */
+static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused) {
+    int32_t p = pool->idle_head;
+    nf_status s;
+    if (p == NF_NO_PAGE || (pool->phys[p].aliases >= MAX_ALIASES && headroom(pool) > 0)) {
+        if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
+        if ((s = phys_create(pool, &p)) != NF_OK) return s;
+        idle_push(pool, p);
+    } else {
+        *reused = true;
+        if (pool->phys[p].aliases >= MAX_ALIASES &&
+            (s = alias_unmap(pool, pool->phys[p].first_alias)) != NF_OK)
+            return s;
+    }
+    /* The page may have served another place: work queued there on other streams must be done. */
+    if ((s = fence_wait(pool, &pool->phys[p], idx)) != NF_OK) return s;
+    if ((s = alias_map(pool, p, v)) != NF_OK) return s;
+    phys_claim(pool, p, v);
+    return NF_OK;
+}
+
+/* ---- what the block layer asks -------------------------------------------------------------- */
+
+/* Walks the virtual pages of [addr, addr + size) as acquiring them would, without changing
+ * anything: *need_out = pages that need a physical page mapped, *claimed_out = idle physical pages
+ * the range would make busy through their existing mapping. */
+static void range_cost(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *need_out, uint64_t *claimed_out) {
+    uint64_t need = 0, claimed = 0;
+    uint32_t stamp = ++pool->stamp;
+    for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++) {
+        const page *pg = &pool->pages[v];
+        if (pg->live_blocks) continue;
+        if (pg->phys != NF_NO_PAGE) {
+            phys_page *pp = &pool->phys[pg->phys];
+            if (pp->busy_va == NF_NO_PAGE && pp->stamp != stamp) {
+                pp->stamp = stamp;
+                claimed++;
+                continue;
+            }
+        }
+        need++;
+    }
+    *need_out = need;
+    *claimed_out = claimed;
+}
+
+uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size) {
+    uint64_t need, claimed;
+    range_cost(pool, addr, size, &need, &claimed);
+    return need;
+}
+
+bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size) {
+    uint64_t need, claimed;
+    range_cost(pool, addr, size, &need, &claimed);
+    if (need == 0) return true;
+    uint64_t room = headroom(pool);
+    return room == UINT64_MAX || need <= room + (pool->idle_count - claimed);
+}
+
+nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused) {
+    uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
+    nf_status s = NF_OK;
+    /* First every page that can be had in place, so no page of this range is taken away from it
+     * to serve another page of the same range. */
+    for (uint64_t v = first; v <= last; v++) {
+        page *pg = &pool->pages[v];
+        if (pg->live_blocks++ || pg->phys == NF_NO_PAGE) continue;
+        phys_page *pp = &pool->phys[pg->phys];
+        if (pp->busy_va != NF_NO_PAGE) continue;
+        if (pp->last_va != (int32_t)v && (s = fence_wait(pool, pp, idx)) != NF_OK) return s;
+        phys_claim(pool, pg->phys, v);
+    }
+    for (uint64_t v = first; v <= last; v++) {
+        page *pg = &pool->pages[v];
+        if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) continue;
+        /* Unmapped, or an alias of a page busy elsewhere: move it here. */
+        if (pg->phys != NF_NO_PAGE && (s = alias_unmap(pool, (int64_t)v)) != NF_OK) return s;
+        if ((s = phys_for(pool, v, idx, reused)) != NF_OK) return s;
+    }
+    return NF_OK;
+}
+
+void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq) {
+    for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++) {
+        page *pg = &pool->pages[v];
+        pg->live_blocks--;
+        if (pg->phys == NF_NO_PAGE || pool->phys[pg->phys].busy_va != (int32_t)v) continue;
+        phys_page *pp = &pool->phys[pg->phys];
+        fence_add(pool, pp, mask, seq);
+        pp->last_va = (int32_t)v;
+        if (pg->live_blocks == 0) {
+            pp->busy_va = NF_NO_PAGE;
+            idle_push(pool, pg->phys);
+        }
+    }
+}
+
+nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
+    nf_status s;
+    while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
+        if ((s = phys_release(pool, pool->idle_head)) != NF_OK) return s;
+        *released += pool->gran;
+    }
+    uint64_t h = held(pool);
+    pool->cap_slack = pool->cap_pages && h > pool->cap_pages ? h - pool->cap_pages : 0;
+    return NF_OK;
+}
+
+nf_status pages_destroy(nf_pool *pool) {
+    nf_status first_error = NF_OK, s;
+    for (int32_t p = 0; p < (int32_t)pool->phys_used; p++) {
+        phys_page *pp = &pool->phys[p];
+        if (!pp->handle) continue;
+        if (pp->busy_va != NF_NO_PAGE) {
+            pool->pages[pp->busy_va].live_blocks = 0; /* live blocks die with the pool */
+            pp->busy_va = NF_NO_PAGE;
+            idle_push(pool, p);
+        }
+        if ((s = phys_release(pool, p)) != NF_OK && first_error == NF_OK) first_error = s;
+    }
+    return first_error;
+}
+
+nf_status pages_init(nf_pool *pool) {
+    pool->pages = calloc(pool->page_count, sizeof *pool->pages);
+    if (!pool->pages) return NF_ERR_NO_MEMORY_HOST;
+    for (uint64_t v = 0; v < pool->page_count; v++) pool->pages[v].phys = pool->pages[v].alias_next = NF_NO_PAGE;
+    pool->idle_head = pool->idle_tail = NF_NO_PAGE;
+    return NF_OK;
+}
+
+void pages_free(nf_pool *pool) {
+    free(pool->pages);
+    free(pool->phys);
+    free(pool->phys_free);
+}
+
+bool pages_mapped(const nf_pool *pool, uint64_t v) { return pool->pages[v].phys != NF_NO_PAGE; }
+
+/* ---- invariants (I6-I11 of pool_internal.h); live counts per page are checked by stats.c --- */
+
+#define CHECK(cond, ...)                                                         \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            pool_log(pool, NF_LOG_ERROR, "invariant broken: " __VA_ARGS__);      \
+            return NF_ERR_CORRUPT;                                               \
+        }                                                                        \
+    } while (0)
+
+nf_status pages_check(nf_pool *pool) {
+    uint64_t mapped = 0, idle = 0, physical = 0;
+    for (uint64_t v = 0; v < pool->page_count; v++) {
+        const page *pg = &pool->pages[v];
+        CHECK(pg->live_blocks == 0 || pg->phys != NF_NO_PAGE, "I7 page %llu has live blocks, unmapped",
+              (unsigned long long)v);
+        if (pg->phys == NF_NO_PAGE) continue;
+        mapped++;
+        CHECK(pg->phys >= 0 && (uint64_t)pg->phys < pool->phys_used && pool->phys[pg->phys].handle,
+              "I7 page %llu maps a released physical page", (unsigned long long)v);
+        CHECK(pg->live_blocks == 0 || pool->phys[pg->phys].busy_va == (int32_t)v,
+              "I7 page %llu has live blocks but its physical page is busy elsewhere", (unsigned long long)v);
+    }
+    for (uint64_t p = 0; p < pool->phys_used; p++) {
+        const phys_page *pp = &pool->phys[p];
+        if (!pp->handle) continue;
+        physical++;
+        uint32_t aliases = 0;
+        for (int32_t v = pp->first_alias; v != NF_NO_PAGE; v = pool->pages[v].alias_next) {
+            CHECK(pool->pages[v].phys == (int32_t)p, "I7 alias list of physical page %llu", (unsigned long long)p);
+            CHECK(++aliases <= MAX_ALIASES, "I7 physical page %llu has too many aliases", (unsigned long long)p);
+            CHECK(pool->pages[v].live_blocks == 0 || pp->busy_va == v,
+                  "I7 physical page %llu used through two places", (unsigned long long)p);
+        }
+        CHECK(aliases == pp->aliases, "I7 alias count of physical page %llu", (unsigned long long)p);
+        if (pp->busy_va != NF_NO_PAGE)
+            CHECK(pool->pages[pp->busy_va].phys == (int32_t)p && pool->pages[pp->busy_va].live_blocks > 0,
+                  "I7 physical page %llu busy without a live block", (unsigned long long)p);
+        else
+            idle++;
+    }
+    uint64_t listed = 0;
+    int32_t last = NF_NO_PAGE;
+    for (int32_t p = pool->idle_head; p != NF_NO_PAGE; p = pool->phys[p].idle_next) {
+        CHECK(pool->phys[p].idle_prev == last, "I8 idle list links at %d", p);
+        CHECK(pool->phys[p].handle && pool->phys[p].busy_va == NF_NO_PAGE, "I8 busy page %d listed idle", p);
+        CHECK(++listed <= pool->phys_used, "I8 idle list loops");
+        last = p;
+    }
+    CHECK(last == pool->idle_tail, "I8 idle list tail");
+    CHECK(listed == idle && idle == pool->idle_count, "I8 idle physical pages: %llu listed, %llu found",
+          (unsigned long long)listed, (unsigned long long)idle);
+    CHECK(pool->stats.idle_bytes.current == idle * pool->gran, "I8 idle_bytes");
+    CHECK(pool->stats.mapped_bytes.current == mapped * pool->gran, "I9 mapped_bytes");
+    CHECK(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
+          "I10 reserved_bytes");
+    CHECK(!pool->cap_pages || physical <= pool->cap_pages + pool->cap_slack,
+          "I11 %llu physical pages over a cap of %llu", (unsigned long long)physical,
+          (unsigned long long)pool->cap_pages);
+    return NF_OK;
+}

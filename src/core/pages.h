@@ -1,0 +1,30 @@
+/*
+ * The page layer (pages.c): virtual pages, the physical pages behind them, the cap. The block
+ * layer (pool.c) calls these with the pool's lock held.
+ */
+#ifndef NOFRAG_PAGES_H
+#define NOFRAG_PAGES_H
+
+#include "pool_internal.h"
+
+nf_status pages_init(nf_pool *pool);
+void pages_free(nf_pool *pool);
+/* Virtual pages of [addr, addr + size) that would need a physical page mapped. */
+uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size);
+/* Whether [addr, addr + size) can be backed under the cap (idle pages count: they can move). */
+bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size);
+/* A live block now lies on [addr, addr + size): count it on its pages and back every page.
+ * *reused is set when a physical page came from another place. On failure the counts stay
+ * incremented; the caller undoes them with pages_release. */
+nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused);
+/* The live block on [addr, addr + size) was freed as free number seq by the streams in mask. */
+void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq);
+/* Releases idle physical pages until at most keep_pages are held. */
+nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released);
+/* Unmaps and releases everything; returns the first failure after trying all. */
+nf_status pages_destroy(nf_pool *pool);
+bool pages_mapped(const nf_pool *pool, uint64_t v);
+/* I7-I11 of pool_internal.h. */
+nf_status pages_check(nf_pool *pool);
+
+#endif

@@ -74,7 +74,7 @@ static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int ops, uint6
 
 int main(void) {
     uint64_t remaps = 0;
-    for (uint64_t seed = 1; seed <= 6; seed++) run(seed, 64 * 1024, 48, 6000, &remaps);
+    for (uint64_t seed = 1; seed <= 6; seed++) run(seed, 64 * 1024, 34, 8000, &remaps);
     /* The test is only meaningful if pages really moved under live data. */
     CHECK(remaps > 1000);
     printf("pages remapped under live data: %llu\n", (unsigned long long)remaps);

@@ -73,18 +73,6 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     uint64_t window_event = t->step_count ? t->step_starts[window_step] : 0;
     r->window_steps = t->step_count > REPLAY_WARMUP_STEPS ? t->step_count - REPLAY_WARMUP_STEPS
                                                          : (t->step_count ? t->step_count : 1);
-    /* experiment: oracle lifetime (does the block outlive the next step start?) */
-    extern int nf_experiment_hint;
-    uint64_t *free_at = NULL;
-    if (getenv("NF_EXPERIMENT")) {
-        free_at = calloc(t->event_count, sizeof *free_at);
-        uint64_t *open_ev = calloc(t->slot_count + 1, sizeof *open_ev);
-        for (uint64_t i = 0; i < t->event_count; i++) {
-            if (t->events[i].action == TRACE_ALLOC) { open_ev[t->events[i].slot] = i; free_at[i] = UINT64_MAX; }
-            else free_at[open_ev[t->events[i].slot]] = i;
-        }
-        free(open_ev);
-    }
     uint32_t next_step = 0;
     uint64_t progress_every = t->event_count / 100 + 1;
     double start = now_seconds();
@@ -96,10 +84,6 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         if (i == window_event) nf_stats_get(pool, &r->window_start);
         const trace_event *ev = &t->events[i];
         if (ev->action == TRACE_ALLOC) {
-            if (free_at) {
-                uint64_t boundary = next_step < t->step_count ? t->step_starts[next_step] : t->event_count;
-                nf_experiment_hint = free_at[i] > boundary;
-            }
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
@@ -120,7 +104,6 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     r->driver_calls_per_step = (double)d.backend_calls / r->window_steps;
     r->est_driver_us_per_step = replay_cost_us(&d) / r->window_steps;
     r->est_driver_us_total = replay_cost_us(&r->stats);
-    free(free_at);
     free(ptrs);
     free(streams);
     nf_pool_destroy(pool);

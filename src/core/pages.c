@@ -55,7 +55,9 @@ static void idle_remove(nf_pool *pool, int32_t p) {
 /* ---- fences: work that may still touch a physical page ------------------------------------ */
 
 static void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq) {
-    if (pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM)) pp->fence_mask = 0;
+    /* The common case, one stream freeing again: nothing to merge. */
+    if (pp->fence_mask != mask && pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM))
+        pp->fence_mask = 0;
     pp->fence_mask |= mask;
     pp->fence_seq = seq;
 }
@@ -167,17 +169,40 @@ static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
     pp->busy_va = (int32_t)v;
 }
 
-/* A physical page for unmapped virtual page v, mapped there and busy through it. Prefers an idle
- * page (least recently idled), so physical memory grows only when every page is in use; creates
- * one under the cap otherwise; takes an alias slot from an idle page as the last resort. */
+/* How many more physical pages to create before reusing idle ones. Under a cap, up to the cap:
+ * more pages mean fewer aliases each and fewer conflicts later. Without one, up to
+ * GROWTH_PERCENT above the live peak so far, so held memory follows the live peak. */
+enum { GROWTH_PERCENT = 2, IDLE_CHOICES = 8 };
+static uint64_t growth_room(const nf_pool *pool) {
+    uint64_t room = headroom(pool);
+    if (room != UINT64_MAX) return room;
+    uint64_t peak = pool->stats.allocated_bytes.peak;
+    uint64_t target = (peak + peak / 100 * GROWTH_PERCENT + pool->gran - 1) / pool->gran + 1;
+    return target > held(pool) ? target - held(pool) : 0;
+}
+
+/* The idle physical page to serve another place: among the least recently idled, the one mapped
+ * at the fewest places (each mapping is a place where it may be wanted while busy elsewhere). */
+static int32_t idle_choice(const nf_pool *pool) {
+    int32_t best = pool->idle_head;
+    int n = 0;
+    for (int32_t p = pool->idle_head; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++)
+        if (pool->phys[p].aliases < pool->phys[best].aliases) best = p;
+    return best;
+}
+
+/* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
+ * growth_room allows, else an idle one (idle_choice), taking an alias slot from it if it has none
+ * free. */
 static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused) {
-    int32_t p = pool->idle_head;
+    int32_t p;
     nf_status s;
-    if (p == NF_NO_PAGE || (pool->phys[p].aliases >= MAX_ALIASES && headroom(pool) > 0)) {
+    if (growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
         if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
         if ((s = phys_create(pool, &p)) != NF_OK) return s;
         idle_push(pool, p);
     } else {
+        p = idle_choice(pool);
         *reused = true;
         if (pool->phys[p].aliases >= MAX_ALIASES &&
             (s = alias_unmap(pool, pool->phys[p].first_alias)) != NF_OK)
@@ -221,9 +246,10 @@ uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size) {
     return need;
 }
 
-bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size) {
+bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
     uint64_t need, claimed;
     range_cost(pool, addr, size, &need, &claimed);
+    if (cost_out) *cost_out = need;
     if (need == 0) return true;
     uint64_t room = headroom(pool);
     return room == UINT64_MAX || need <= room + (pool->idle_count - claimed);

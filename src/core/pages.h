@@ -11,8 +11,9 @@ nf_status pages_init(nf_pool *pool);
 void pages_free(nf_pool *pool);
 /* Virtual pages of [addr, addr + size) that would need a physical page mapped. */
 uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size);
-/* Whether [addr, addr + size) can be backed under the cap (idle pages count: they can move). */
-bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size);
+/* Whether [addr, addr + size) can be backed under the cap (idle pages count: they can move);
+ * *cost_out (may be NULL) receives pages_cost of the range. */
+bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out);
 /* A live block now lies on [addr, addr + size): count it on its pages and back every page.
  * *reused is set when a physical page came from another place. On failure the counts stay
  * incremented; the caller undoes them with pages_release. */

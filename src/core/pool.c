@@ -227,8 +227,8 @@ uint64_t pool_unmapped_pages(nf_pool *pool, uint64_t addr, uint64_t size) {
     return pages_cost(pool, addr, size);
 }
 
-bool pool_pages_available(nf_pool *pool, uint64_t addr, uint64_t size) {
-    return pages_available(pool, addr, size);
+bool pool_pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
+    return pages_available(pool, addr, size, cost_out);
 }
 
 static void virtual_span_after_free(nf_pool *pool, const block *freed) {

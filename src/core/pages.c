@@ -171,23 +171,37 @@ static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
 
 /* How many more physical pages to create before reusing idle ones. Under a cap, up to the cap:
  * more pages mean fewer aliases each and fewer conflicts later. Without one, up to
- * GROWTH_PERCENT above the live peak so far, so held memory follows the live peak. */
-enum { GROWTH_PERCENT = 2, IDLE_CHOICES = 8 };
+ * GROWTH_PERMILLE above the live peak so far, so held memory follows the live peak. */
+enum { GROWTH_PERMILLE = 20, IDLE_CHOICES = 64 };
 static uint64_t growth_room(const nf_pool *pool) {
     uint64_t room = headroom(pool);
     if (room != UINT64_MAX) return room;
     uint64_t peak = pool->stats.allocated_bytes.peak;
-    uint64_t target = (peak + peak / 100 * GROWTH_PERCENT + pool->gran - 1) / pool->gran + 1;
+    uint64_t target = (peak + peak / 1000 * GROWTH_PERMILLE) / pool->gran;
     return target > held(pool) ? target - held(pool) : 0;
 }
 
-/* The idle physical page to serve another place: among the least recently idled, the one mapped
- * at the fewest places (each mapping is a place where it may be wanted while busy elsewhere). */
-static int32_t idle_choice(const nf_pool *pool) {
+/* The idle physical page to serve virtual page v: among the IDLE_CHOICES least recently idled,
+ * the one already mapped nearest to v, then the one mapped at the fewest places. A page that served
+ * the same neighbourhood served the same kind of block: it tends to be free when v's block is live,
+ * while a page serving far-away blocks is more often wanted by both at once (measured in
+ * docs/placement.md: remaps per step at a 1.02x cap fell on five of seven traces). */
+static int32_t idle_choice(const nf_pool *pool, uint64_t v) {
     int32_t best = pool->idle_head;
+    uint64_t best_key = UINT64_MAX;
     int n = 0;
-    for (int32_t p = pool->idle_head; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++)
-        if (pool->phys[p].aliases < pool->phys[best].aliases) best = p;
+    for (int32_t p = pool->idle_head; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++) {
+        uint64_t distance = UINT32_MAX;
+        for (int32_t a = pool->phys[p].first_alias; a != NF_NO_PAGE; a = pool->pages[a].alias_next) {
+            uint64_t d = (uint64_t)a > v ? (uint64_t)a - v : v - (uint64_t)a;
+            if (d < distance) distance = d;
+        }
+        uint64_t key = (distance << 8) + pool->phys[p].aliases;
+        if (key < best_key) {
+            best_key = key;
+            best = p;
+        }
+    }
     return best;
 }
 
@@ -202,7 +216,7 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused)
         if ((s = phys_create(pool, &p)) != NF_OK) return s;
         idle_push(pool, p);
     } else {
-        p = idle_choice(pool);
+        p = idle_choice(pool, v);
         *reused = true;
         if (pool->phys[p].aliases >= MAX_ALIASES &&
             (s = alias_unmap(pool, pool->phys[p].first_alias)) != NF_OK)

@@ -63,6 +63,18 @@ NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gp
   | grep -v Warning | tail -2
 python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" || status=1
 
+step "the README's PyTorch example, as printed"
+NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3
+grep -q "page moves" "$OUT/readme_example.log" || status=1
+
+gpus=$(nvidia-smi -L | wc -l)
+if [ "$gpus" -ge 2 ]; then
+  step "DDP under torchrun on $gpus GPUs: native vs nofrag losses"
+  torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/ddp_native.json" 2>&1 | grep -E "final loss|Error" | tail -2
+  torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/ddp_nofrag.json" 2>&1 | grep -E "final loss|Error" | tail -2
+  python3 gpu/compare_losses.py "$OUT/ddp_native.json" "$OUT/ddp_nofrag.json" || status=1
+fi
+
 step "allocation latency through PyTorch (us per torch.empty + del)"
 python3 gpu/latency.py native 2>&1 | tail -1 | tee "$OUT/latency.txt"
 python3 gpu/latency.py nofrag 2>&1 | tail -1 | tee -a "$OUT/latency.txt"

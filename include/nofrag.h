@@ -224,7 +224,7 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
  * *released_out (may be NULL) receives the bytes released. O(pages); thread-safe. */
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 
-/* Marks a training-step boundary: counts steps and lets placement learn the step's pattern.
+/* Marks a training-step boundary: counts steps (num_steps), so per-step figures can be taken.
  * O(1); thread-safe. */
 nf_status nf_step_mark(nf_pool *pool);
 

@@ -55,7 +55,7 @@ def stats(device=None):
 
 
 def step(device=-1):
-    """Marks a training step boundary (per-step figures, placement that learns the step)."""
+    """Marks a training step boundary (counted in num_steps, for per-step figures)."""
     lib().nf_torch_step(-1 if device is None else device)
 
 

@@ -24,20 +24,6 @@
 
 enum { OWN_BIN_SCAN = 16, CANDIDATES_MAX = 64 };
 
-nf_status placement_init(nf_pool *pool) {
-    (void)pool;
-    return NF_OK;
-}
-
-void placement_destroy(nf_pool *pool) { (void)pool; }
-
-void placement_note_free(nf_pool *pool, const block *b) {
-    (void)pool;
-    (void)b;
-}
-
-void placement_note_step(nf_pool *pool) { (void)pool; }
-
 /* *cost_out: pages the block would need mapped. */
 static bool candidate_fits(nf_pool *pool, const block *b, uint64_t size, uint32_t idx, uint64_t *cost_out) {
     return b->size >= size && pool_block_usable_by(pool, b, idx) &&

@@ -7,14 +7,10 @@
 
 #include "pool_internal.h"
 
-nf_status placement_init(nf_pool *pool);
-void placement_destroy(nf_pool *pool);
 /* A free block (in the index) that stream `idx` may use now, and where in it to place `size` bytes
  * (*offset_out, a multiple of the alignment, offset + size <= block size) such that the pages they
  * cover can be backed under the cap; NULL if none. */
 block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out);
-void placement_note_free(nf_pool *pool, const block *b);
-void placement_note_step(nf_pool *pool);
 
 /* From pool.c, for policies. */
 uint64_t pool_unmapped_pages(nf_pool *pool, uint64_t addr, uint64_t size);

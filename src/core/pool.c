@@ -346,10 +346,6 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     whole->size = virtual_bytes;
     pool->first = whole;
     index_insert(&pool->index, whole);
-    if ((s = placement_init(pool)) != NF_OK) {
-        nf_pool_destroy(pool);
-        return s;
-    }
     *pool_out = pool;
     return NF_OK;
 fail:
@@ -374,7 +370,6 @@ nf_status nf_pool_destroy(nf_pool *pool) {
         if (pool->streams[i].event) KEEP_FIRST(call_event_release(pool, pool->streams[i].event));
     if (pool->base) KEEP_FIRST(call_unreserve(pool, pool->base, pool->virtual_bytes));
 #undef KEEP_FIRST
-    placement_destroy(pool);
     while (pool->slabs) {
         block_slab *next = pool->slabs->next;
         free(pool->slabs);
@@ -517,7 +512,6 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
     uint32_t idx;
     if (!b) s = classify_bad_free(pool, addr);
     else if ((s = stream_index(pool, stream, &idx)) == NF_OK) {
-        placement_note_free(pool, b);
         pool->recent_frees[pool->recent_free_next++ % 256] = addr;
         s = block_release_live(pool, b, idx);
         pool->stats.num_frees++;
@@ -557,7 +551,6 @@ nf_status nf_step_mark(nf_pool *pool) {
     if (!pool) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
     pool->stats.num_steps++;
-    placement_note_step(pool);
     pthread_mutex_unlock(&pool->lock);
     return NF_OK;
 }

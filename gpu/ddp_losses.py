@@ -1,0 +1,57 @@
+"""DDP under torchrun with nofrag in every process: a small GPT-2 trained for 30 steps on all
+GPUs of the machine, deterministic; rank 0 writes the losses. Run once per allocator and compare
+with compare_losses.py.
+
+usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag OUT.json
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+mode, out_path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+if mode == "nofrag":
+    import nofrag.torch
+    nofrag.torch.enable()
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+local = int(os.environ["LOCAL_RANK"])
+torch.cuda.set_device(local)
+dist.init_process_group("nccl")
+torch.manual_seed(0)
+torch.use_deterministic_algorithms(True)
+cfg = GPT2Config(n_layer=4, n_embd=512, n_head=8, n_positions=512)
+cfg._attn_implementation = "eager"
+model = torch.nn.parallel.DistributedDataParallel(GPT2LMHeadModel(cfg).cuda(), device_ids=[local])
+opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+gen = torch.Generator().manual_seed(100 + rank)
+losses = []
+for step in range(30):
+    length = int(torch.randint(32, 257, (1,), generator=gen))
+    x = torch.randint(0, cfg.vocab_size, (4, length), generator=gen).cuda()
+    loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    reduced = loss.detach().clone()
+    dist.all_reduce(reduced)
+    losses.append(float(reduced.item()).hex())
+    if mode == "nofrag":
+        nofrag.step()
+stats = {}
+if mode == "nofrag":
+    import nofrag as nf
+    s = nf.stats()
+    stats = {k: s[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps")}
+    nf.check_pools()
+gathered = [None] * world
+dist.all_gather_object(gathered, stats)
+if rank == 0:
+    json.dump({"mode": mode, "steps": 30, "losses": losses, "world": world, "stats": gathered,
+               "too_late_error": None}, open(out_path, "w"))
+    print(mode, "world", world, "final loss", float.fromhex(losses[-1]), gathered)
+dist.destroy_process_group()

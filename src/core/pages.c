@@ -272,17 +272,21 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
 nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused) {
     uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
     nf_status s = NF_OK;
+    bool missing = false;
     /* First every page that can be had in place, so no page of this range is taken away from it
      * to serve another page of the same range. */
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
-        if (pg->live_blocks++ || pg->phys == NF_NO_PAGE) continue;
-        phys_page *pp = &pool->phys[pg->phys];
-        if (pp->busy_va != NF_NO_PAGE) continue;
+        if (pg->live_blocks++) continue;
+        phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
+        if (!pp || pp->busy_va != NF_NO_PAGE) {
+            missing = true;
+            continue;
+        }
         if (pp->last_va != (int32_t)v && (s = fence_wait(pool, pp, idx)) != NF_OK) return s;
         phys_claim(pool, pg->phys, v);
     }
-    for (uint64_t v = first; v <= last; v++) {
+    for (uint64_t v = first; missing && v <= last; v++) {
         page *pg = &pool->pages[v];
         if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) continue;
         /* Unmapped, or an alias of a page busy elsewhere: move it here. */

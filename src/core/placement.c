@@ -22,7 +22,7 @@
  */
 #include "placement.h"
 
-enum { OWN_BIN_SCAN = 16, CANDIDATES_MAX = 64 };
+enum { OWN_BIN_SCAN = 16, CANDIDATES_MAX = 16 };
 
 /* *cost_out: pages the block would need mapped. */
 static bool candidate_fits(nf_pool *pool, const block *b, uint64_t size, uint32_t idx, uint64_t *cost_out) {

@@ -71,9 +71,14 @@ static void block_recycle(nf_pool *pool, block *b) {
 /* ---- streams ------------------------------------------------------------------------------ */
 
 static nf_status stream_index(nf_pool *pool, void *stream, uint32_t *idx_out) {
+    /* Most calls come from the stream of the previous call. */
+    if (pool->stream_count && pool->streams[pool->last_stream].stream == stream) {
+        *idx_out = pool->last_stream;
+        return NF_OK;
+    }
     for (uint32_t i = 0; i < pool->stream_count; i++) {
         if (pool->streams[i].stream == stream) {
-            *idx_out = i;
+            *idx_out = pool->last_stream = i;
             return NF_OK;
         }
     }

@@ -160,6 +160,7 @@ struct nf_pool {
     stream_state *streams;
     uint32_t stream_count;
     uint32_t stream_capacity;
+    uint32_t last_stream; /* index of the stream of the last call */
     uint64_t free_seq; /* incremented by every free */
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double

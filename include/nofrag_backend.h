@@ -86,6 +86,11 @@ nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_back
 nf_status nf_host_stream_submit(nf_backend *backend, void *stream);
 /* Simulates `stream` finishing all work queued so far. */
 nf_status nf_host_stream_complete(nf_backend *backend, void *stream);
+/* Called whenever a simulated stream's completed work advances (nf_host_stream_complete, or the
+ * pool waiting on an event): tests run their deferred "kernels" there. completed counts the
+ * submissions on that stream that have now finished. */
+typedef void (*nf_host_completion_fn)(void *user, void *stream, uint64_t completed);
+nf_status nf_host_set_completion_hook(nf_backend *backend, nf_host_completion_fn fn, void *user);
 /* Whether every page handed out by this host backend has been released and the range freed. */
 bool nf_host_all_released(nf_backend *backend);
 

@@ -71,6 +71,8 @@ typedef struct host_ctx {
     host_event *events;
     uint64_t event_count, event_capacity;
     int last_errno;
+    nf_host_completion_fn on_complete;
+    void *on_complete_user;
 } host_ctx;
 
 static bool grow(void **array, uint64_t *capacity, uint64_t need, size_t elem) {
@@ -295,7 +297,10 @@ static int host_event_sync(void *ctx, uint64_t event) {
     if (!e) return HOST_ERR_PRECONDITION;
     /* Waiting runs the stream's queued work up to the event. */
     host_stream *st = &h->streams[e->stream];
-    if (st->completed < e->seq) st->completed = e->seq;
+    if (st->completed < e->seq) {
+        st->completed = e->seq;
+        if (h->on_complete) h->on_complete(h->on_complete_user, st->stream, st->completed);
+    }
     return 0;
 }
 
@@ -404,6 +409,15 @@ nf_status nf_host_stream_complete(nf_backend *backend, void *stream) {
     if (!h) return NF_ERR_INVALID_ARG;
     if (stream_find(h, stream, true, &s)) return NF_ERR_NO_MEMORY_HOST;
     h->streams[s].completed = h->streams[s].submitted;
+    if (h->on_complete) h->on_complete(h->on_complete_user, stream, h->streams[s].completed);
+    return NF_OK;
+}
+
+nf_status nf_host_set_completion_hook(nf_backend *backend, nf_host_completion_fn fn, void *user) {
+    host_ctx *h = as_host(backend);
+    if (!h) return NF_ERR_INVALID_ARG;
+    h->on_complete = fn;
+    h->on_complete_user = user;
     return NF_OK;
 }
 

@@ -76,6 +76,32 @@ static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
     return NF_OK;
 }
 
+/* The page is now used through a different virtual place than before: the work queued through the
+ * old place (its fence) must stay in front of every stream that reaches the page from now on. The
+ * claiming stream itself is ordered after it already. */
+static void alias_fence_take(nf_pool *pool, phys_page *pp) {
+    if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM)) pp->alias_fence_mask = 0;
+    pp->alias_fence_mask |= pp->fence_mask;
+    if (pp->fence_seq > pp->alias_fence_seq) pp->alias_fence_seq = pp->fence_seq;
+}
+
+/* Waits until the work behind the page's alias fence, on streams other than idx, is done. */
+static nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
+    if (!pp->alias_fence_mask) return NF_OK;
+    if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM)) {
+        pp->alias_fence_mask = 0;
+        return NF_OK;
+    }
+    if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx)) return NF_OK;
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (i == idx || !(pp->alias_fence_mask & stream_bit(i))) continue;
+        bool done;
+        nf_status s = pool_stream_reach(pool, i, pp->alias_fence_seq, true, &done);
+        if (s != NF_OK) return s;
+    }
+    return NF_OK;
+}
+
 /* ---- physical pages ---------------------------------------------------------------------- */
 
 static uint64_t held(const nf_pool *pool) { return pool->phys_count; }
@@ -222,8 +248,10 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused)
             (s = alias_unmap(pool, pool->phys[p].first_alias)) != NF_OK)
             return s;
     }
-    /* The page may have served another place: work queued there on other streams must be done. */
+    /* The page may have served another place: work queued there on other streams must be done,
+     * and the claiming stream's own work there stays in front of other streams using it here. */
     if ((s = fence_wait(pool, &pool->phys[p], idx)) != NF_OK) return s;
+    alias_fence_take(pool, &pool->phys[p]);
     if ((s = alias_map(pool, p, v)) != NF_OK) return s;
     phys_claim(pool, p, v);
     return NF_OK;
@@ -277,13 +305,21 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
      * to serve another page of the same range. */
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
-        if (pg->live_blocks++) continue;
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
+        if (pg->live_blocks++) {
+            /* Busy through v already: only work from the page's other places can be in the way. */
+            if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
+            continue;
+        }
         if (!pp || pp->busy_va != NF_NO_PAGE) {
             missing = true;
             continue;
         }
-        if (pp->last_va != (int32_t)v && (s = fence_wait(pool, pp, idx)) != NF_OK) return s;
+        if (pp->last_va != (int32_t)v) {
+            if ((s = fence_wait(pool, pp, idx)) != NF_OK) return s;
+            alias_fence_take(pool, pp);
+        }
+        if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
         phys_claim(pool, pg->phys, v);
     }
     for (uint64_t v = first; missing && v <= last; v++) {

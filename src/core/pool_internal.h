@@ -80,6 +80,11 @@ typedef struct phys_page {
     /* Work that may still touch the page: the streams in fence_mask, up to free number fence_seq. */
     uint64_t fence_seq;
     uint64_t fence_mask;
+    /* Work queued through another alias before the page was claimed through busy_va. Block fences
+     * know only virtual addresses, so every block placed on the page while it is busy must also
+     * wait for this, unless it is on one of these streams. */
+    uint64_t alias_fence_seq;
+    uint64_t alias_fence_mask;
 } phys_page;
 
 typedef struct stream_state {

@@ -45,4 +45,11 @@ for name, fn in (("4KiB", lambda: pairs(4096)), ("1MiB", lambda: pairs(1 << 20))
     fn()
     row[name] = statistics.median(fn() for _ in range(5))
 torch.cuda.synchronize()
-print(mode.ljust(8), "  ".join(f"{k} {v:5.2f} us" for k, v in row.items()))
+line = mode.ljust(8) + "  ".join(f"{k} {v:5.2f} us" for k, v in row.items())
+if mode == "nofrag":
+    import nofrag
+    st = nofrag.stats()
+    keys = ("backend_calls", "calls_map", "calls_unmap", "calls_event_record", "calls_event_query",
+            "calls_event_sync", "num_remaps", "num_allocs")
+    line += "\n  nofrag: " + ", ".join(f"{k} {st[k]}" for k in keys)
+print(line)

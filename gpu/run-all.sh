@@ -77,7 +77,7 @@ fi
 
 step "allocation latency through PyTorch (us per torch.empty + del)"
 python3 gpu/latency.py native 2>&1 | tail -1 | tee "$OUT/latency.txt"
-python3 gpu/latency.py nofrag 2>&1 | tail -1 | tee -a "$OUT/latency.txt"
+python3 gpu/latency.py nofrag 2>&1 | tail -2 | tee -a "$OUT/latency.txt"
 
 if [ "${1:-}" = record ] && [ -f .rec/workloads.py ]; then
   step "recording traces"

@@ -30,7 +30,7 @@ static uint64_t va_of(const nf_pool *pool, uint64_t v) { return pool->base + (v 
 
 /* ---- idle list of physical pages: least recently idled first ----------------------------- */
 
-static void idle_push(nf_pool *pool, int32_t p) {
+static inline void idle_push(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
     pp->idle_next = NF_NO_PAGE;
     pp->idle_prev = pool->idle_tail;
@@ -41,7 +41,7 @@ static void idle_push(nf_pool *pool, int32_t p) {
     gauge_add(&pool->stats.idle_bytes, pool->gran);
 }
 
-static void idle_remove(nf_pool *pool, int32_t p) {
+static inline void idle_remove(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
     if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
     else pool->idle_head = pp->idle_next;
@@ -54,7 +54,7 @@ static void idle_remove(nf_pool *pool, int32_t p) {
 
 /* ---- fences: work that may still touch a physical page ------------------------------------ */
 
-static void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq) {
+static inline void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq) {
     /* The common case, one stream freeing again: nothing to merge. */
     if (pp->fence_mask != mask && pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM))
         pp->fence_mask = 0;
@@ -65,7 +65,8 @@ static void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq)
 /* Waits until no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
  * touch the page. Work on `idx` itself is ordered before whatever idx queues next. */
 static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
-    if (!pp->fence_mask || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx)) return NF_OK;
+    if (fence_only_own(pp->fence_mask, idx) || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx))
+        return NF_OK;
     for (uint32_t i = 0; i < pool->stream_count; i++) {
         if (i == idx || !(pp->fence_mask & stream_bit(i))) continue;
         bool done;
@@ -80,14 +81,16 @@ static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
  * old place (its fence) must stay in front of every stream that reaches the page from now on. The
  * claiming stream itself is ordered after it already. */
 static void alias_fence_take(nf_pool *pool, phys_page *pp) {
-    if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM)) pp->alias_fence_mask = 0;
+    if (pp->alias_fence_mask != pp->fence_mask &&
+        pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM))
+        pp->alias_fence_mask = 0;
     pp->alias_fence_mask |= pp->fence_mask;
     if (pp->fence_seq > pp->alias_fence_seq) pp->alias_fence_seq = pp->fence_seq;
 }
 
-/* Waits until the work behind the page's alias fence, on streams other than idx, is done. */
-static nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
-    if (!pp->alias_fence_mask) return NF_OK;
+/* Waits until the work behind the page's alias fence, on streams other than idx, is done. The
+ * common case, nothing to wait for, is decided inline by alias_fence_wait. */
+static nf_status alias_fence_wait_slow(nf_pool *pool, phys_page *pp, uint32_t idx) {
     if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM)) {
         pp->alias_fence_mask = 0;
         return NF_OK;
@@ -100,6 +103,10 @@ static nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
         if (s != NF_OK) return s;
     }
     return NF_OK;
+}
+
+static inline nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
+    return fence_only_own(pp->alias_fence_mask, idx) ? NF_OK : alias_fence_wait_slow(pool, pp, idx);
 }
 
 /* ---- physical pages ---------------------------------------------------------------------- */
@@ -386,8 +393,6 @@ void pages_free(nf_pool *pool) {
     free(pool->phys);
     free(pool->phys_free);
 }
-
-bool pages_mapped(const nf_pool *pool, uint64_t v) { return pool->pages[v].phys != NF_NO_PAGE; }
 
 /* ---- invariants (I6-I11 of pool_internal.h); live counts per page are checked by stats.c --- */
 

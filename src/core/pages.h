@@ -24,7 +24,7 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released);
 /* Unmaps and releases everything; returns the first failure after trying all. */
 nf_status pages_destroy(nf_pool *pool);
-bool pages_mapped(const nf_pool *pool, uint64_t v);
+static inline bool pages_mapped(const nf_pool *pool, uint64_t v) { return pool->pages[v].phys != NF_NO_PAGE; }
 /* I7-I11 of pool_internal.h. */
 nf_status pages_check(nf_pool *pool);
 

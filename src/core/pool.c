@@ -36,13 +36,6 @@ void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...) {
     pool->config.log(pool->config.log_user, level, message);
 }
 
-void gauge_add(nf_gauge *g, uint64_t amount) {
-    g->current += amount;
-    g->total += amount;
-    if (g->current > g->peak) g->peak = g->current;
-}
-
-void gauge_sub(nf_gauge *g, uint64_t amount) { g->current -= amount; }
 
 /* ---- block structs ---------------------------------------------------------------------- */
 
@@ -144,7 +137,8 @@ bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uin
 
 /* Whether a free block may serve stream `idx` now, from what is already known. */
 bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
-    return b->fence_seq == 0 || pool_fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
+    return b->fence_seq == 0 || fence_only_own(b->fence_mask, idx) ||
+           pool_fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {

@@ -40,6 +40,12 @@
 
 static inline uint64_t stream_bit(uint32_t idx) { return 1ull << (idx < 63 ? idx : 63); }
 
+/* Whether a fence mask names no stream but idx (so idx, ordered after its own work, need not
+ * wait). Bit 63 stands for several streams, so it never counts as idx's alone. */
+static inline bool fence_only_own(uint64_t mask, uint32_t idx) {
+    return idx < 63 ? (mask & ~(1ull << idx)) == 0 : mask == 0;
+}
+
 typedef struct block {
     uint64_t addr;
     uint64_t size;
@@ -180,8 +186,13 @@ struct nf_pool {
 void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-void gauge_add(nf_gauge *g, uint64_t amount);
-void gauge_sub(nf_gauge *g, uint64_t amount);
+static inline void gauge_add(nf_gauge *g, uint64_t amount) {
+    g->current += amount;
+    g->total += amount;
+    if (g->current > g->peak) g->peak = g->current;
+}
+
+static inline void gauge_sub(nf_gauge *g, uint64_t amount) { g->current -= amount; }
 
 static inline uint64_t page_of(const nf_pool *pool, uint64_t addr) {
     return (addr - pool->base) >> pool->gran_log2;

@@ -70,8 +70,9 @@ typedef struct nf_pool nf_pool;
 
 typedef struct nf_config {
     /* Physical cap in bytes: the pool never holds more physical memory than this. When a request
-     * cannot be met under it the pool reclaims idle pages first, and only then fails. 0 means no cap
-     * (bounded by the address space reserved). */
+     * cannot be met under it the pool reclaims idle pages first, and only then fails. 0 means no
+     * cap: the pool then grows to about 2% above the largest live total seen so far and serves
+     * further requests from idle pages, so physical memory still follows the live peak. */
     uint64_t capacity;
     /* Virtual address space to reserve, bytes. 0: 4 x capacity, or 1 TiB when there is no cap.
      * Address space is cheap; a generous range lets placement avoid moving pages. */

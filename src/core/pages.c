@@ -277,8 +277,9 @@ static void range_cost(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *ne
         if (pg->live_blocks) continue;
         if (pg->phys != NF_NO_PAGE) {
             phys_page *pp = &pool->phys[pg->phys];
-            if (pp->busy_va == NF_NO_PAGE && pp->stamp != stamp) {
-                pp->stamp = stamp;
+            /* A page mapped at one place cannot appear twice in the range: no mark needed. */
+            if (pp->busy_va == NF_NO_PAGE && (pp->aliases == 1 || pp->stamp != stamp)) {
+                if (pp->aliases > 1) pp->stamp = stamp;
                 claimed++;
                 continue;
             }

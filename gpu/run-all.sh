@@ -67,6 +67,10 @@ step "the README's PyTorch example, as printed"
 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3
 grep -q "page moves" "$OUT/readme_example.log" || status=1
 
+step "PyTorch hooks: record_stream, empty_cache, set_per_process_memory_fraction"
+NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" python3 gpu/hooks_check.py 2>&1 | tee "$OUT/hooks.log" | grep -v Warning | tail -8 || status=1
+grep -q "hooks_check: PASSED" "$OUT/hooks.log" || status=1
+
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
   step "DDP under torchrun on $gpus GPUs: native vs nofrag losses"

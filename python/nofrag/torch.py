@@ -104,8 +104,12 @@ def _install_hooks(torch):
         check(L.nf_torch_trim(-1, 0), "torch.cuda.empty_cache (nofrag trim)")
 
     def set_per_process_memory_fraction(fraction, device=None):
-        dev = torch.cuda.current_device() if device is None else torch.device("cuda", device).index \
-            if not isinstance(device, int) else device
+        if device is None:
+            dev = torch.cuda.current_device()
+        elif isinstance(device, int):
+            dev = device
+        else:  # "cuda:1" or torch.device
+            dev = torch.device(device).index or 0
         check(L.nf_torch_set_memory_fraction(float(fraction), dev), "set_per_process_memory_fraction")
 
     original_record_stream = torch.Tensor.record_stream

@@ -6,6 +6,7 @@
  * This file reads no environment variable: the Python package turns NOFRAG_* settings into a call
  * of nf_torch_configure before the first allocation.
  */
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -128,12 +129,41 @@ static nf_pool *device_pool_peek(int device) {
     return __atomic_load_n(&torch_state.devices[device].pool, __ATOMIC_ACQUIRE);
 }
 
+/*
+ * PyTorch's pluggable allocator does not check what the allocation function returns: a NULL would
+ * become a tensor without memory. A C allocator cannot throw, but c10 exports a function that
+ * throws its error type (the one TORCH_CHECK uses); called here, with no lock held, the exception
+ * unwinds through this frame (built with -fexceptions) into PyTorch, which raises RuntimeError in
+ * Python. Looked up at run time, so libnofrag does not depend on PyTorch.
+ */
+typedef void (*torch_check_fail_fn)(const char *func, const char *file, uint32_t line, const char *msg);
+static torch_check_fail_fn torch_check_fail_lookup(void) {
+    static torch_check_fail_fn fn;
+    static int looked;
+    if (!looked) {
+        /* c10::detail::torchCheckFail(const char*, const char*, unsigned int, const char*) */
+        static const char symbol[] = "_ZN3c106detail14torchCheckFailEPKcS2_jS2_";
+        void *lib = dlopen("libc10.so", RTLD_NOW | RTLD_NOLOAD);
+        void *sym = lib ? dlsym(lib, symbol) : dlsym(RTLD_DEFAULT, symbol);
+        memcpy(&fn, &sym, sizeof fn);
+        looked = 1;
+    }
+    return fn;
+}
+
 void *nf_torch_alloc(size_t size, int device, void *stream) {
     nf_pool *pool = device_pool_get(device);
-    if (!pool) return NULL;
     void *ptr = NULL;
-    nf_alloc(pool, size, stream, &ptr); /* failures are reported through torch_log */
-    return ptr;
+    nf_status s = pool ? nf_alloc(pool, size, stream, &ptr) : NF_ERR_UNSUPPORTED;
+    if (s == NF_OK || size == 0) return ptr;
+    torch_check_fail_fn fail = torch_check_fail_lookup();
+    if (fail) {
+        char message[700];
+        snprintf(message, sizeof message, "CUDA out of memory (nofrag): tried to allocate %zu bytes on cuda:%d: %s",
+                 size, device, torch_state.last_error);
+        fail("nf_torch_alloc", __FILE__, __LINE__, message); /* throws */
+    }
+    return NULL;
 }
 
 void nf_torch_free(void *ptr, size_t size, int device, void *stream) {

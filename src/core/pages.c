@@ -397,25 +397,17 @@ void pages_free(nf_pool *pool) {
 
 /* ---- invariants (I6-I11 of pool_internal.h); live counts per page are checked by stats.c --- */
 
-#define CHECK(cond, ...)                                                         \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            pool_log(pool, NF_LOG_ERROR, "invariant broken: " __VA_ARGS__);      \
-            return NF_ERR_CORRUPT;                                               \
-        }                                                                        \
-    } while (0)
-
 nf_status pages_check(nf_pool *pool) {
     uint64_t mapped = 0, idle = 0, physical = 0;
     for (uint64_t v = 0; v < pool->page_count; v++) {
         const page *pg = &pool->pages[v];
-        CHECK(pg->live_blocks == 0 || pg->phys != NF_NO_PAGE, "I7 page %llu has live blocks, unmapped",
+        INVARIANT(pg->live_blocks == 0 || pg->phys != NF_NO_PAGE, "I7 page %llu has live blocks, unmapped",
               (unsigned long long)v);
         if (pg->phys == NF_NO_PAGE) continue;
         mapped++;
-        CHECK(pg->phys >= 0 && (uint64_t)pg->phys < pool->phys_used && pool->phys[pg->phys].handle,
+        INVARIANT(pg->phys >= 0 && (uint64_t)pg->phys < pool->phys_used && pool->phys[pg->phys].handle,
               "I7 page %llu maps a released physical page", (unsigned long long)v);
-        CHECK(pg->live_blocks == 0 || pool->phys[pg->phys].busy_va == (int32_t)v,
+        INVARIANT(pg->live_blocks == 0 || pool->phys[pg->phys].busy_va == (int32_t)v,
               "I7 page %llu has live blocks but its physical page is busy elsewhere", (unsigned long long)v);
     }
     for (uint64_t p = 0; p < pool->phys_used; p++) {
@@ -424,14 +416,14 @@ nf_status pages_check(nf_pool *pool) {
         physical++;
         uint32_t aliases = 0;
         for (int32_t v = pp->first_alias; v != NF_NO_PAGE; v = pool->pages[v].alias_next) {
-            CHECK(pool->pages[v].phys == (int32_t)p, "I7 alias list of physical page %llu", (unsigned long long)p);
-            CHECK(++aliases <= MAX_ALIASES, "I7 physical page %llu has too many aliases", (unsigned long long)p);
-            CHECK(pool->pages[v].live_blocks == 0 || pp->busy_va == v,
+            INVARIANT(pool->pages[v].phys == (int32_t)p, "I7 alias list of physical page %llu", (unsigned long long)p);
+            INVARIANT(++aliases <= MAX_ALIASES, "I7 physical page %llu has too many aliases", (unsigned long long)p);
+            INVARIANT(pool->pages[v].live_blocks == 0 || pp->busy_va == v,
                   "I7 physical page %llu used through two places", (unsigned long long)p);
         }
-        CHECK(aliases == pp->aliases, "I7 alias count of physical page %llu", (unsigned long long)p);
+        INVARIANT(aliases == pp->aliases, "I7 alias count of physical page %llu", (unsigned long long)p);
         if (pp->busy_va != NF_NO_PAGE)
-            CHECK(pool->pages[pp->busy_va].phys == (int32_t)p && pool->pages[pp->busy_va].live_blocks > 0,
+            INVARIANT(pool->pages[pp->busy_va].phys == (int32_t)p && pool->pages[pp->busy_va].live_blocks > 0,
                   "I7 physical page %llu busy without a live block", (unsigned long long)p);
         else
             idle++;
@@ -439,19 +431,19 @@ nf_status pages_check(nf_pool *pool) {
     uint64_t listed = 0;
     int32_t last = NF_NO_PAGE;
     for (int32_t p = pool->idle_head; p != NF_NO_PAGE; p = pool->phys[p].idle_next) {
-        CHECK(pool->phys[p].idle_prev == last, "I8 idle list links at %d", p);
-        CHECK(pool->phys[p].handle && pool->phys[p].busy_va == NF_NO_PAGE, "I8 busy page %d listed idle", p);
-        CHECK(++listed <= pool->phys_used, "I8 idle list loops");
+        INVARIANT(pool->phys[p].idle_prev == last, "I8 idle list links at %d", p);
+        INVARIANT(pool->phys[p].handle && pool->phys[p].busy_va == NF_NO_PAGE, "I8 busy page %d listed idle", p);
+        INVARIANT(++listed <= pool->phys_used, "I8 idle list loops");
         last = p;
     }
-    CHECK(last == pool->idle_tail, "I8 idle list tail");
-    CHECK(listed == idle && idle == pool->idle_count, "I8 idle physical pages: %llu listed, %llu found",
+    INVARIANT(last == pool->idle_tail, "I8 idle list tail");
+    INVARIANT(listed == idle && idle == pool->idle_count, "I8 idle physical pages: %llu listed, %llu found",
           (unsigned long long)listed, (unsigned long long)idle);
-    CHECK(pool->stats.idle_bytes.current == idle * pool->gran, "I8 idle_bytes");
-    CHECK(pool->stats.mapped_bytes.current == mapped * pool->gran, "I9 mapped_bytes");
-    CHECK(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
+    INVARIANT(pool->stats.idle_bytes.current == idle * pool->gran, "I8 idle_bytes");
+    INVARIANT(pool->stats.mapped_bytes.current == mapped * pool->gran, "I9 mapped_bytes");
+    INVARIANT(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
           "I10 reserved_bytes");
-    CHECK(!pool->cap_pages || physical <= pool->cap_pages + pool->cap_slack,
+    INVARIANT(!pool->cap_pages || physical <= pool->cap_pages + pool->cap_slack,
           "I11 %llu physical pages over a cap of %llu", (unsigned long long)physical,
           (unsigned long long)pool->cap_pages);
     return NF_OK;

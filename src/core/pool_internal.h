@@ -182,6 +182,16 @@ struct nf_pool {
     nf_stats stats; /* gauges and counters; derived fields are filled by nf_stats_get */
 };
 
+/* For the invariant checkers (stats.c, pages.c): inside a function of `pool` returning nf_status,
+ * logs which invariant broke and returns NF_ERR_CORRUPT when cond is false. */
+#define INVARIANT(cond, ...)                                                         \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            pool_log(pool, NF_LOG_ERROR, "invariant broken: " __VA_ARGS__);          \
+            return NF_ERR_CORRUPT;                                                   \
+        }                                                                            \
+    } while (0)
+
 /* Logging through the config's callback (pool.c). */
 void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

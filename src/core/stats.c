@@ -120,51 +120,43 @@ nf_status nf_stats_to_json(const nf_stats *stats, char *buf, size_t buf_size, si
 
 /* ---- invariants (the equations are listed in pool_internal.h) ---------------------------- */
 
-#define CHECK(cond, ...)                                                            \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            pool_log(pool, NF_LOG_ERROR, "invariant broken: " __VA_ARGS__);         \
-            return NF_ERR_CORRUPT;                                                  \
-        }                                                                           \
-    } while (0)
-
 static nf_status check_locked(nf_pool *pool) {
     uint64_t sum = 0, live_sum = 0, live_count = 0, free_count = 0;
     const block *prev = NULL;
     for (const block *b = pool->first; b; b = b->next) {
-        CHECK(b->prev == prev, "I1 neighbour links at 0x%" PRIx64, b->addr);
-        CHECK(b->size > 0 && b->size % pool->config.alignment == 0, "I1 size at 0x%" PRIx64, b->addr);
-        CHECK(b->addr == pool->base + sum, "I1 blocks tile the range at 0x%" PRIx64, b->addr);
+        INVARIANT(b->prev == prev, "I1 neighbour links at 0x%" PRIx64, b->addr);
+        INVARIANT(b->size > 0 && b->size % pool->config.alignment == 0, "I1 size at 0x%" PRIx64, b->addr);
+        INVARIANT(b->addr == pool->base + sum, "I1 blocks tile the range at 0x%" PRIx64, b->addr);
         sum += b->size;
         if (b->live) {
             live_sum += b->size;
             live_count++;
-            CHECK(ptr_map_get(&pool->live, b->addr) == b, "I4 live block 0x%" PRIx64 " in map", b->addr);
-            CHECK(!b->in_index, "I3 live block in the free index");
+            INVARIANT(ptr_map_get(&pool->live, b->addr) == b, "I4 live block 0x%" PRIx64 " in map", b->addr);
+            INVARIANT(!b->in_index, "I3 live block in the free index");
         } else {
             free_count++;
-            CHECK(b->in_index, "I3 free block 0x%" PRIx64 " not indexed", b->addr);
-            CHECK(!prev || !blocks_mergeable(pool, prev, b), "I2 mergeable neighbours at 0x%" PRIx64, b->addr);
+            INVARIANT(b->in_index, "I3 free block 0x%" PRIx64 " not indexed", b->addr);
+            INVARIANT(!prev || !blocks_mergeable(pool, prev, b), "I2 mergeable neighbours at 0x%" PRIx64, b->addr);
         }
         prev = b;
     }
-    CHECK(sum == pool->virtual_bytes, "I1 blocks cover %" PRIu64 " of %" PRIu64, sum, pool->virtual_bytes);
-    CHECK(free_count == pool->index.count, "I3 %" PRIu64 " free blocks, %" PRIu64 " indexed",
+    INVARIANT(sum == pool->virtual_bytes, "I1 blocks cover %" PRIu64 " of %" PRIu64, sum, pool->virtual_bytes);
+    INVARIANT(free_count == pool->index.count, "I3 %" PRIu64 " free blocks, %" PRIu64 " indexed",
           free_count, pool->index.count);
     for (uint32_t fl = 0; fl < INDEX_FL_COUNT; fl++)
         for (uint32_t sl = 0; sl < INDEX_SL_COUNT; sl++) {
             bool bit = (pool->index.sl_bitmap[fl] >> sl) & 1u;
-            CHECK(bit == (pool->index.bins[fl][sl] != NULL), "I3 bitmap of bin (%u,%u)", fl, sl);
+            INVARIANT(bit == (pool->index.bins[fl][sl] != NULL), "I3 bitmap of bin (%u,%u)", fl, sl);
             for (const block *b = pool->index.bins[fl][sl]; b; b = b->free_next) {
                 uint32_t f, s;
                 index_bin_of(b->size, &f, &s);
-                CHECK(f == fl && s == sl && !b->live, "I3 block 0x%" PRIx64 " in wrong bin", b->addr);
+                INVARIANT(f == fl && s == sl && !b->live, "I3 block 0x%" PRIx64 " in wrong bin", b->addr);
             }
         }
-    CHECK(live_count == pool->live.count, "I4 %" PRIu64 " live blocks, %" PRIu64 " in map",
+    INVARIANT(live_count == pool->live.count, "I4 %" PRIu64 " live blocks, %" PRIu64 " in map",
           live_count, pool->live.count);
-    CHECK(live_count == pool->stats.allocation.current, "I4 allocation gauge");
-    CHECK(live_sum == pool->stats.allocated_bytes.current, "I5 allocated_bytes %" PRIu64 " != %" PRIu64,
+    INVARIANT(live_count == pool->stats.allocation.current, "I4 allocation gauge");
+    INVARIANT(live_sum == pool->stats.allocated_bytes.current, "I5 allocated_bytes %" PRIu64 " != %" PRIu64,
           pool->stats.allocated_bytes.current, live_sum);
 
     /* I6: recount live blocks per page; the page layer checks the rest. */
@@ -175,12 +167,12 @@ static nf_status check_locked(nf_pool *pool) {
         while (b && b->addr + b->size <= page_start) b = b->next;
         uint32_t count = 0;
         for (const block *c = b; c && c->addr < page_end; c = c->next) count += c->live;
-        CHECK(pool->pages[p].live_blocks == count, "I6 page %" PRIu64 " counts %u live blocks, has %u", p,
+        INVARIANT(pool->pages[p].live_blocks == count, "I6 page %" PRIu64 " counts %u live blocks, has %u", p,
               pool->pages[p].live_blocks, count);
     }
     nf_status s = pages_check(pool);
     if (s != NF_OK) return s;
-#define NF_X_PEAK(name, desc) CHECK(pool->stats.name.current <= pool->stats.name.peak, "I12 " #name);
+#define NF_X_PEAK(name, desc) INVARIANT(pool->stats.name.current <= pool->stats.name.peak, "I12 " #name);
     NF_STATS_GAUGES(NF_X_PEAK)
 #undef NF_X_PEAK
     return NF_OK;

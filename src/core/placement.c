@@ -32,37 +32,31 @@ static void bin_next(uint32_t *fl, uint32_t *sl) {
     }
 }
 
-/* Good fit among blocks the stream may use; page availability is checked on the winner only, and
- * the scan that checks every candidate runs only when the winner cannot be backed (cap reached). */
-static block *good_fit_by_size(nf_pool *pool, uint64_t size, uint32_t idx, bool check_pages, uint64_t *cost_out) {
+/* *cost_out: pages the block would need mapped. */
+static bool candidate_fits(nf_pool *pool, const block *b, uint64_t size, uint32_t idx, uint64_t *cost_out) {
+    return b->size >= size && pool_block_usable_by(pool, b, idx) &&
+           pool_pages_available(pool, b->addr, size, cost_out);
+}
+
+static block *good_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *cost_out) {
     uint32_t fl, sl;
     index_bin_of(size, &fl, &sl);
     block *best = NULL;
-    uint64_t cost = 0;
+    uint64_t cost;
     int scanned = 0;
-    for (block *b = pool->index.bins[fl][sl]; b && scanned < OWN_BIN_SCAN; b = b->free_next, scanned++) {
-        if (best && b->size >= best->size) continue;
-        if (b->size >= size && pool_block_usable_by(pool, b, idx) &&
-            (!check_pages || pool_pages_available(pool, b->addr, size, &cost))) {
+    for (block *b = pool->index.bins[fl][sl]; b && scanned < OWN_BIN_SCAN; b = b->free_next, scanned++)
+        if ((!best || b->size < best->size) && candidate_fits(pool, b, size, idx, &cost)) {
             best = b;
             *cost_out = cost;
         }
-    }
     if (best) return best;
     bin_next(&fl, &sl);
     while (index_next_bin(&pool->index, fl, sl, &fl, &sl)) {
         for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next)
-            if (pool_block_usable_by(pool, b, idx) && (!check_pages || pool_pages_available(pool, b->addr, size, cost_out)))
-                return b;
+            if (candidate_fits(pool, b, size, idx, cost_out)) return b;
         bin_next(&fl, &sl);
     }
     return NULL;
-}
-
-static block *good_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *cost_out) {
-    block *b = good_fit_by_size(pool, size, idx, false, cost_out);
-    if (b && pool_pages_available(pool, b->addr, size, cost_out)) return b;
-    return b ? good_fit_by_size(pool, size, idx, true, cost_out) : NULL;
 }
 
 /* The first candidate in good-fit order whose pages need no mapping; NULL if none among the

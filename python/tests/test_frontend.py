@@ -135,6 +135,23 @@ class EnableTest(unittest.TestCase):
         nt.enable()  # a second call does nothing
         importlib.reload(nt)  # reloading without NOFRAG_ENABLE must not enable again
 
+    def test_wrapped_hooks(self):
+        torch, calls = fake_torch()
+        sys.modules["torch"] = torch
+        import nofrag.torch as nt
+        nt._hooks.clear()
+        nt.enable()
+        # The memory fraction reaches nofrag, which has no GPU here: a clear error, not a crash.
+        if not os.path.exists("/dev/nvidia0"):
+            with self.assertRaisesRegex(nofrag.NofragError, "set_per_process_memory_fraction"):
+                torch.cuda.set_per_process_memory_fraction(0.5, 0)
+        # record_stream on a CPU tensor goes straight to PyTorch's own method.
+        t = torch.Tensor()
+        t.is_cuda = False
+        t.record_stream("side")
+        self.assertEqual(calls["record_stream"], "side")
+        self.assertIn("record_stream", nt._hooks)
+
 
 if __name__ == "__main__":
     unittest.main()

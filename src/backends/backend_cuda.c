@@ -112,6 +112,8 @@ static const char *result_name(CUresult r) {
 }
 
 typedef struct cuda_ctx {
+    nf_log_fn log; /* names the failing driver call; the core adds which primitive it served */
+    void *log_user;
     int ordinal;
     CUdevice device;
     CUcontext primary;
@@ -137,20 +139,31 @@ typedef struct cuda_ctx {
 
 static int as_code(CUresult r) { return r == CUDA_ERROR_INVALID_VALUE ? INVALID_VALUE_CODE : (int)r; }
 
+/* Returns the primitive's code for `rc`, logging the driver call by name when it failed. */
+static int checked(cuda_ctx *c, const char *call, CUresult rc) {
+    if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_NOT_READY && c->log) {
+        char message[256];
+        snprintf(message, sizeof message, "cuda backend: %s failed on device %d: %s (%d)", call, c->ordinal,
+                 result_name(rc), (int)rc);
+        c->log(c->log_user, NF_LOG_ERROR, message);
+    }
+    return as_code(rc);
+}
+
 static int cuda_reserve(void *ctx, uint64_t bytes, uint64_t *base_out) {
     cuda_ctx *c = ctx;
     CUdeviceptr ptr = 0;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemAddressReserve(&ptr, bytes, c->gran, 0, 0));
     *base_out = ptr;
-    return as_code(rc);
+    return checked(c, "cuMemAddressReserve", rc);
 }
 
 static int cuda_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemAddressFree(base, bytes));
-    return as_code(rc);
+    return checked(c, "cuMemAddressFree", rc);
 }
 
 static int cuda_page_create(void *ctx, uint64_t *handle_out) {
@@ -159,35 +172,35 @@ static int cuda_page_create(void *ctx, uint64_t *handle_out) {
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemCreate(&h, c->gran, &c->prop, 0));
     *handle_out = h;
-    return as_code(rc);
+    return checked(c, "cuMemCreate", rc);
 }
 
 static int cuda_page_release(void *ctx, uint64_t handle) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemRelease(handle));
-    return as_code(rc);
+    return checked(c, "cuMemRelease", rc);
 }
 
 static int cuda_map(void *ctx, uint64_t va, uint64_t handle) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemMap(va, c->gran, 0, handle, 0));
-    return as_code(rc);
+    return checked(c, "cuMemMap", rc);
 }
 
 static int cuda_unmap(void *ctx, uint64_t va) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemUnmap(va, c->gran));
-    return as_code(rc);
+    return checked(c, "cuMemUnmap", rc);
 }
 
 static int cuda_set_access(void *ctx, uint64_t va) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemSetAccess(va, c->gran, c->access, c->access_count));
-    return as_code(rc);
+    return checked(c, "cuMemSetAccess", rc);
 }
 
 static int cuda_event_record(void *ctx, void *stream, uint64_t *event_out) {
@@ -195,11 +208,11 @@ static int cuda_event_record(void *ctx, void *stream, uint64_t *event_out) {
     CUevent ev = NULL;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
-    if (rc != CUDA_SUCCESS) return as_code(rc);
+    if (rc != CUDA_SUCCESS) return checked(c, "cuEventCreate", rc);
     WITH_CONTEXT(c, driver.cuEventRecord(ev, (CUstream)stream));
     if (rc != CUDA_SUCCESS) {
         driver.cuEventDestroy(ev);
-        return as_code(rc);
+        return checked(c, "cuEventRecord", rc);
     }
     *event_out = (uint64_t)(uintptr_t)ev;
     return 0;
@@ -209,21 +222,21 @@ static int cuda_event_query(void *ctx, uint64_t event) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuEventQuery((CUevent)(uintptr_t)event));
-    return rc == CUDA_ERROR_NOT_READY ? NF_BACKEND_EVENT_PENDING : as_code(rc);
+    return rc == CUDA_ERROR_NOT_READY ? NF_BACKEND_EVENT_PENDING : checked(c, "cuEventQuery", rc);
 }
 
 static int cuda_event_sync(void *ctx, uint64_t event) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuEventSynchronize((CUevent)(uintptr_t)event));
-    return as_code(rc);
+    return checked(c, "cuEventSynchronize", rc);
 }
 
 static int cuda_event_release(void *ctx, uint64_t event) {
     cuda_ctx *c = ctx;
     CUresult rc;
     WITH_CONTEXT(c, driver.cuEventDestroy((CUevent)(uintptr_t)event));
-    return as_code(rc);
+    return checked(c, "cuEventDestroy", rc);
 }
 
 static const char *cuda_error_name(void *ctx, int code) {
@@ -289,6 +302,8 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
         free(c);
         return NF_ERR_NO_MEMORY_HOST;
     }
+    c->log = log;
+    c->log_user = log_user;
     c->ordinal = ordinal;
     c->device = device;
     if ((rc = driver.cuDevicePrimaryCtxRetain(&c->primary, device)) != CUDA_SUCCESS) {

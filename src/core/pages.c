@@ -64,17 +64,23 @@ static inline void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64
 
 /* Waits until no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
  * touch the page. Work on `idx` itself is ordered before whatever idx queues next. */
+/* Waits for the work of every stream in mask but idx, up to free number seq. */
+static nf_status streams_wait(nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (i == idx || !(mask & stream_bit(i))) continue;
+        bool done;
+        nf_status s = pool_stream_reach(pool, i, seq, true, &done);
+        if (s != NF_OK) return s;
+    }
+    return NF_OK;
+}
+
 static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
     if (fence_only_own(pp->fence_mask, idx) || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx))
         return NF_OK;
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        if (i == idx || !(pp->fence_mask & stream_bit(i))) continue;
-        bool done;
-        nf_status s = pool_stream_reach(pool, i, pp->fence_seq, true, &done);
-        if (s != NF_OK) return s;
-    }
-    if (idx == NO_STREAM) pp->fence_mask = 0;
-    return NF_OK;
+    nf_status s = streams_wait(pool, pp->fence_mask, pp->fence_seq, idx);
+    if (s == NF_OK && idx == NO_STREAM) pp->fence_mask = 0;
+    return s;
 }
 
 /* The page is now used through a different virtual place than before: the work queued through the
@@ -96,13 +102,7 @@ static nf_status alias_fence_wait_slow(nf_pool *pool, phys_page *pp, uint32_t id
         return NF_OK;
     }
     if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx)) return NF_OK;
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        if (i == idx || !(pp->alias_fence_mask & stream_bit(i))) continue;
-        bool done;
-        nf_status s = pool_stream_reach(pool, i, pp->alias_fence_seq, true, &done);
-        if (s != NF_OK) return s;
-    }
-    return NF_OK;
+    return streams_wait(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx);
 }
 
 static inline nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {

@@ -22,6 +22,8 @@
  */
 #include "placement.h"
 
+#include "pages.h"
+
 enum { OWN_BIN_SCAN = 16, CANDIDATES_MAX = 16 };
 
 /* Moves (fl, sl) to the next bin in size order. */
@@ -35,7 +37,7 @@ static void bin_next(uint32_t *fl, uint32_t *sl) {
 /* *cost_out: pages the block would need mapped. */
 static bool candidate_fits(nf_pool *pool, const block *b, uint64_t size, uint32_t idx, uint64_t *cost_out) {
     return b->size >= size && pool_block_usable_by(pool, b, idx) &&
-           pool_pages_available(pool, b->addr, size, cost_out);
+           pages_available(pool, b->addr, size, cost_out);
 }
 
 static block *good_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *cost_out) {
@@ -68,7 +70,7 @@ static block *free_of_cost(nf_pool *pool, uint64_t size, uint32_t idx) {
     for (;;) {
         for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next) {
             if (b->size < size || !pool_block_usable_by(pool, b, idx)) continue;
-            if (pool_unmapped_pages(pool, b->addr, size) == 0) return b;
+            if (pages_cost(pool, b->addr, size) == 0) return b;
             if (++seen == CANDIDATES_MAX) return NULL;
         }
         bin_next(&fl, &sl);

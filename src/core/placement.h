@@ -13,8 +13,6 @@
 block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out);
 
 /* From pool.c, for policies. */
-uint64_t pool_unmapped_pages(nf_pool *pool, uint64_t addr, uint64_t size);
-bool pool_pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out);
 bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx);
 
 #endif

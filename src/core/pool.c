@@ -222,14 +222,6 @@ static block *block_coalesce(nf_pool *pool, block *b) {
     }
 }
 
-uint64_t pool_unmapped_pages(nf_pool *pool, uint64_t addr, uint64_t size) {
-    return pages_cost(pool, addr, size);
-}
-
-bool pool_pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
-    return pages_available(pool, addr, size, cost_out);
-}
-
 static void virtual_span_after_free(nf_pool *pool, const block *freed) {
     uint64_t end = freed->addr + freed->size - pool->base;
     if (end < pool->stats.virtual_span_bytes.current) return;
@@ -532,15 +524,11 @@ nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream) {
 
 /* ---- trimming, steps, capacity ------------------------------------------------------------ */
 
-static nf_status trim_locked(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
-    return pages_trim(pool, keep_pages, released);
-}
-
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     if (!pool) return NF_ERR_INVALID_ARG;
     uint64_t released = 0;
     pthread_mutex_lock(&pool->lock);
-    nf_status s = trim_locked(pool, keep_bytes / pool->gran, &released);
+    nf_status s = pages_trim(pool, keep_bytes / pool->gran, &released);
     pthread_mutex_unlock(&pool->lock);
     if (released_out) *released_out = released;
     return s;
@@ -562,7 +550,7 @@ nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     pool->cap_pages = cap_pages;
     uint64_t released = 0;
     nf_status s = NF_OK;
-    if (cap_pages && pool->phys_count > cap_pages) s = trim_locked(pool, cap_pages, &released);
+    if (cap_pages && pool->phys_count > cap_pages) s = pages_trim(pool, cap_pages, &released);
     else pool->cap_slack = 0;
     pthread_mutex_unlock(&pool->lock);
     return s;

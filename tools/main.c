@@ -106,6 +106,17 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
            r->est_driver_us_total, (unsigned long long)s->backend_calls,
            (unsigned long long)s->num_remaps, r->seconds,
            r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
+    /* Each backend primitive per step over the same window, so a reader can see what the calls are. */
+    printf(",\"calls_per_step\":{");
+    const char *sep = "";
+#define NF_X_CALL_JSON(name, desc)                                                                 \
+    if (strncmp(#name, "calls_", 6) == 0) {                                                        \
+        printf("%s\"%s\":%.3f", sep, #name + 6, (double)r->window.name / r->window_steps);          \
+        sep = ",";                                                                                 \
+    }
+    NF_STATS_COUNTERS(NF_X_CALL_JSON)
+#undef NF_X_CALL_JSON
+    printf("}");
     if (c->min_capacity)
         printf(",\"min_capacity_bytes\":%llu,\"min_capacity_ratio\":%.6f", (unsigned long long)min_cap,
                (double)min_cap / (double)t->peak_live);

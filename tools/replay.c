@@ -100,6 +100,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     r->events = t->event_count;
     nf_stats_get(pool, &r->stats);
     nf_stats d = stats_delta(&r->stats, &r->window_start);
+    r->window = d;
     r->remaps_per_step = (double)d.num_remaps / r->window_steps;
     r->driver_calls_per_step = (double)d.backend_calls / r->window_steps;
     r->est_driver_us_per_step = replay_cost_us(&d) / r->window_steps;

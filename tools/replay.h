@@ -33,6 +33,7 @@ typedef struct replay_result {
     double driver_calls_per_step;
     double est_driver_us_per_step;
     double est_driver_us_total;
+    nf_stats window; /* counters over the per-step window (end minus window_start) */
 } replay_result;
 
 /* The cost of each backend primitive in microseconds, from CUDA measurements on an H200

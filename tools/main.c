@@ -25,6 +25,9 @@ static const char USAGE[] =
     "  --capacity-factor F     physical cap of F x the trace's peak live bytes (F >= 1)\n"
     "  --min-capacity          also search the smallest cap under which the trace completes\n"
     "  --json                  one JSON object per trace, one per line\n"
+    "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
+    "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
+    "                          what came before the first step)\n"
     "  --granularity BYTES     physical page size (default 2M, CUDA's)\n"
     "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
@@ -117,6 +120,18 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     NF_STATS_COUNTERS(NF_X_CALL_JSON)
 #undef NF_X_CALL_JSON
     printf("}");
+    if (r->step_slots) {
+        static const char *names[] = {"step_calls", "step_remaps", "step_driver_us"};
+        for (int k = 0; k < 3; k++) {
+            printf(",\"%s\":[", names[k]);
+            for (uint32_t i = 0; i < r->step_slots; i++) {
+                if (k == 0) printf("%s%llu", i ? "," : "", (unsigned long long)r->step_calls[i]);
+                else if (k == 1) printf("%s%llu", i ? "," : "", (unsigned long long)r->step_remaps[i]);
+                else printf("%s%.1f", i ? "," : "", r->step_us[i]);
+            }
+            printf("]");
+        }
+    }
     if (c->min_capacity)
         printf(",\"min_capacity_bytes\":%llu,\"min_capacity_ratio\":%.6f", (unsigned long long)min_cap,
                (double)min_cap / (double)t->peak_live);
@@ -145,6 +160,8 @@ static int cmd_replay(int argc, char **argv) {
             c.min_capacity = true;
         } else if (strcmp(a, "--json") == 0) {
             c.json = true;
+        } else if (strcmp(a, "--per-step") == 0) {
+            c.opts.per_step = true;
         } else if (strcmp(a, "--cuda") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a device number", a);
             char *end;
@@ -166,6 +183,7 @@ static int cmd_replay(int argc, char **argv) {
     for (int i = first_trace; i < argc; i++)
         if (argv[i][0] == '-' && argv[i][1]) return usage_error("options go before the traces: '%s'", argv[i]);
     if (first_trace >= argc) return usage_error("%s", "no trace given");
+    if (c.opts.per_step && !c.json) return usage_error("%s", "--per-step needs --json");
     if (c.capacity && c.capacity_factor) return usage_error("%s", "give --capacity or --capacity-factor, not both");
     uint64_t gran = c.opts.granularity ? c.opts.granularity : 2ull << 20;
     if (gran < 4096 || (gran & (gran - 1))) return usage_error("%s", "--granularity must be a power of two >= 4K");
@@ -208,6 +226,7 @@ static int cmd_replay(int argc, char **argv) {
             print_row(&c, &t, &r, min_cap);
         }
         fflush(stdout);
+        replay_result_free(&r);
         trace_free(&t);
     }
     return status;

@@ -38,6 +38,26 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+void replay_result_free(replay_result *r) {
+    free(r->step_calls);
+    free(r->step_remaps);
+    free(r->step_us);
+    r->step_calls = r->step_remaps = NULL;
+    r->step_us = NULL;
+    r->step_slots = 0;
+}
+
+/* Charges the counters since *last to step slot `slot` and moves *last to now. */
+static void per_step_close(nf_pool *pool, replay_result *r, uint32_t slot, nf_stats *last) {
+    nf_stats now;
+    nf_stats_get(pool, &now);
+    nf_stats d = stats_delta(&now, last);
+    r->step_calls[slot] = d.backend_calls;
+    r->step_remaps[slot] = d.num_remaps;
+    r->step_us[slot] = replay_cost_us(&d);
+    *last = now;
+}
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
     nf_backend *backend;
@@ -68,6 +88,23 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         return -1;
     }
     for (uint32_t i = 0; i < t->stream_count; i++) streams[i] = (void *)(uintptr_t)t->streams[i];
+    nf_stats step_last;
+    if (opts->per_step) {
+        r->step_slots = t->step_count + 1;
+        r->step_calls = calloc(r->step_slots, sizeof *r->step_calls);
+        r->step_remaps = calloc(r->step_slots, sizeof *r->step_remaps);
+        r->step_us = calloc(r->step_slots, sizeof *r->step_us);
+        if (!r->step_calls || !r->step_remaps || !r->step_us) {
+            snprintf(err, err_size, "out of memory");
+            replay_result_free(r);
+            free(ptrs);
+            free(streams);
+            nf_pool_destroy(pool);
+            nf_backend_destroy(backend);
+            return -1;
+        }
+        nf_stats_get(pool, &step_last);
+    }
 
     uint32_t window_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;
     uint64_t window_event = t->step_count ? t->step_starts[window_step] : 0;
@@ -78,6 +115,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     double start = now_seconds();
     for (uint64_t i = 0; i < t->event_count && r->status == NF_OK; i++) {
         while (next_step < t->step_count && t->step_starts[next_step] == i) {
+            if (opts->per_step) per_step_close(pool, r, next_step, &step_last);
             nf_step_mark(pool);
             next_step++;
         }
@@ -96,6 +134,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
                     (unsigned long long)(i * 100 / t->event_count));
     }
     r->seconds = now_seconds() - start;
+    if (opts->per_step) per_step_close(pool, r, next_step, &step_last);
     if (opts->progress) fprintf(stderr, "\r%*s\r", 60, "");
     r->events = t->event_count;
     nf_stats_get(pool, &r->stats);
@@ -110,6 +149,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     nf_pool_destroy(pool);
     nf_backend_destroy(backend);
     if (r->status != NF_OK) {
+        replay_result_free(r);
         snprintf(err, err_size, "%s: replay stopped: %s", t->path, nf_status_str(r->status));
         return -1;
     }
@@ -121,6 +161,7 @@ int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *mi
     uint64_t gran = opts->granularity ? opts->granularity : 2ull << 20;
     replay_options o = *opts;
     o.progress = false;
+    o.per_step = false;
     replay_result r;
     /* Below the live peak nothing can succeed: lo pages fail, hi pages succeed. */
     uint64_t lo = (t->peak_live + gran - 1) / gran - 1;

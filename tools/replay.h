@@ -19,6 +19,7 @@ typedef struct replay_options {
     uint64_t granularity; /* 0: 2 MiB, CUDA's */
     bool progress;        /* draw a progress line on stderr */
     int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
+    bool per_step;        /* record backend calls and remaps of every step (result.step_*) */
 } replay_options;
 
 typedef struct replay_result {
@@ -34,6 +35,12 @@ typedef struct replay_result {
     double est_driver_us_per_step;
     double est_driver_us_total;
     nf_stats window; /* counters over the per-step window (end minus window_start) */
+    /* With options.per_step: for each step (index 0 = events before the first step mark, when the
+     * trace has any), backend calls, page remaps and estimated driver microseconds. Freed by
+     * replay_result_free. */
+    uint32_t step_slots;
+    uint64_t *step_calls, *step_remaps;
+    double *step_us;
 } replay_result;
 
 /* The cost of each backend primitive in microseconds, from CUDA measurements on an H200
@@ -42,6 +49,8 @@ double replay_cost_us(const nf_stats *delta_calls);
 
 /* Replays t under opts. Returns 0, or -1 with a message in err when the pool could not be made. */
 int replay_run(const trace *t, const replay_options *opts, replay_result *result, char *err, size_t err_size);
+
+void replay_result_free(replay_result *result);
 
 /* The smallest capacity (a multiple of the granularity) under which t replays with no failed
  * allocation, by bisection. Returns 0, or -1 with a message in err. */

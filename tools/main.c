@@ -27,7 +27,7 @@ static const char USAGE[] =
     "  --json                  one JSON object per trace, one per line\n"
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
     "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
-    "                          what came before the first step)\n"
+    "                          making the pool and what came before the first step)\n"
     "  --granularity BYTES     physical page size (default 2M, CUDA's)\n"
     "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"

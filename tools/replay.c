@@ -103,7 +103,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             nf_backend_destroy(backend);
             return -1;
         }
-        nf_stats_get(pool, &step_last);
+        memset(&step_last, 0, sizeof step_last); /* slot 0 includes making the pool */
     }
 
     uint32_t window_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;

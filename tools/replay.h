@@ -35,8 +35,8 @@ typedef struct replay_result {
     double est_driver_us_per_step;
     double est_driver_us_total;
     nf_stats window; /* counters over the per-step window (end minus window_start) */
-    /* With options.per_step: for each step (index 0 = events before the first step mark, when the
-     * trace has any), backend calls, page remaps and estimated driver microseconds. Freed by
+    /* With options.per_step: for each step (index 0 = making the pool and the events before the
+     * first step mark), backend calls, page remaps and estimated driver microseconds. Freed by
      * replay_result_free. */
     uint32_t step_slots;
     uint64_t *step_calls, *step_remaps;

@@ -86,7 +86,7 @@ python3 gpu/latency.py nofrag 2>&1 | tail -2 | tee -a "$OUT/latency.txt"
 if [ "${1:-}" = record ] && [ -f .rec/workloads.py ]; then
   step "recording traces"
   mkdir -p /tmp/rec
-  for spec in ${WORKLOADS:-gpt2_accum_ckpt:30 gpt2_train_eval:30 gpt2_generate:12}; do
+  for spec in ${WORKLOADS:-gpt2_accum_ckpt:60 gpt2_train_eval:30 gpt2_generate:12}; do
     w=${spec%%:*}
     timeout 300 python3 .rec/workloads.py "$w" "${spec##*:}" /tmp/rec --record 2>&1 | tail -1
     python3 gpu/convert_trace.py "/tmp/rec/$w.trace.csv.gz" "/tmp/rec/$w.marks.json" "$RESULTS/traces"

@@ -121,16 +121,14 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
 #undef NF_X_CALL_JSON
     printf("}");
     if (r->step_slots) {
-        static const char *names[] = {"step_calls", "step_remaps", "step_driver_us"};
-        for (int k = 0; k < 3; k++) {
-            printf(",\"%s\":[", names[k]);
-            for (uint32_t i = 0; i < r->step_slots; i++) {
-                if (k == 0) printf("%s%llu", i ? "," : "", (unsigned long long)r->step_calls[i]);
-                else if (k == 1) printf("%s%llu", i ? "," : "", (unsigned long long)r->step_remaps[i]);
-                else printf("%s%.1f", i ? "," : "", r->step_us[i]);
-            }
-            printf("]");
-        }
+        /* One array per figure, as the per-trace figures are: step_calls, step_remaps, step_driver_us. */
+        printf(",\"step_calls\":[");
+        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%llu", i ? "," : "", (unsigned long long)r->steps[i].calls);
+        printf("],\"step_remaps\":[");
+        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%llu", i ? "," : "", (unsigned long long)r->steps[i].remaps);
+        printf("],\"step_driver_us\":[");
+        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%.1f", i ? "," : "", r->steps[i].driver_us);
+        printf("]");
     }
     if (c->min_capacity)
         printf(",\"min_capacity_bytes\":%llu,\"min_capacity_ratio\":%.6f", (unsigned long long)min_cap,

@@ -39,11 +39,8 @@ static double now_seconds(void) {
 }
 
 void replay_result_free(replay_result *r) {
-    free(r->step_calls);
-    free(r->step_remaps);
-    free(r->step_us);
-    r->step_calls = r->step_remaps = NULL;
-    r->step_us = NULL;
+    free(r->steps);
+    r->steps = NULL;
     r->step_slots = 0;
 }
 
@@ -52,9 +49,7 @@ static void per_step_close(nf_pool *pool, replay_result *r, uint32_t slot, nf_st
     nf_stats now;
     nf_stats_get(pool, &now);
     nf_stats d = stats_delta(&now, last);
-    r->step_calls[slot] = d.backend_calls;
-    r->step_remaps[slot] = d.num_remaps;
-    r->step_us[slot] = replay_cost_us(&d);
+    r->steps[slot] = (replay_step){d.backend_calls, d.num_remaps, replay_cost_us(&d)};
     *last = now;
 }
 
@@ -79,8 +74,13 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     }
     void **ptrs = calloc(t->slot_count ? t->slot_count : 1, sizeof *ptrs);
     void **streams = calloc(t->stream_count ? t->stream_count : 1, sizeof *streams);
-    if (!ptrs || !streams) {
+    if (opts->per_step) {
+        r->step_slots = t->step_count + 1;
+        r->steps = calloc(r->step_slots, sizeof *r->steps);
+    }
+    if (!ptrs || !streams || (opts->per_step && !r->steps)) {
         snprintf(err, err_size, "out of memory");
+        replay_result_free(r);
         free(ptrs);
         free(streams);
         nf_pool_destroy(pool);
@@ -88,23 +88,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         return -1;
     }
     for (uint32_t i = 0; i < t->stream_count; i++) streams[i] = (void *)(uintptr_t)t->streams[i];
-    nf_stats step_last;
-    if (opts->per_step) {
-        r->step_slots = t->step_count + 1;
-        r->step_calls = calloc(r->step_slots, sizeof *r->step_calls);
-        r->step_remaps = calloc(r->step_slots, sizeof *r->step_remaps);
-        r->step_us = calloc(r->step_slots, sizeof *r->step_us);
-        if (!r->step_calls || !r->step_remaps || !r->step_us) {
-            snprintf(err, err_size, "out of memory");
-            replay_result_free(r);
-            free(ptrs);
-            free(streams);
-            nf_pool_destroy(pool);
-            nf_backend_destroy(backend);
-            return -1;
-        }
-        memset(&step_last, 0, sizeof step_last); /* slot 0 includes making the pool */
-    }
+    nf_stats step_last = {0}; /* per-step slot 0 includes making the pool */
 
     uint32_t window_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;
     uint64_t window_event = t->step_count ? t->step_starts[window_step] : 0;

@@ -22,6 +22,13 @@ typedef struct replay_options {
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */
 } replay_options;
 
+/* What one step cost: backend calls, page remaps, estimated driver time. */
+typedef struct replay_step {
+    uint64_t calls;
+    uint64_t remaps;
+    double driver_us;
+} replay_step;
+
 typedef struct replay_result {
     nf_status status;      /* NF_OK unless the pool itself failed (not an out-of-memory) */
     uint64_t events;
@@ -35,12 +42,10 @@ typedef struct replay_result {
     double est_driver_us_per_step;
     double est_driver_us_total;
     nf_stats window; /* counters over the per-step window (end minus window_start) */
-    /* With options.per_step: for each step (index 0 = making the pool and the events before the
-     * first step mark), backend calls, page remaps and estimated driver microseconds. Freed by
-     * replay_result_free. */
+    /* With options.per_step: step_slots records, index 0 = making the pool and the events before
+     * the first step mark, then one per step. Freed by replay_result_free. */
     uint32_t step_slots;
-    uint64_t *step_calls, *step_remaps;
-    double *step_us;
+    replay_step *steps;
 } replay_result;
 
 /* The cost of each backend primitive in microseconds, from CUDA measurements on an H200

@@ -49,6 +49,27 @@ static inline void test_log(void *user, nf_log_level level, const char *message)
     if (level <= NF_LOG_ERROR) fprintf(stderr, "  [nofrag] %s\n", message);
 }
 
+/* A pool on the host backend (accounting only) with the given page size, cap (0: none), virtual
+ * range and log callback; stops the test if either cannot be made. */
+static inline nf_pool *test_host_pool(uint64_t gran, uint64_t capacity, uint64_t virtual_bytes, nf_log_fn log,
+                                      nf_backend **backend_out) {
+    REQUIRE(nf_backend_host_create(false, gran, backend_out) == NF_OK);
+    nf_config cfg = nf_config_default();
+    cfg.capacity = capacity;
+    cfg.virtual_bytes = virtual_bytes;
+    cfg.log = log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, *backend_out, &pool) == NF_OK);
+    return pool;
+}
+
+/* Checks the pool's invariants one last time, then destroys the pool and its backend. */
+static inline void test_pool_close(nf_pool *pool, nf_backend *backend) {
+    CHECK_OK(nf_pool_check(pool));
+    nf_pool_destroy(pool);
+    nf_backend_destroy(backend);
+}
+
 static inline int check_exit(const char *name) {
     printf("%s: %lu passed, %lu failed\n", name, check_passed, check_failed);
     return check_failed ? 1 : 0;

@@ -23,13 +23,7 @@ static void keep(void *user, nf_log_level level, const char *message) {
 int main(void) {
     const uint64_t G = 64 * 1024;
     nf_backend *be;
-    REQUIRE(nf_backend_host_create(false, G, &be) == NF_OK);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = 8 * G;
-    cfg.virtual_bytes = 32 * G;
-    cfg.log = keep;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
+    nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, keep, &be);
     void *a, *b, *c;
     CHECK_OK(nf_alloc(pool, G / 2, NULL, &a));
     CHECK_OK(nf_alloc(pool, 2 * G, NULL, &b));

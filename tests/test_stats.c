@@ -23,13 +23,7 @@ static int visit(void *user, const nf_block_info *b) {
 
 int main(void) {
     nf_backend *be;
-    REQUIRE(nf_backend_host_create(false, G, &be) == NF_OK);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = 8 * G;
-    cfg.virtual_bytes = 32 * G;
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
+    nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, test_log, &be);
 
     /* Four one-page blocks, then free the 2nd and 4th: 2 pages idle, free mapped = 2 pages,
      * largest free mapped run = 1 page, so fragmentation = 1 - 1/2. */

@@ -7,14 +7,7 @@ static void *const S = (void *)0x51, *const T = (void *)0x52;
 static const uint64_t GRAN = 64 * 1024;
 
 static nf_pool *make(nf_backend **backend, uint64_t cap_pages) {
-    REQUIRE(nf_backend_host_create(false, GRAN, backend) == NF_OK);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = cap_pages * GRAN;
-    cfg.virtual_bytes = 64 * GRAN;
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, *backend, &pool) == NF_OK);
-    return pool;
+    return test_host_pool(GRAN, cap_pages * GRAN, 64 * GRAN, test_log, backend);
 }
 
 static void same_stream_reuses_at_once(void) {
@@ -29,9 +22,7 @@ static void same_stream_reuses_at_once(void) {
     nf_stats st;
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.calls_event_record == 0 && st.num_event_waits == 0);
-    CHECK_OK(nf_pool_check(pool));
-    nf_pool_destroy(pool);
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 static void other_stream_waits_for_work(void) {
@@ -59,9 +50,7 @@ static void other_stream_waits_for_work(void) {
     CHECK_OK(nf_alloc(pool, 4096, T, &d));
     CHECK(d == a || d == b);
     CHECK_OK(nf_free(pool, c, T));
-    CHECK_OK(nf_pool_check(pool));
-    nf_pool_destroy(pool);
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 static void pending_block_not_reused_by_other_stream_under_cap(void) {
@@ -79,9 +68,7 @@ static void pending_block_not_reused_by_other_stream_under_cap(void) {
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.num_event_waits == 1);
     CHECK(st.calls_event_record >= 1 && st.calls_event_query >= 1 && st.calls_event_sync == 1);
-    CHECK_OK(nf_pool_check(pool));
-    nf_pool_destroy(pool);
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 static void completed_work_needs_no_wait(void) {
@@ -98,8 +85,7 @@ static void completed_work_needs_no_wait(void) {
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.num_event_waits == 0); /* the query found the work done */
     CHECK(st.calls_event_query >= 1);
-    nf_pool_destroy(pool);
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 static void page_not_unmapped_under_pending_work(void) {
@@ -149,9 +135,7 @@ static void recorded_stream_fences_the_block(void) {
     nf_stats st;
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.num_event_waits == 1);
-    CHECK_OK(nf_pool_check(pool));
-    nf_pool_destroy(pool);
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 int main(void) {

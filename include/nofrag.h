@@ -157,11 +157,11 @@ typedef struct nf_gauge {
     X(num_steps, "training steps marked with nf_step_mark")                                 \
     X(calls_reserve, "backend calls: reserve a virtual range")                              \
     X(calls_unreserve, "backend calls: free a virtual range")                               \
-    X(calls_page_create, "backend calls: create a physical page")                           \
-    X(calls_page_release, "backend calls: release a physical page")                         \
-    X(calls_map, "backend calls: map a page")                                               \
-    X(calls_unmap, "backend calls: unmap a page")                                           \
-    X(calls_set_access, "backend calls: set access on a mapped page")                       \
+    X(calls_page_create, "backend calls: create physical memory (one or more pages)")       \
+    X(calls_page_release, "backend calls: release physical memory")                         \
+    X(calls_map, "backend calls: map physical memory at a virtual range")                   \
+    X(calls_unmap, "backend calls: unmap a virtual range")                                  \
+    X(calls_set_access, "backend calls: set access on a mapped range")                      \
     X(calls_event_record, "backend calls: record an event on a stream")                     \
     X(calls_event_query, "backend calls: query an event")                                   \
     X(calls_event_sync, "backend calls: wait for an event")                                 \

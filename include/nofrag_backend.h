@@ -40,16 +40,21 @@ struct nf_backend {
     int (*reserve)(void *ctx, uint64_t bytes, uint64_t *base_out);
     /* pre: [base, base + bytes) came from reserve and nothing in it is mapped. */
     int (*unreserve)(void *ctx, uint64_t base, uint64_t bytes);
-    /* Create one physical page of `granularity` bytes. post: *handle_out != 0. */
-    int (*page_create)(void *ctx, uint64_t *handle_out);
-    /* pre: the page is mapped nowhere. */
+    /* Create physical memory of `pages` pages (pages * granularity bytes) as one handle.
+     * post: *handle_out != 0. The handle is mapped, unmapped and released only as a whole. */
+    int (*page_create)(void *ctx, uint64_t pages, uint64_t *handle_out);
+    /* pre: the handle is mapped nowhere. */
     int (*page_release)(void *ctx, uint64_t handle);
-    /* Map the page at va. pre: va is granularity-aligned, inside a reservation and unmapped. */
-    int (*map)(void *ctx, uint64_t va, uint64_t handle);
-    /* pre: a page is mapped at va and no pending work touches it. */
-    int (*unmap)(void *ctx, uint64_t va);
-    /* Grant read/write access to the page mapped at va (to the owning device and peers). */
-    int (*set_access)(void *ctx, uint64_t va);
+    /* Map the whole handle, `pages` pages (its size), at va. pre: va is granularity-aligned and
+     * [va, va + pages * granularity) lies inside a reservation and is unmapped. A handle may be
+     * mapped at several places at once. */
+    int (*map)(void *ctx, uint64_t va, uint64_t pages, uint64_t handle);
+    /* Unmap the mapping at [va, va + pages * granularity). pre: that range is exactly one whole
+     * mapping made by map (CUDA cannot unmap part of one) and no pending work touches it. */
+    int (*unmap)(void *ctx, uint64_t va, uint64_t pages);
+    /* Grant read/write access to [va, va + pages * granularity) (to the owning device and peers).
+     * pre: every page of the range is mapped; the range may span several mappings. */
+    int (*set_access)(void *ctx, uint64_t va, uint64_t pages);
     /* Record an event covering all work queued on `stream` so far. post: *event_out != 0. */
     int (*event_record)(void *ctx, void *stream, uint64_t *event_out);
     /* 0 when the event's work has completed, NF_BACKEND_EVENT_PENDING when not, else an error. */
@@ -91,7 +96,7 @@ nf_status nf_host_stream_complete(nf_backend *backend, void *stream);
  * submissions on that stream that have now finished. */
 typedef void (*nf_host_completion_fn)(void *user, void *stream, uint64_t completed);
 nf_status nf_host_set_completion_hook(nf_backend *backend, nf_host_completion_fn fn, void *user);
-/* Whether every page handed out by this host backend has been released and the range freed. */
+/* Whether every physical allocation handed out by this host backend has been released and the range freed. */
 bool nf_host_all_released(nf_backend *backend);
 
 /*

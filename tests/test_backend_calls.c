@@ -16,11 +16,11 @@ static counts seen;
     static int w_##name params { seen.name++; return inner->name args; }
 WRAP(reserve, (void *c, uint64_t b, uint64_t *o), (c, b, o))
 WRAP(unreserve, (void *c, uint64_t a, uint64_t b), (c, a, b))
-WRAP(page_create, (void *c, uint64_t *h), (c, h))
+WRAP(page_create, (void *c, uint64_t n, uint64_t *h), (c, n, h))
 WRAP(page_release, (void *c, uint64_t h), (c, h))
-WRAP(map, (void *c, uint64_t va, uint64_t h), (c, va, h))
-WRAP(unmap, (void *c, uint64_t va), (c, va))
-WRAP(set_access, (void *c, uint64_t va), (c, va))
+WRAP(map, (void *c, uint64_t va, uint64_t n, uint64_t h), (c, va, n, h))
+WRAP(unmap, (void *c, uint64_t va, uint64_t n), (c, va, n))
+WRAP(set_access, (void *c, uint64_t va, uint64_t n), (c, va, n))
 WRAP(event_record, (void *c, void *s, uint64_t *e), (c, s, e))
 WRAP(event_query, (void *c, uint64_t e), (c, e))
 WRAP(event_sync, (void *c, uint64_t e), (c, e))
@@ -32,13 +32,13 @@ static const char *w_error_name(void *c, int code) {
 
 /* A map that fails once, to exercise the error path and error_name. */
 static int fail_next_map;
-static int w_map_failing(void *c, uint64_t va, uint64_t h) {
+static int w_map_failing(void *c, uint64_t va, uint64_t n, uint64_t h) {
     if (fail_next_map) {
         fail_next_map = 0;
         seen.map++;
         return 1000; /* the host backend's "precondition broken" code */
     }
-    return w_map(c, va, h);
+    return w_map(c, va, n, h);
 }
 
 static char last_message[512];

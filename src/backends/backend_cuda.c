@@ -166,11 +166,11 @@ static int cuda_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
     return checked(c, "cuMemAddressFree", rc);
 }
 
-static int cuda_page_create(void *ctx, uint64_t *handle_out) {
+static int cuda_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
     cuda_ctx *c = ctx;
     CUmemGenericAllocationHandle h = 0;
     CUresult rc;
-    WITH_CONTEXT(c, driver.cuMemCreate(&h, c->gran, &c->prop, 0));
+    WITH_CONTEXT(c, driver.cuMemCreate(&h, pages * c->gran, &c->prop, 0));
     *handle_out = h;
     return checked(c, "cuMemCreate", rc);
 }
@@ -182,24 +182,24 @@ static int cuda_page_release(void *ctx, uint64_t handle) {
     return checked(c, "cuMemRelease", rc);
 }
 
-static int cuda_map(void *ctx, uint64_t va, uint64_t handle) {
+static int cuda_map(void *ctx, uint64_t va, uint64_t pages, uint64_t handle) {
     cuda_ctx *c = ctx;
     CUresult rc;
-    WITH_CONTEXT(c, driver.cuMemMap(va, c->gran, 0, handle, 0));
+    WITH_CONTEXT(c, driver.cuMemMap(va, pages * c->gran, 0, handle, 0));
     return checked(c, "cuMemMap", rc);
 }
 
-static int cuda_unmap(void *ctx, uint64_t va) {
+static int cuda_unmap(void *ctx, uint64_t va, uint64_t pages) {
     cuda_ctx *c = ctx;
     CUresult rc;
-    WITH_CONTEXT(c, driver.cuMemUnmap(va, c->gran));
+    WITH_CONTEXT(c, driver.cuMemUnmap(va, pages * c->gran));
     return checked(c, "cuMemUnmap", rc);
 }
 
-static int cuda_set_access(void *ctx, uint64_t va) {
+static int cuda_set_access(void *ctx, uint64_t va, uint64_t pages) {
     cuda_ctx *c = ctx;
     CUresult rc;
-    WITH_CONTEXT(c, driver.cuMemSetAccess(va, c->gran, c->access, c->access_count));
+    WITH_CONTEXT(c, driver.cuMemSetAccess(va, pages * c->gran, c->access, c->access_count));
     return checked(c, "cuMemSetAccess", rc);
 }
 

@@ -28,10 +28,14 @@ enum {
     HOST_ERR_SYSTEM, /* mmap / memfd failed; errno in last_errno */
 };
 
-typedef struct host_page {
-    uint32_t mappings; /* virtual places it is mapped at (CUDA allows several) */
-    uint8_t in_use;    /* created and not released */
-} host_page;
+/* One physical allocation (a handle): `pages` pages, mapped only as a whole. */
+typedef struct host_handle {
+    uint64_t pages;
+    uint64_t memfd_page;   /* real mode: its first page in the memfd */
+    uint64_t region_pages; /* real mode: memfd pages reserved for the slot (>= pages) */
+    uint32_t mappings;     /* virtual places it is mapped at (CUDA allows several) */
+    uint8_t in_use;        /* created and not released */
+} host_handle;
 
 typedef struct host_stream {
     void *stream;
@@ -49,6 +53,7 @@ typedef struct host_reservation {
     uint64_t base;
     uint64_t bytes;
     uint64_t *handles; /* per page of the reservation: handle mapped there, 0 if none */
+    uint64_t *offset;  /* per mapped page: its index within its mapping (0: the mapping's start) */
     uint8_t *access;   /* per page: set_access done since the map */
     void *mapping;     /* real mode: the mmap'ed region (base rounded) */
     uint64_t mapping_bytes;
@@ -59,7 +64,7 @@ typedef struct host_ctx {
     uint64_t gran;
     int memfd;
     uint64_t memfd_pages;
-    host_page *pages; /* handle h is pages[h - 1] */
+    host_handle *pages; /* handle h is pages[h - 1] */
     uint64_t page_count, page_capacity;
     uint64_t *free_handles;
     uint64_t free_count, free_capacity;
@@ -103,9 +108,11 @@ static int host_reserve(void *ctx, uint64_t bytes, uint64_t *base_out) {
     memset(r, 0, sizeof *r);
     r->bytes = bytes;
     r->handles = calloc(bytes / h->gran, sizeof *r->handles);
+    r->offset = calloc(bytes / h->gran, sizeof *r->offset);
     r->access = calloc(bytes / h->gran, 1);
-    if (!r->handles || !r->access) {
+    if (!r->handles || !r->offset || !r->access) {
         free(r->handles);
+        free(r->offset);
         free(r->access);
         return HOST_ERR_NO_MEMORY;
     }
@@ -116,6 +123,7 @@ static int host_reserve(void *ctx, uint64_t bytes, uint64_t *base_out) {
         if (r->mapping == MAP_FAILED) {
             h->last_errno = errno;
             free(r->handles);
+            free(r->offset);
             free(r->access);
             return HOST_ERR_SYSTEM;
         }
@@ -140,6 +148,7 @@ static int host_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
             if (r->handles[p]) return HOST_ERR_PRECONDITION; /* still mapped */
         if (h->real) munmap(r->mapping, r->mapping_bytes);
         free(r->handles);
+        free(r->offset);
         free(r->access);
         h->res[i] = h->res[--h->res_count];
         return 0;
@@ -147,8 +156,9 @@ static int host_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
     return HOST_ERR_PRECONDITION;
 }
 
-static int host_page_create(void *ctx, uint64_t *handle_out) {
+static int host_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
     host_ctx *h = ctx;
+    if (pages == 0) return HOST_ERR_PRECONDITION;
     uint64_t handle;
     if (h->free_count) {
         handle = h->free_handles[--h->free_count];
@@ -156,16 +166,25 @@ static int host_page_create(void *ctx, uint64_t *handle_out) {
         if (!grow((void **)&h->pages, &h->page_capacity, h->page_count + 1, sizeof *h->pages))
             return HOST_ERR_NO_MEMORY;
         handle = ++h->page_count;
-        if (h->real) {
-            if (ftruncate(h->memfd, (off_t)(handle * h->gran)) != 0) {
-                h->last_errno = errno;
-                h->page_count--;
-                return HOST_ERR_SYSTEM;
-            }
-        }
+        h->pages[handle - 1].region_pages = 0;
     }
-    h->pages[handle - 1].in_use = 1;
-    h->pages[handle - 1].mappings = 0;
+    host_handle *hp = &h->pages[handle - 1];
+    if (h->real && hp->region_pages < pages) {
+        /* A fresh piece of the memfd: the slot's old piece (a hole since its release) is too small. */
+        if (ftruncate(h->memfd, (off_t)((h->memfd_pages + pages) * h->gran)) != 0) {
+            h->last_errno = errno;
+            if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
+                return HOST_ERR_NO_MEMORY;
+            h->free_handles[h->free_count++] = handle;
+            return HOST_ERR_SYSTEM;
+        }
+        hp->memfd_page = h->memfd_pages;
+        hp->region_pages = pages;
+        h->memfd_pages += pages;
+    }
+    hp->pages = pages;
+    hp->in_use = 1;
+    hp->mappings = 0;
     *handle_out = handle;
     return 0;
 }
@@ -177,69 +196,90 @@ static bool handle_valid(host_ctx *h, uint64_t handle) {
 static int host_page_release(void *ctx, uint64_t handle) {
     host_ctx *h = ctx;
     if (!handle_valid(h, handle) || h->pages[handle - 1].mappings) return HOST_ERR_PRECONDITION;
-    h->pages[handle - 1].in_use = 0;
+    host_handle *hp = &h->pages[handle - 1];
+    hp->in_use = 0;
     if (h->real) /* give the memory back to the system, as cuMemRelease does */
-        fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((handle - 1) * h->gran),
-                  (off_t)h->gran);
+        fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(hp->memfd_page * h->gran),
+                  (off_t)(hp->region_pages * h->gran));
     if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
         return 0; /* the handle is simply not reused */
     h->free_handles[h->free_count++] = handle;
     return 0;
 }
 
-static int host_map(void *ctx, uint64_t va, uint64_t handle) {
-    host_ctx *h = ctx;
+/* The reservation holding all of [va, va + pages * gran), with *first_out its first page's index;
+ * NULL if none does or va is not page-aligned. */
+static host_reservation *find_range(host_ctx *h, uint64_t va, uint64_t pages, uint64_t *first_out) {
     host_reservation *r = find_res(h, va);
-    if (!r || va % h->gran || !handle_valid(h, handle)) return HOST_ERR_PRECONDITION;
-    uint64_t p = (va - r->base) / h->gran;
-    if (r->handles[p]) return HOST_ERR_PRECONDITION;
+    if (!r || va % h->gran || pages == 0) return NULL;
+    uint64_t first = (va - r->base) / h->gran;
+    if (pages > r->bytes / h->gran - first) return NULL;
+    *first_out = first;
+    return r;
+}
+
+static int host_map(void *ctx, uint64_t va, uint64_t pages, uint64_t handle) {
+    host_ctx *h = ctx;
+    uint64_t first;
+    host_reservation *r = find_range(h, va, pages, &first);
+    /* CUDA maps a handle only whole (cuMemMap: CUDA_ERROR_NOT_SUPPORTED for part of one). */
+    if (!r || !handle_valid(h, handle) || h->pages[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
+    for (uint64_t i = 0; i < pages; i++)
+        if (r->handles[first + i]) return HOST_ERR_PRECONDITION;
     if (h->real) {
-        void *at = mmap((void *)(uintptr_t)va, h->gran, PROT_NONE, MAP_SHARED | MAP_FIXED, h->memfd,
-                        (off_t)((handle - 1) * h->gran));
+        void *at = mmap((void *)(uintptr_t)va, pages * h->gran, PROT_NONE, MAP_SHARED | MAP_FIXED, h->memfd,
+                        (off_t)(h->pages[handle - 1].memfd_page * h->gran));
         if (at == MAP_FAILED) {
             h->last_errno = errno;
             return HOST_ERR_SYSTEM;
         }
     }
-    r->handles[p] = handle;
-    r->access[p] = 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        r->handles[first + i] = handle;
+        r->offset[first + i] = i;
+        r->access[first + i] = 0;
+    }
     h->pages[handle - 1].mappings++;
     return 0;
 }
 
-static int host_unmap(void *ctx, uint64_t va) {
+static int host_unmap(void *ctx, uint64_t va, uint64_t pages) {
     host_ctx *h = ctx;
-    host_reservation *r = find_res(h, va);
-    if (!r || va % h->gran) return HOST_ERR_PRECONDITION;
-    uint64_t p = (va - r->base) / h->gran;
-    uint64_t handle = r->handles[p];
-    if (!handle) return HOST_ERR_PRECONDITION;
+    uint64_t first;
+    host_reservation *r = find_range(h, va, pages, &first);
+    if (!r) return HOST_ERR_PRECONDITION;
+    uint64_t handle = r->handles[first];
+    /* Exactly one whole mapping: CUDA cannot unmap part of one. */
+    if (!handle || r->offset[first] != 0 || h->pages[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
     if (h->real) {
-        /* Put the reservation back over the page. */
-        void *at = mmap((void *)(uintptr_t)va, h->gran, PROT_NONE,
+        /* Put the reservation back over the range. */
+        void *at = mmap((void *)(uintptr_t)va, pages * h->gran, PROT_NONE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
         if (at == MAP_FAILED) {
             h->last_errno = errno;
             return HOST_ERR_SYSTEM;
         }
     }
-    r->handles[p] = 0;
-    r->access[p] = 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        r->handles[first + i] = 0;
+        r->access[first + i] = 0;
+    }
     h->pages[handle - 1].mappings--;
     return 0;
 }
 
-static int host_set_access(void *ctx, uint64_t va) {
+static int host_set_access(void *ctx, uint64_t va, uint64_t pages) {
     host_ctx *h = ctx;
-    host_reservation *r = find_res(h, va);
-    if (!r || va % h->gran) return HOST_ERR_PRECONDITION;
-    uint64_t p = (va - r->base) / h->gran;
-    if (!r->handles[p]) return HOST_ERR_PRECONDITION;
-    if (h->real && mprotect((void *)(uintptr_t)va, h->gran, PROT_READ | PROT_WRITE) != 0) {
+    uint64_t first;
+    host_reservation *r = find_range(h, va, pages, &first);
+    if (!r) return HOST_ERR_PRECONDITION;
+    for (uint64_t i = 0; i < pages; i++)
+        if (!r->handles[first + i]) return HOST_ERR_PRECONDITION;
+    if (h->real && mprotect((void *)(uintptr_t)va, pages * h->gran, PROT_READ | PROT_WRITE) != 0) {
         h->last_errno = errno;
         return HOST_ERR_SYSTEM;
     }
-    r->access[p] = 1;
+    memset(r->access + first, 1, pages);
     return 0;
 }
 
@@ -329,6 +369,7 @@ static void host_destroy(nf_backend *self) {
     for (uint32_t i = 0; i < h->res_count; i++) {
         if (h->real) munmap(h->res[i].mapping, h->res[i].mapping_bytes);
         free(h->res[i].handles);
+        free(h->res[i].offset);
         free(h->res[i].access);
     }
     if (h->real && h->memfd >= 0) close(h->memfd);

@@ -9,11 +9,12 @@
 
 nf_status call_reserve(nf_pool *pool, uint64_t bytes, uint64_t *base_out);
 nf_status call_unreserve(nf_pool *pool, uint64_t base, uint64_t bytes);
-nf_status call_page_create(nf_pool *pool, uint64_t *handle_out);
-nf_status call_page_release(nf_pool *pool, uint64_t handle);
-nf_status call_map(nf_pool *pool, uint64_t va, uint64_t handle);
-nf_status call_unmap(nf_pool *pool, uint64_t va);
-nf_status call_set_access(nf_pool *pool, uint64_t va);
+/* `pages`: the size of the physical allocation or of the mapped range, in pages. */
+nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out);
+nf_status call_page_release(nf_pool *pool, uint64_t handle, uint64_t pages);
+nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle);
+nf_status call_unmap(nf_pool *pool, uint64_t va, uint64_t pages);
+nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages);
 nf_status call_event_record(nf_pool *pool, void *stream, uint64_t *event_out);
 /* *done_out: whether the event's work has completed. */
 nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out);

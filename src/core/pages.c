@@ -130,7 +130,7 @@ static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
         pool->phys_capacity = cap;
     }
     uint64_t handle;
-    nf_status s = call_page_create(pool, &handle);
+    nf_status s = call_page_create(pool, 1, &handle);
     if (s != NF_OK) return s;
     int32_t p = pool->phys_free_count ? pool->phys_free[--pool->phys_free_count] : (int32_t)pool->phys_used++;
     phys_page *pp = &pool->phys[p];
@@ -150,7 +150,7 @@ static nf_status alias_unmap(nf_pool *pool, int64_t v) {
     phys_page *pp = &pool->phys[pg->phys];
     nf_status s = fence_wait(pool, pp, NO_STREAM);
     if (s != NF_OK) return s;
-    if ((s = call_unmap(pool, va_of(pool, (uint64_t)v))) != NF_OK) return s;
+    if ((s = call_unmap(pool, va_of(pool, (uint64_t)v), 1)) != NF_OK) return s;
     int32_t *link = &pp->first_alias;
     while (*link != (int32_t)v) link = &pool->pages[*link].alias_next;
     *link = pg->alias_next;
@@ -168,7 +168,7 @@ static nf_status phys_release(nf_pool *pool, int32_t p) {
     nf_status s;
     while (pp->first_alias != NF_NO_PAGE)
         if ((s = alias_unmap(pool, pp->first_alias)) != NF_OK) return s;
-    if ((s = call_page_release(pool, pp->handle)) != NF_OK) return s;
+    if ((s = call_page_release(pool, pp->handle, 1)) != NF_OK) return s;
     idle_remove(pool, p);
     pp->handle = 0;
     pool->phys_free[pool->phys_free_count++] = p;
@@ -177,11 +177,12 @@ static nf_status phys_release(nf_pool *pool, int32_t p) {
     return NF_OK;
 }
 
-/* Maps physical page p (idle, with room for an alias) at virtual page v (unmapped). */
+/* Maps physical page p (idle, with room for an alias) at virtual page v (unmapped). Access is
+ * granted by the caller (access_run), once for each run of pages mapped together. */
 static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     phys_page *pp = &pool->phys[p];
     uint64_t va = va_of(pool, v);
-    nf_status s = call_map(pool, va, pp->handle);
+    nf_status s = call_map(pool, va, 1, pp->handle);
     if (s != NF_OK) return s;
     page *pg = &pool->pages[v];
     pg->phys = p;
@@ -192,7 +193,32 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     pp->aliases++;
     gauge_add(&pool->stats.mapped_bytes, pool->gran);
     pool->stats.num_page_maps++;
-    return call_set_access(pool, va);
+    return NF_OK;
+}
+
+/* Pages mapped but not yet given access: [start, start + length) of virtual pages. One set-access
+ * call covers the whole run, cheaper than one a page (docs/cost-model.md). */
+typedef struct access_run {
+    uint64_t start, length;
+} access_run;
+
+static nf_status access_flush(nf_pool *pool, access_run *run) {
+    if (!run->length) return NF_OK;
+    nf_status s = call_set_access(pool, va_of(pool, run->start), run->length);
+    run->length = 0;
+    return s;
+}
+
+/* Virtual page v was just mapped: extends the run, or grants the run access and starts another. */
+static nf_status access_add(nf_pool *pool, access_run *run, uint64_t v) {
+    if (run->length && run->start + run->length == v) {
+        run->length++;
+        return NF_OK;
+    }
+    nf_status s = access_flush(pool, run);
+    run->start = v;
+    run->length = 1;
+    return s;
 }
 
 /* Makes physical page p busy through virtual page v. */
@@ -241,7 +267,7 @@ static int32_t idle_choice(const nf_pool *pool, uint64_t v) {
 /* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
  * growth_room allows, else an idle one (idle_choice), taking an alias slot from it if it has none
  * free. */
-static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused) {
+static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused, access_run *run) {
     int32_t p;
     nf_status s;
     if (growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
@@ -261,7 +287,7 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused)
     alias_fence_take(pool, &pool->phys[p]);
     if ((s = alias_map(pool, p, v)) != NF_OK) return s;
     phys_claim(pool, p, v);
-    return NF_OK;
+    return access_add(pool, run, v);
 }
 
 /* ---- what the block layer asks -------------------------------------------------------------- */
@@ -330,14 +356,17 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
         if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
         phys_claim(pool, pg->phys, v);
     }
-    for (uint64_t v = first; missing && v <= last; v++) {
+    access_run run = {0, 0};
+    for (uint64_t v = first; missing && v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
         if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) continue;
         /* Unmapped, or an alias of a page busy elsewhere: move it here. */
-        if (pg->phys != NF_NO_PAGE && (s = alias_unmap(pool, (int64_t)v)) != NF_OK) return s;
-        if ((s = phys_for(pool, v, idx, reused)) != NF_OK) return s;
+        if (pg->phys != NF_NO_PAGE && (s = alias_unmap(pool, (int64_t)v)) != NF_OK) break;
+        s = phys_for(pool, v, idx, reused, &run);
     }
-    return NF_OK;
+    /* Even after a failure: no page may stay mapped without access. */
+    nf_status flushed = access_flush(pool, &run);
+    return s != NF_OK ? s : flushed;
 }
 
 void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq) {

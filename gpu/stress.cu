@@ -7,7 +7,8 @@
  * counter. A page moved under live data, a block handed to another stream while the first stream
  * still used it, or two blocks sharing memory all show up as wrong words.
  *
- * usage: stress OPS [STREAMS] [CAP_MIB]     exit 0: clean; 1: corruption or error; 77: no GPU
+ * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB]   exit 0: clean; 1: corruption or error; 77: no GPU
+ *   PAGE_MIB: the pool's page size (nf_config.page_bytes); default: the device's granularity
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -62,6 +63,7 @@ int main(int argc, char **argv) {
     long ops = argc > 1 ? atol(argv[1]) : 1000000;
     int nstreams = argc > 2 ? atoi(argv[2]) : 4;
     unsigned long long cap_mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 256;
+    unsigned long long page_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 0; /* 0: the device's */
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
         printf("no GPU: skipped\n");
@@ -77,6 +79,7 @@ int main(int argc, char **argv) {
     }
     nf_config cfg = nf_config_default();
     cfg.capacity = cap_mib << 20;
+    cfg.page_bytes = page_mib << 20;
     cfg.log = log_to_stderr;
     nf_pool *pool;
     if (nf_pool_create(&cfg, be, &pool) != NF_OK) return 1;

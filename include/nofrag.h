@@ -83,6 +83,12 @@ typedef struct nf_config {
     nf_log_fn log;       /* may be NULL: messages are dropped */
     void *log_user;      /* passed to log */
     nf_log_level log_level; /* messages above this level are dropped; default NF_LOG_WARN */
+    /* Physical page size in bytes: 0 (the default) takes the backend's granularity (2 MiB on
+     * CUDA); otherwise a power of two that is a multiple of it. A driver call costs about the same
+     * for a 2 MiB page as for a 16 MiB one, so larger pages mean fewer calls and less driver time
+     * per byte moved, at the price of coarser memory: more held above the live bytes under a tight
+     * cap (docs/placement.md has the trade-off per trace). */
+    uint64_t page_bytes;
 } nf_config;
 
 /* The defaults: no cap, 1 TiB of address space, 512-byte alignment, no log. */
@@ -91,7 +97,8 @@ nf_config nf_config_default(void);
 /* Creates a pool over `backend`, reserving its virtual range at once (one backend call).
  * The backend must outlive the pool; the pool does not destroy it.
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
- * of range (alignment not a power of two or < 256, virtual_bytes < capacity); NF_ERR_BACKEND iff
+ * of range (alignment not a power of two or < 256, virtual_bytes < capacity, page_bytes not a
+ * power-of-two multiple of the backend's granularity, alignment > page size); NF_ERR_BACKEND iff
  * the reservation fails; NF_ERR_NO_MEMORY_HOST iff bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out);

@@ -46,6 +46,20 @@ int main(void) {
     bad = cfg;
     bad.virtual_bytes = cfg.capacity / 2;
     CHECK_STATUS(nf_pool_create(&bad, be, &pool), NF_ERR_INVALID_ARG);
+    /* Page sizes: a power-of-two multiple of the backend's granularity, or 0. */
+    bad = cfg;
+    bad.page_bytes = 3 * be->granularity;
+    CHECK_STATUS(nf_pool_create(&bad, be, &pool), NF_ERR_INVALID_ARG);
+    bad.page_bytes = be->granularity / 2;
+    CHECK_STATUS(nf_pool_create(&bad, be, &pool), NF_ERR_INVALID_ARG);
+    bad.page_bytes = 4 * be->granularity;
+    REQUIRE(nf_pool_create(&bad, be, &pool) == NF_OK);
+    {
+        nf_stats st;
+        CHECK_OK(nf_stats_get(pool, &st));
+        CHECK(st.granularity_bytes == 4 * be->granularity);
+        CHECK_OK(nf_pool_destroy(pool));
+    }
 
     REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
     CHECK_STATUS(nf_alloc(pool, 16, NULL, NULL), NF_ERR_INVALID_ARG);

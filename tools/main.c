@@ -28,7 +28,10 @@ static const char USAGE[] =
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
     "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
     "                          making the pool and what came before the first step)\n"
-    "  --granularity BYTES     physical page size (default 2M, CUDA's)\n"
+    "  --granularity BYTES     the host backend's page size (default 2M, CUDA's)\n"
+    "  --page-size BYTES       the pool's physical page size: a power-of-two multiple of the\n"
+    "                          granularity (default: the granularity); fewer, larger pages mean\n"
+    "                          fewer driver calls and coarser memory\n"
     "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
     "  -h, --help              this text\n";
@@ -142,9 +145,9 @@ static int cmd_replay(int argc, char **argv) {
     int first_trace = argc;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--capacity") == 0 || strcmp(a, "--granularity") == 0) {
+        if (strcmp(a, "--capacity") == 0 || strcmp(a, "--granularity") == 0 || strcmp(a, "--page-size") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a value", a);
-            uint64_t *dst = a[2] == 'c' ? &c.capacity : &c.opts.granularity;
+            uint64_t *dst = a[2] == 'c' ? &c.capacity : a[2] == 'g' ? &c.opts.granularity : &c.opts.page_bytes;
             if (parse_bytes(argv[++i], dst) || *dst == 0)
                 return usage_error("'%s' is not a byte count (examples: 12G, 512MiB, 1048576)", argv[i]);
         } else if (strcmp(a, "--capacity-factor") == 0) {
@@ -185,6 +188,8 @@ static int cmd_replay(int argc, char **argv) {
     if (c.capacity && c.capacity_factor) return usage_error("%s", "give --capacity or --capacity-factor, not both");
     uint64_t gran = c.opts.granularity ? c.opts.granularity : 2ull << 20;
     if (gran < 4096 || (gran & (gran - 1))) return usage_error("%s", "--granularity must be a power of two >= 4K");
+    if (c.opts.page_bytes && ((c.opts.page_bytes & (c.opts.page_bytes - 1)) || c.opts.page_bytes < gran))
+        return usage_error("%s", "--page-size must be a power of two, at least the granularity");
     c.opts.progress = isatty(2);
 
     int status = 0;

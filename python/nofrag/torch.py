@@ -10,6 +10,9 @@ Settings (argument, else environment variable, else default):
                                                  (default 512M, left for the CUDA context and libraries)
     peer_access        NOFRAG_PEER_ACCESS        map pages for peer devices too (1/0)
     log_level          NOFRAG_LOG_LEVEL          0 error, 1 warn (default), 2 info, 3 debug
+    page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M
+                                                 (default 2M): larger pages, fewer driver calls,
+                                                 coarser memory (docs/placement.md)
 Setting NOFRAG_ENABLE=1 and importing nofrag.torch enables it with these settings.
 """
 import os
@@ -57,7 +60,15 @@ def _level(x):
     return n
 
 
-def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None):
+def _page_size(x):
+    n = parse_bytes(x)
+    if n & (n - 1) or (n and n < (2 << 20)):
+        raise ValueError(f"page size must be a power of two of at least 2M, got {x!r}")
+    return n
+
+
+def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
+             page_size=None):
     """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
     return {
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
@@ -65,6 +76,7 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "margin": _setting(margin, "NOFRAG_MARGIN", parse_bytes, 512 << 20),
         "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, False),
         "log_level": _setting(log_level, "NOFRAG_LOG_LEVEL", _level, 1),
+        "page_size": _setting(page_size, "NOFRAG_PAGE_SIZE", _page_size, 0),
     }
 
 
@@ -72,7 +84,8 @@ def enabled():
     return _enabled
 
 
-def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None):
+def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
+           page_size=None):
     """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
     tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
     Calling it again after success does nothing."""
@@ -85,10 +98,10 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "nofrag.torch.enable() must run before CUDA is initialised, and CUDA already is in this "
             "process (something created a CUDA tensor or queried the device). Call it at the very "
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
-    s = settings(capacity, capacity_fraction, margin, peer_access, log_level)
+    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size)
     L = lib()
     check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"],
-                               int(s["peer_access"]), s["log_level"]), "nofrag.torch.enable")
+                               int(s["peer_access"]), s["log_level"], s["page_size"]), "nofrag.torch.enable")
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch)

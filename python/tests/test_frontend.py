@@ -52,7 +52,8 @@ class SettingsTest(unittest.TestCase):
 
     def test_settings_from_arguments_then_environment(self):
         import nofrag.torch as nt
-        env = {"NOFRAG_CAPACITY": "8G", "NOFRAG_PEER_ACCESS": "yes", "NOFRAG_LOG_LEVEL": "2"}
+        env = {"NOFRAG_CAPACITY": "8G", "NOFRAG_PEER_ACCESS": "yes", "NOFRAG_LOG_LEVEL": "2",
+               "NOFRAG_PAGE_SIZE": "8M"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -61,6 +62,11 @@ class SettingsTest(unittest.TestCase):
             self.assertTrue(s["peer_access"])
             self.assertEqual(s["log_level"], 2)
             self.assertEqual(s["margin"], 1 << 30)
+            self.assertEqual(s["page_size"], 8 << 20)
+            self.assertEqual(nt.settings(page_size="4M")["page_size"], 4 << 20)
+            for bad in ("3M", "1M", "6M"):
+                with self.assertRaisesRegex(ValueError, "page size"):
+                    nt.settings(page_size=bad)
             self.assertEqual(nt.settings(capacity="1G")["capacity"], 1 << 30)
             os.environ["NOFRAG_CAPACITY_FRACTION"] = "1.5"
             with self.assertRaisesRegex(ValueError, "NOFRAG_CAPACITY_FRACTION"):
@@ -95,8 +101,9 @@ class LibraryTest(unittest.TestCase):
 
     def test_configure_rejects_bad_values(self):
         L = _lib.lib()
-        self.assertNotEqual(L.nf_torch_configure(0, 1.5, 0, 0, 1), 0)
-        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 9), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 1.5, 0, 0, 1, 0), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 9, 0), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 1, 6 << 20), 0)
 
 
 class EnableTest(unittest.TestCase):

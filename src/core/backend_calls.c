@@ -20,32 +20,31 @@ nf_status call_unreserve(nf_pool *pool, uint64_t base, uint64_t bytes) {
 
 nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out) {
     pool->stats.calls_page_create++;
-    int rc = pool->backend->page_create(pool->backend->ctx, pages, handle_out);
+    int rc = pool->backend->page_create(pool->backend->ctx, pages * pool->backend_pages, handle_out);
     return rc ? failed(pool, "page_create", pages * pool->gran, rc) : NF_OK;
 }
 
-nf_status call_page_release(nf_pool *pool, uint64_t handle, uint64_t pages) {
+nf_status call_page_release(nf_pool *pool, uint64_t handle) {
     pool->stats.calls_page_release++;
     int rc = pool->backend->page_release(pool->backend->ctx, handle);
-    (void)pages;
     return rc ? failed(pool, "page_release", handle, rc) : NF_OK;
 }
 
 nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle) {
     pool->stats.calls_map++;
-    int rc = pool->backend->map(pool->backend->ctx, va, pages, handle);
+    int rc = pool->backend->map(pool->backend->ctx, va, pages * pool->backend_pages, handle);
     return rc ? failed(pool, "map", va, rc) : NF_OK;
 }
 
 nf_status call_unmap(nf_pool *pool, uint64_t va, uint64_t pages) {
     pool->stats.calls_unmap++;
-    int rc = pool->backend->unmap(pool->backend->ctx, va, pages);
+    int rc = pool->backend->unmap(pool->backend->ctx, va, pages * pool->backend_pages);
     return rc ? failed(pool, "unmap", va, rc) : NF_OK;
 }
 
 nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages) {
     pool->stats.calls_set_access++;
-    int rc = pool->backend->set_access(pool->backend->ctx, va, pages);
+    int rc = pool->backend->set_access(pool->backend->ctx, va, pages * pool->backend_pages);
     return rc ? failed(pool, "set_access", va, rc) : NF_OK;
 }
 

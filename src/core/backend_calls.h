@@ -9,9 +9,10 @@
 
 nf_status call_reserve(nf_pool *pool, uint64_t bytes, uint64_t *base_out);
 nf_status call_unreserve(nf_pool *pool, uint64_t base, uint64_t bytes);
-/* `pages`: the size of the physical allocation or of the mapped range, in pages. */
+/* `pages`: the size of the physical allocation or of the mapped range, in pool pages (each is
+ * pool->backend_pages of the backend's granules). */
 nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out);
-nf_status call_page_release(nf_pool *pool, uint64_t handle, uint64_t pages);
+nf_status call_page_release(nf_pool *pool, uint64_t handle);
 nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle);
 nf_status call_unmap(nf_pool *pool, uint64_t va, uint64_t pages);
 nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages);

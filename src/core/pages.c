@@ -168,7 +168,7 @@ static nf_status phys_release(nf_pool *pool, int32_t p) {
     nf_status s;
     while (pp->first_alias != NF_NO_PAGE)
         if ((s = alias_unmap(pool, pp->first_alias)) != NF_OK) return s;
-    if ((s = call_page_release(pool, pp->handle, 1)) != NF_OK) return s;
+    if ((s = call_page_release(pool, pp->handle)) != NF_OK) return s;
     idle_remove(pool, p);
     pp->handle = 0;
     pool->phys_free[pool->phys_free_count++] = p;

@@ -302,8 +302,10 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     if (!config || !backend || !pool_out) return NF_ERR_INVALID_ARG;
     *pool_out = NULL;
     uint64_t align = config->alignment;
-    uint64_t gran = backend->granularity;
-    if (align < 256 || (align & (align - 1)) || gran == 0 || (gran & (gran - 1)) || align > gran)
+    uint64_t unit = backend->granularity;
+    uint64_t gran = config->page_bytes ? config->page_bytes : unit;
+    if (align < 256 || (align & (align - 1)) || unit == 0 || (unit & (unit - 1)) || (gran & (gran - 1)) ||
+        gran % unit || align > gran)
         return NF_ERR_INVALID_ARG;
     uint64_t capacity = config->capacity ? round_up(config->capacity, gran) : 0;
     uint64_t virtual_bytes = config->virtual_bytes;
@@ -318,6 +320,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->backend = backend;
     pool->gran = gran;
     pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
+    pool->backend_pages = gran / unit;
     pool->virtual_bytes = virtual_bytes;
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;

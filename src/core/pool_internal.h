@@ -143,8 +143,9 @@ struct nf_pool {
     pthread_mutex_t lock;
     nf_config config;
     nf_backend *backend;
-    uint64_t gran;
+    uint64_t gran;      /* the pool's page size (config.page_bytes or the backend's granularity) */
     uint32_t gran_log2;
+    uint64_t backend_pages; /* backend granules per pool page */
     uint64_t base;
     uint64_t virtual_bytes;
     uint64_t cap_pages;  /* 0: no cap */

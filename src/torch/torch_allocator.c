@@ -20,7 +20,7 @@
 void *nf_torch_alloc(size_t size, int device, void *stream);
 void nf_torch_free(void *ptr, size_t size, int device, void *stream);
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
-                       int peer_access, int log_level);
+                       int peer_access, int log_level, uint64_t page_bytes);
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 int nf_torch_step(int device);
@@ -47,6 +47,7 @@ static struct {
     uint64_t margin_bytes;
     bool peer_access;
     nf_log_level log_level;
+    uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool any_pool;
     char last_error[512];
 } torch_state = {
@@ -99,6 +100,7 @@ static nf_pool *device_pool_get(int device) {
             if (cap > free_bytes) cap = free_bytes;
             nf_config cfg = nf_config_default();
             cfg.capacity = cap;
+            cfg.page_bytes = torch_state.page_bytes;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
             cfg.log_user = (void *)(intptr_t)device;
@@ -173,8 +175,11 @@ void nf_torch_free(void *ptr, size_t size, int device, void *stream) {
 }
 
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
-                       int peer_access, int log_level) {
-    if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG)
+                       int peer_access, int log_level, uint64_t page_bytes) {
+    /* The page size must also be a multiple of the device's granularity; the pool checks that
+     * when it is made. */
+    if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG ||
+        (page_bytes & (page_bytes - 1)))
         return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&torch_state.lock);
     int s = NF_OK;
@@ -186,6 +191,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
         torch_state.margin_bytes = margin_bytes;
         torch_state.peer_access = peer_access != 0;
         torch_state.log_level = (nf_log_level)log_level;
+        torch_state.page_bytes = page_bytes;
     }
     pthread_mutex_unlock(&torch_state.lock);
     return s;

@@ -54,6 +54,23 @@ for host, cuda in zip(rows[::2], rows[1::2]):
 sys.exit(0 if ok else 1)
 PY
 
+step "driver call cost by size (gpu/vmm_cost.cu: 1-256 pages per call)"
+build-gpu/gpu/gpu_vmm_cost | tee "$OUT/vmm_cost.jsonl" | tail -2
+
+step "8 MiB pages: host replay vs CUDA replay (peak mapped)"
+for t in "${traces[@]:0:2}"; do
+  build-gpu/nofrag replay --json --page-size 8M "$t"
+  build-gpu/nofrag replay --json --page-size 8M --cuda 0 "$t"
+done | tee "$OUT/replay_8m_host_vs_cuda.jsonl" | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin]
+bad = 0
+for h, c in zip(rows[::2], rows[1::2]):
+    same = h["peak_mapped_bytes"] == c["peak_mapped_bytes"] and c["failed_allocs"] == 0 and h["backend_calls"] == c["backend_calls"]
+    bad += not same
+    print(h["trace"], "host", h["peak_mapped_bytes"], h["backend_calls"], "cuda", c["peak_mapped_bytes"], c["backend_calls"], "ok" if same else "MISMATCH")
+sys.exit(1 if bad else 0)' || status=1
+
 step "GPT-2, 100 steps: native allocator vs nofrag (default cap, then a tight cap)"
 export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so"
 python3 gpu/gpt2_losses.py native "$OUT/gpt2_native.json" 2>&1 | grep -v Warning | tail -2
@@ -61,7 +78,10 @@ python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag.json" 2>&1 | grep -v Warning
 peak=$(python3 -c "import json;print(json.load(open('$OUT/gpt2_native.json'))['stats']['allocated_bytes.all.peak'])")
 NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag_tight.json" 2>&1 \
   | grep -v Warning | tail -2
-python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" || status=1
+NOFRAG_PAGE_SIZE=8M NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag_tight_8m.json" 2>&1 \
+  | grep -v Warning | tail -2
+python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" \
+  "$OUT/gpt2_nofrag_tight_8m.json" || status=1
 
 step "the README's PyTorch example, as printed"
 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3

@@ -49,9 +49,11 @@ static struct {
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool any_pool;
+    pthread_mutex_t error_lock; /* guards last_error: pools of several devices may log at once */
     char last_error[512];
 } torch_state = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
+    .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
     .log_level = NF_LOG_WARN,
 };
@@ -60,16 +62,22 @@ static struct {
  * stderr is where an out-of-memory report must land. */
 static void torch_log(void *user, nf_log_level level, const char *message) {
     int device = (int)(intptr_t)user;
+    pthread_mutex_lock(&torch_state.error_lock);
     snprintf(torch_state.last_error, sizeof torch_state.last_error, "device %d: %s", device, message);
+    pthread_mutex_unlock(&torch_state.error_lock);
     if (level <= torch_state.log_level) fprintf(stderr, "nofrag[cuda:%d]: %s\n", device, message);
 }
 
 static void set_error(const char *fmt, ...) {
+    char text[sizeof torch_state.last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(torch_state.last_error, sizeof torch_state.last_error, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", torch_state.last_error);
+    pthread_mutex_lock(&torch_state.error_lock);
+    memcpy(torch_state.last_error, text, sizeof text);
+    pthread_mutex_unlock(&torch_state.error_lock);
+    if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", text);
 }
 
 /* The pool of `device`, created on first use. NULL on failure (last_error says why). */
@@ -162,7 +170,7 @@ void *nf_torch_alloc(size_t size, int device, void *stream) {
     if (fail) {
         char message[700];
         snprintf(message, sizeof message, "CUDA out of memory (nofrag): tried to allocate %zu bytes on cuda:%d: %s",
-                 size, device, torch_state.last_error);
+                 size, device, nf_torch_last_error());
         fail("nf_torch_alloc", __FILE__, __LINE__, message); /* throws */
     }
     return NULL;
@@ -251,4 +259,12 @@ int nf_torch_stats_json(int device, char *buf, size_t size) {
 
 int nf_torch_pool_exists(int device) { return device_pool_peek(device) != NULL; }
 
-const char *nf_torch_last_error(void) { return torch_state.last_error; }
+/* A copy made under the lock, per thread, so a message being written by another device's pool is
+ * never read half done. */
+const char *nf_torch_last_error(void) {
+    static _Thread_local char copy[sizeof torch_state.last_error];
+    pthread_mutex_lock(&torch_state.error_lock);
+    memcpy(copy, torch_state.last_error, sizeof copy);
+    pthread_mutex_unlock(&torch_state.error_lock);
+    return copy;
+}

@@ -104,8 +104,8 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
            "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
            "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
            t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
-           (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live, (unsigned long long)s->reserved_bytes.peak,
-           (unsigned long long)s->mapped_bytes.peak,
+           (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
+           (unsigned long long)s->reserved_bytes.peak, (unsigned long long)s->mapped_bytes.peak,
            t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
            (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,
            r->remaps_per_step, r->driver_calls_per_step, r->est_driver_us_per_step,

@@ -64,8 +64,8 @@ typedef struct host_ctx {
     uint64_t gran;
     int memfd;
     uint64_t memfd_pages;
-    host_handle *pages; /* handle h is pages[h - 1] */
-    uint64_t page_count, page_capacity;
+    host_handle *allocs; /* physical allocations: handle h is allocs[h - 1] */
+    uint64_t alloc_count, alloc_capacity;
     uint64_t *free_handles;
     uint64_t free_count, free_capacity;
     host_reservation *res;
@@ -156,6 +156,14 @@ static int host_unreserve(void *ctx, uint64_t base, uint64_t bytes) {
     return HOST_ERR_PRECONDITION;
 }
 
+/* Puts a handle slot on the list for reuse; false if the list cannot grow. */
+static bool free_handle_push(host_ctx *h, uint64_t handle) {
+    if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
+        return false;
+    h->free_handles[h->free_count++] = handle;
+    return true;
+}
+
 static int host_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
     host_ctx *h = ctx;
     if (pages == 0) return HOST_ERR_PRECONDITION;
@@ -163,20 +171,17 @@ static int host_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
     if (h->free_count) {
         handle = h->free_handles[--h->free_count];
     } else {
-        if (!grow((void **)&h->pages, &h->page_capacity, h->page_count + 1, sizeof *h->pages))
+        if (!grow((void **)&h->allocs, &h->alloc_capacity, h->alloc_count + 1, sizeof *h->allocs))
             return HOST_ERR_NO_MEMORY;
-        handle = ++h->page_count;
-        h->pages[handle - 1].region_pages = 0;
+        handle = ++h->alloc_count;
+        h->allocs[handle - 1].region_pages = 0;
     }
-    host_handle *hp = &h->pages[handle - 1];
+    host_handle *hp = &h->allocs[handle - 1];
     if (h->real && hp->region_pages < pages) {
         /* A fresh piece of the memfd: the slot's old piece (a hole since its release) is too small. */
         if (ftruncate(h->memfd, (off_t)((h->memfd_pages + pages) * h->gran)) != 0) {
             h->last_errno = errno;
-            if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
-                return HOST_ERR_NO_MEMORY;
-            h->free_handles[h->free_count++] = handle;
-            return HOST_ERR_SYSTEM;
+            return free_handle_push(h, handle) ? HOST_ERR_SYSTEM : HOST_ERR_NO_MEMORY;
         }
         hp->memfd_page = h->memfd_pages;
         hp->region_pages = pages;
@@ -190,20 +195,18 @@ static int host_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
 }
 
 static bool handle_valid(host_ctx *h, uint64_t handle) {
-    return handle >= 1 && handle <= h->page_count && h->pages[handle - 1].in_use;
+    return handle >= 1 && handle <= h->alloc_count && h->allocs[handle - 1].in_use;
 }
 
 static int host_page_release(void *ctx, uint64_t handle) {
     host_ctx *h = ctx;
-    if (!handle_valid(h, handle) || h->pages[handle - 1].mappings) return HOST_ERR_PRECONDITION;
-    host_handle *hp = &h->pages[handle - 1];
+    if (!handle_valid(h, handle) || h->allocs[handle - 1].mappings) return HOST_ERR_PRECONDITION;
+    host_handle *hp = &h->allocs[handle - 1];
     hp->in_use = 0;
     if (h->real) /* give the memory back to the system, as cuMemRelease does */
         fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(hp->memfd_page * h->gran),
                   (off_t)(hp->region_pages * h->gran));
-    if (!grow((void **)&h->free_handles, &h->free_capacity, h->free_count + 1, sizeof *h->free_handles))
-        return 0; /* the handle is simply not reused */
-    h->free_handles[h->free_count++] = handle;
+    free_handle_push(h, handle); /* on failure the handle is simply not reused */
     return 0;
 }
 
@@ -223,12 +226,12 @@ static int host_map(void *ctx, uint64_t va, uint64_t pages, uint64_t handle) {
     uint64_t first;
     host_reservation *r = find_range(h, va, pages, &first);
     /* CUDA maps a handle only whole (cuMemMap: CUDA_ERROR_NOT_SUPPORTED for part of one). */
-    if (!r || !handle_valid(h, handle) || h->pages[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
+    if (!r || !handle_valid(h, handle) || h->allocs[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
     for (uint64_t i = 0; i < pages; i++)
         if (r->handles[first + i]) return HOST_ERR_PRECONDITION;
     if (h->real) {
         void *at = mmap((void *)(uintptr_t)va, pages * h->gran, PROT_NONE, MAP_SHARED | MAP_FIXED, h->memfd,
-                        (off_t)(h->pages[handle - 1].memfd_page * h->gran));
+                        (off_t)(h->allocs[handle - 1].memfd_page * h->gran));
         if (at == MAP_FAILED) {
             h->last_errno = errno;
             return HOST_ERR_SYSTEM;
@@ -239,7 +242,7 @@ static int host_map(void *ctx, uint64_t va, uint64_t pages, uint64_t handle) {
         r->offset[first + i] = i;
         r->access[first + i] = 0;
     }
-    h->pages[handle - 1].mappings++;
+    h->allocs[handle - 1].mappings++;
     return 0;
 }
 
@@ -250,7 +253,7 @@ static int host_unmap(void *ctx, uint64_t va, uint64_t pages) {
     if (!r) return HOST_ERR_PRECONDITION;
     uint64_t handle = r->handles[first];
     /* Exactly one whole mapping: CUDA cannot unmap part of one. */
-    if (!handle || r->offset[first] != 0 || h->pages[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
+    if (!handle || r->offset[first] != 0 || h->allocs[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
     if (h->real) {
         /* Put the reservation back over the range. */
         void *at = mmap((void *)(uintptr_t)va, pages * h->gran, PROT_NONE,
@@ -264,7 +267,7 @@ static int host_unmap(void *ctx, uint64_t va, uint64_t pages) {
         r->handles[first + i] = 0;
         r->access[first + i] = 0;
     }
-    h->pages[handle - 1].mappings--;
+    h->allocs[handle - 1].mappings--;
     return 0;
 }
 
@@ -374,7 +377,7 @@ static void host_destroy(nf_backend *self) {
     }
     if (h->real && h->memfd >= 0) close(h->memfd);
     free(h->res);
-    free(h->pages);
+    free(h->allocs);
     free(h->free_handles);
     free(h->streams);
     free(h->events);
@@ -465,7 +468,7 @@ nf_status nf_host_set_completion_hook(nf_backend *backend, nf_host_completion_fn
 bool nf_host_all_released(nf_backend *backend) {
     host_ctx *h = as_host(backend);
     if (!h || h->res_count) return false;
-    for (uint64_t i = 0; i < h->page_count; i++)
-        if (h->pages[i].in_use) return false;
+    for (uint64_t i = 0; i < h->alloc_count; i++)
+        if (h->allocs[i].in_use) return false;
     return true;
 }

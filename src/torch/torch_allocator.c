@@ -58,13 +58,20 @@ static struct {
     .log_level = NF_LOG_WARN,
 };
 
+/* Stores text as the message nofrag.last_error() returns. */
+static void keep_error(const char *text) {
+    pthread_mutex_lock(&torch_state.error_lock);
+    snprintf(torch_state.last_error, sizeof torch_state.last_error, "%s", text);
+    pthread_mutex_unlock(&torch_state.error_lock);
+}
+
 /* Keeps the message for nofrag.last_error() and prints warnings and errors: in a training job
  * stderr is where an out-of-memory report must land. */
 static void torch_log(void *user, nf_log_level level, const char *message) {
     int device = (int)(intptr_t)user;
-    pthread_mutex_lock(&torch_state.error_lock);
-    snprintf(torch_state.last_error, sizeof torch_state.last_error, "device %d: %s", device, message);
-    pthread_mutex_unlock(&torch_state.error_lock);
+    char text[sizeof torch_state.last_error];
+    snprintf(text, sizeof text, "device %d: %s", device, message);
+    keep_error(text);
     if (level <= torch_state.log_level) fprintf(stderr, "nofrag[cuda:%d]: %s\n", device, message);
 }
 
@@ -74,9 +81,7 @@ static void set_error(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    pthread_mutex_lock(&torch_state.error_lock);
-    memcpy(torch_state.last_error, text, sizeof text);
-    pthread_mutex_unlock(&torch_state.error_lock);
+    keep_error(text);
     if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", text);
 }
 

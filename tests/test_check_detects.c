@@ -39,6 +39,10 @@ int main(void) {
     EXPECT_BROKEN(pool, "I6");
     pool->pages[0].live_blocks--;
 
+    pool->pages[0].no_access = 1; /* a live block on a page without access would fault */
+    EXPECT_BROKEN(pool, "I7");
+    pool->pages[0].no_access = 0;
+
     pool->idle_count++;
     EXPECT_BROKEN(pool, "I8");
     pool->idle_count--;

@@ -156,6 +156,7 @@ static nf_status alias_unmap(nf_pool *pool, int64_t v) {
     *link = pg->alias_next;
     pg->alias_next = NF_NO_PAGE;
     pg->phys = NF_NO_PAGE;
+    pg->no_access = 0;
     pp->aliases--;
     gauge_sub(&pool->stats.mapped_bytes, pool->gran);
     pool->stats.num_page_unmaps++;
@@ -186,6 +187,7 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     if (s != NF_OK) return s;
     page *pg = &pool->pages[v];
     pg->phys = p;
+    pg->no_access = 1;
     pg->alias_next = pp->first_alias;
     pp->first_alias = (int32_t)v;
     if (pp->ever_mapped) pool->stats.num_remaps++;
@@ -196,8 +198,10 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     return NF_OK;
 }
 
-/* Pages mapped but not yet given access: [start, start + length) of virtual pages. One set-access
- * call covers the whole run, cheaper than one a page (docs/cost-model.md). */
+/* Pages mapped but without access: [start, start + length) of virtual pages. One set-access
+ * call covers the whole run, cheaper than one a page (docs/cost-model.md). A page whose access
+ * could not be granted keeps no_access and gets it when a block next claims it; it is never used
+ * without. */
 typedef struct access_run {
     uint64_t start, length;
 } access_run;
@@ -205,11 +209,14 @@ typedef struct access_run {
 static nf_status access_flush(nf_pool *pool, access_run *run) {
     if (!run->length) return NF_OK;
     nf_status s = call_set_access(pool, va_of(pool, run->start), run->length);
+    if (s == NF_OK)
+        for (uint64_t v = run->start; v < run->start + run->length; v++) pool->pages[v].no_access = 0;
     run->length = 0;
     return s;
 }
 
-/* Virtual page v was just mapped: extends the run, or grants the run access and starts another. */
+/* Virtual page v (mapped, no_access) is to be used: extends the run, or grants the run access and
+ * starts another. */
 static nf_status access_add(nf_pool *pool, access_run *run, uint64_t v) {
     if (run->length && run->start + run->length == v) {
         run->length++;
@@ -355,16 +362,21 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
         }
         if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
         phys_claim(pool, pg->phys, v);
+        if (pg->no_access) missing = true; /* an earlier set-access failed here: grant it now */
     }
     access_run run = {0, 0};
     for (uint64_t v = first; missing && v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
-        if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) continue;
+        if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) {
+            if (pg->no_access) s = access_add(pool, &run, v);
+            continue;
+        }
         /* Unmapped, or an alias of a page busy elsewhere: move it here. */
         if (pg->phys != NF_NO_PAGE && (s = alias_unmap(pool, (int64_t)v)) != NF_OK) break;
         s = phys_for(pool, v, idx, reused, &run);
     }
-    /* Even after a failure: no page may stay mapped without access. */
+    /* Even after a failure: the pages mapped so far get access (if that fails too they keep
+     * no_access, and the caller releases them). */
     nf_status flushed = access_flush(pool, &run);
     return s != NF_OK ? s : flushed;
 }
@@ -438,6 +450,8 @@ nf_status pages_check(nf_pool *pool) {
               "I7 page %llu maps a released physical page", (unsigned long long)v);
         INVARIANT(pg->live_blocks == 0 || pool->phys[pg->phys].busy_va == (int32_t)v,
               "I7 page %llu has live blocks but its physical page is busy elsewhere", (unsigned long long)v);
+        INVARIANT(pg->live_blocks == 0 || !pg->no_access, "I7 page %llu has live blocks but no access",
+              (unsigned long long)v);
     }
     for (uint64_t p = 0; p < pool->phys_used; p++) {
         const phys_page *pp = &pool->phys[p];

@@ -343,27 +343,30 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     nf_status s = NF_OK;
     bool missing = false;
     /* First every page that can be had in place, so no page of this range is taken away from it
-     * to serve another page of the same range. */
+     * to serve another page of the same range. After a failure the remaining pages are only
+     * counted: the caller's pages_release drops every page of the range. */
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
         if (pg->live_blocks++) {
             /* Busy through v already: only work from the page's other places can be in the way. */
-            if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
+            if (s == NF_OK) s = alias_fence_wait(pool, pp, idx);
             continue;
         }
+        if (s != NF_OK) continue;
         if (!pp || pp->busy_va != NF_NO_PAGE) {
             missing = true;
             continue;
         }
         if (pp->last_va != (int32_t)v) {
-            if ((s = fence_wait(pool, pp, idx)) != NF_OK) return s;
+            if ((s = fence_wait(pool, pp, idx)) != NF_OK) continue;
             alias_fence_take(pool, pp);
         }
-        if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return s;
+        if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) continue;
         phys_claim(pool, pg->phys, v);
         if (pg->no_access) missing = true; /* an earlier set-access failed here: grant it now */
     }
+    if (s != NF_OK) return s;
     access_run run = {0, 0};
     for (uint64_t v = first; missing && v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];

@@ -112,7 +112,8 @@ nf_status nf_pool_destroy(nf_pool *pool);
 
 /* Allocates `size` bytes (rounded up to the alignment) for use on `stream`, mapping physical pages
  * as needed. Size 0 gives NF_OK and *ptr_out == NULL. On failure *ptr_out is NULL and the pool is
- * unchanged apart from statistics and idle pages it may have released.
+ * unchanged apart from statistics and idle pages it may have mapped, moved or released; live
+ * blocks are never touched, even when a driver call fails part-way.
  * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
  * idle pages (a report goes to the log); NF_ERR_BACKEND iff a driver call fails.
  * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe. */
@@ -229,7 +230,8 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
 
 /* Releases idle physical memory until at most keep_bytes are held (or nothing idle is left):
  * idle pages are unmapped once no pending work can touch them, then released to the backend.
- * *released_out (may be NULL) receives the bytes released. O(pages); thread-safe. */
+ * *released_out (may be NULL) receives the bytes released. Fails with NF_ERR_BACKEND iff a driver
+ * call fails; what was released before that stays released. O(pages); thread-safe. */
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 
 /* Marks a training-step boundary: counts steps (num_steps), so per-step figures can be taken.

@@ -125,11 +125,21 @@ int main(int argc, char **argv) {
         } else if (r < 95 && n_live) {
             int i = (int)(rng_next(&rng_state) % (uint64_t)n_live);
             CHECK(holds(&live[i]));
-            CHECK_OK(nf_free(pool, live[i].p, live[i].stream));
+            /* Now and then the block was also used on the other stream, or is freed there. */
+            void *other = live[i].stream == streams[0] ? streams[1] : streams[0];
+            uint64_t how = rng_next(&rng_state) % 8;
+            if (how == 0) CHECK_OK(nf_record_stream(pool, live[i].p, other));
+            CHECK_OK(nf_free(pool, live[i].p, how == 1 ? other : live[i].stream));
             live[i] = live[--n_live];
-        } else {
+        } else if (r < 98) {
             armed = true;
             nf_status s = nf_trim(pool, 0, NULL);
+            armed = false;
+            CHECK(s == NF_OK || s == NF_ERR_BACKEND);
+        } else {
+            /* The cap moves between 8 and 16 pages; lowering it trims idle pages. */
+            armed = true;
+            nf_status s = nf_pool_set_capacity(pool, (8 + rng_next(&rng_state) % 9) * GRAN);
             armed = false;
             CHECK(s == NF_OK || s == NF_ERR_BACKEND);
         }

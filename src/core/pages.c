@@ -400,14 +400,15 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
 }
 
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
-    nf_status s;
+    nf_status s = NF_OK;
     while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
-        if ((s = phys_release(pool, pool->idle_head)) != NF_OK) return s;
+        if ((s = phys_release(pool, pool->idle_head)) != NF_OK) break;
         *released += pool->gran;
     }
+    /* Also after a failure: what is held above a lowered cap is the slack I11 allows. */
     uint64_t h = held(pool);
     pool->cap_slack = pool->cap_pages && h > pool->cap_pages ? h - pool->cap_pages : 0;
-    return NF_OK;
+    return s;
 }
 
 nf_status pages_destroy(nf_pool *pool) {

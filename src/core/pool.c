@@ -298,6 +298,19 @@ static nf_status block_release_live(nf_pool *pool, block *b, uint32_t idx) {
 
 static uint64_t round_up(uint64_t x, uint64_t align) { return (x + align - 1) & ~(align - 1); }
 
+/* Frees the pool's host bookkeeping (block slabs, pointer map, page tables, streams) and the pool. */
+static void pool_free_host_memory(nf_pool *pool) {
+    while (pool->slabs) {
+        block_slab *next = pool->slabs->next;
+        free(pool->slabs);
+        pool->slabs = next;
+    }
+    ptr_map_free(&pool->live);
+    pages_free(pool);
+    free(pool->streams);
+    free(pool);
+}
+
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out) {
     if (!config || !backend || !pool_out) return NF_ERR_INVALID_ARG;
     *pool_out = NULL;
@@ -343,14 +356,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     *pool_out = pool;
     return NF_OK;
 fail:
-    while (pool->slabs) {
-        block_slab *next = pool->slabs->next;
-        free(pool->slabs);
-        pool->slabs = next;
-    }
-    ptr_map_free(&pool->live);
-    pages_free(pool);
-    free(pool);
+    pool_free_host_memory(pool);
     return s;
 }
 
@@ -364,16 +370,8 @@ nf_status nf_pool_destroy(nf_pool *pool) {
         if (pool->streams[i].event) KEEP_FIRST(call_event_release(pool, pool->streams[i].event));
     if (pool->base) KEEP_FIRST(call_unreserve(pool, pool->base, pool->virtual_bytes));
 #undef KEEP_FIRST
-    while (pool->slabs) {
-        block_slab *next = pool->slabs->next;
-        free(pool->slabs);
-        pool->slabs = next;
-    }
-    ptr_map_free(&pool->live);
-    pages_free(pool);
-    free(pool->streams);
     pthread_mutex_destroy(&pool->lock);
-    free(pool);
+    pool_free_host_memory(pool);
     return first_error;
 }
 

@@ -7,8 +7,13 @@
  * counter. A page moved under live data, a block handed to another stream while the first stream
  * still used it, or two blocks sharing memory all show up as wrong words.
  *
- * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB]   exit 0: clean; 1: corruption or error; 77: no GPU
- *   PAGE_MIB: the pool's page size (nf_config.page_bytes); default: the device's granularity
+ * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB] [FAIL_ONE_IN]
+ *   exit 0: clean; 1: corruption or error; 77: no GPU
+ *   PAGE_MIB: the pool's page size (nf_config.page_bytes); 0 or none: the device's granularity
+ *   FAIL_ONE_IN: if set, one driver call in that many (create, map, unmap, set-access, release,
+ *     event record/query/sync) fails before reaching the driver, as a driver error would; the
+ *     allocation that met it fails with NF_ERR_BACKEND, and the live blocks' data must not care
+ *     (a page left mapped without access would be an illegal address in the next kernel).
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -52,18 +57,40 @@ static unsigned long long rng(void) {
     return z ^ (z >> 31);
 }
 
+static unsigned long long fail_one_in; /* see usage: FAIL_ONE_IN */
+
 static void log_to_stderr(void *user, nf_log_level level, const char *message) {
     (void)user;
-    if (level <= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", message);
+    /* Injected failures are logged by the pool as errors: expected, so not printed. */
+    if (level <= NF_LOG_ERROR && !fail_one_in) fprintf(stderr, "nofrag: %s\n", message);
 }
 
 typedef struct live { unsigned int *p; size_t words; unsigned int tag; int stream; } live;
+
+/* Failure injection: a table that forwards to the CUDA backend except when fail_now() says no. */
+static nf_backend *cuda_be;
+static unsigned long long injected;
+static bool fail_now(void) {
+    if (!fail_one_in || rng() % fail_one_in) return false;
+    injected++;
+    return true;
+}
+static const int INJECTED = 2; /* CUDA_ERROR_OUT_OF_MEMORY, a code the driver does return */
+static int f_page_create(void *c, uint64_t n, uint64_t *h) { return fail_now() ? INJECTED : cuda_be->page_create(c, n, h); }
+static int f_page_release(void *c, uint64_t h) { return fail_now() ? INJECTED : cuda_be->page_release(c, h); }
+static int f_map(void *c, uint64_t va, uint64_t n, uint64_t h) { return fail_now() ? INJECTED : cuda_be->map(c, va, n, h); }
+static int f_unmap(void *c, uint64_t va, uint64_t n) { return fail_now() ? INJECTED : cuda_be->unmap(c, va, n); }
+static int f_set_access(void *c, uint64_t va, uint64_t n) { return fail_now() ? INJECTED : cuda_be->set_access(c, va, n); }
+static int f_event_record(void *c, void *st, uint64_t *e) { return fail_now() ? INJECTED : cuda_be->event_record(c, st, e); }
+static int f_event_query(void *c, uint64_t e) { return fail_now() ? INJECTED : cuda_be->event_query(c, e); }
+static int f_event_sync(void *c, uint64_t e) { return fail_now() ? INJECTED : cuda_be->event_sync(c, e); }
 
 int main(int argc, char **argv) {
     long ops = argc > 1 ? atol(argv[1]) : 1000000;
     int nstreams = argc > 2 ? atoi(argv[2]) : 4;
     unsigned long long cap_mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 256;
     unsigned long long page_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 0; /* 0: the device's */
+    unsigned long long fail_every = argc > 5 ? strtoull(argv[5], NULL, 10) : 0;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
         printf("no GPU: skipped\n");
@@ -77,12 +104,26 @@ int main(int argc, char **argv) {
         printf("cuda backend unavailable (%s): skipped\n", nf_status_str(s));
         return 77;
     }
+    cuda_be = be;
+    nf_backend injecting = *be;
+    if (fail_every) {
+        injecting.page_create = f_page_create;
+        injecting.page_release = f_page_release;
+        injecting.map = f_map;
+        injecting.unmap = f_unmap;
+        injecting.set_access = f_set_access;
+        injecting.event_record = f_event_record;
+        injecting.event_query = f_event_query;
+        injecting.event_sync = f_event_sync;
+    }
     nf_config cfg = nf_config_default();
     cfg.capacity = cap_mib << 20;
     cfg.page_bytes = page_mib << 20;
     cfg.log = log_to_stderr;
     nf_pool *pool;
-    if (nf_pool_create(&cfg, be, &pool) != NF_OK) return 1;
+    if (nf_pool_create(&cfg, &injecting, &pool) != NF_OK) return 1;
+    fail_one_in = fail_every; /* from here on: the pool exists */
+    unsigned long long backend_failures = 0;
     cudaStream_t *streams = (cudaStream_t *)calloc((size_t)nstreams, sizeof *streams);
     for (int i = 0; i < nstreams; i++) CUDA_OK(cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking));
     enum { SLOTS = 96 };
@@ -103,14 +144,16 @@ int main(int argc, char **argv) {
             void *p;
             s = nf_alloc(pool, bytes, streams[st], &p);
             if (s == NF_ERR_OUT_OF_MEMORY) { failures++; continue; }
+            if (s == NF_ERR_BACKEND && fail_one_in) { backend_failures++; continue; }
             if (s != NF_OK) { fprintf(stderr, "alloc: %s\n", nf_status_str(s)); return 1; }
             allocs++;
             slots[i] = (live){(unsigned int *)p, bytes / 4, ++tag, st};
             fill<<<16, 256, 0, streams[st]>>>(slots[i].p, slots[i].words, slots[i].tag);
             CUDA_OK(cudaGetLastError());
         }
-        if (op % 100000 == 0 && nf_pool_check(pool) != NF_OK) return 1;
+        if ((fail_one_in || op % 100000 == 0) && nf_pool_check(pool) != NF_OK) return 1;
     }
+    fail_one_in = 0; /* the rest must succeed */
     for (int i = 0; i < SLOTS; i++) {
         if (!slots[i].p) continue;
         verify<<<8, 256, 0, streams[slots[i].stream]>>>(slots[i].p, slots[i].words, slots[i].tag);
@@ -124,12 +167,14 @@ int main(int argc, char **argv) {
     int check = nf_pool_check(pool);
     fflush(stderr);
     printf("ops %ld, allocs %llu, out-of-memory %llu, remaps %llu, event waits %llu, peak reserved %.1f MiB "
-           "(cap %llu MiB), corrupt words %llu, check %s\n",
+           "(cap %llu MiB), corrupt words %llu, check %s",
            ops, allocs, failures, (unsigned long long)st.num_remaps, (unsigned long long)st.num_event_waits,
            (double)st.reserved_bytes.peak / 1048576.0, cap_mib, bad, nf_status_str((nf_status)check));
+    if (fail_every) printf(", injected driver failures %llu, allocations failed by them %llu", injected, backend_failures);
+    printf("\n");
     /* The pool goes before the streams it served: destroying it may record events on them. */
     if (nf_pool_destroy(pool) != NF_OK) return 1;
     nf_backend_destroy(be);
     for (int i = 0; i < nstreams; i++) cudaStreamDestroy(streams[i]);
-    return bad == 0 && check == NF_OK && st.num_remaps > 0 ? 0 : 1;
+    return bad == 0 && check == NF_OK && st.num_remaps > 0 && (!fail_every || backend_failures > 0) ? 0 : 1;
 }

@@ -75,16 +75,16 @@ typedef struct cli {
 static double gib(uint64_t bytes) { return (double)bytes / 1073741824.0; }
 
 static void print_table_header(const cli *c) {
-    printf("%-20s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "trace", "events", "peak live",
+    printf("%-24s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "trace", "events", "peak live",
            "peak mapd", "ratio", "vspan", "calls/st", "remaps/st", "driver/st", "failed", "Mev/s",
            c->min_capacity ? "  min cap" : "");
-    printf("%-20s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "", "", "GiB", "GiB", "", "GiB", "",
+    printf("%-24s %9s %9s %9s %7s %9s %8s %9s %10s %8s %7s%s\n", "", "", "GiB", "GiB", "", "GiB", "",
            "", "ms", "", "", c->min_capacity ? "  x live" : "");
 }
 
 static void print_row(const cli *c, const trace *t, const replay_result *r, uint64_t min_cap) {
     const nf_stats *s = &r->stats;
-    printf("%-20.20s %9llu %9.3f %9.3f %7.4f %9.3f %8.1f %9.1f %10.2f %8llu %7.2f", t->name,
+    printf("%-24.24s %9llu %9.3f %9.3f %7.4f %9.3f %8.1f %9.1f %10.2f %8llu %7.2f", t->name,
            (unsigned long long)r->events, gib(t->peak_live), gib(s->reserved_bytes.peak),
            t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
            gib(s->virtual_span_bytes.peak), r->driver_calls_per_step, r->remaps_per_step,

@@ -156,7 +156,10 @@ static nf_status alias_unmap(nf_pool *pool, int64_t v) {
     *link = pg->alias_next;
     pg->alias_next = NF_NO_PAGE;
     pg->phys = NF_NO_PAGE;
-    pg->no_access = 0;
+    if (pg->no_access) {
+        pg->no_access = 0;
+        pool->pages_without_access--;
+    }
     pp->aliases--;
     gauge_sub(&pool->stats.mapped_bytes, pool->gran);
     pool->stats.num_page_unmaps++;
@@ -187,7 +190,6 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     if (s != NF_OK) return s;
     page *pg = &pool->pages[v];
     pg->phys = p;
-    pg->no_access = 1;
     pg->alias_next = pp->first_alias;
     pp->first_alias = (int32_t)v;
     if (pp->ever_mapped) pool->stats.num_remaps++;
@@ -199,9 +201,9 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
 }
 
 /* Pages mapped but without access: [start, start + length) of virtual pages. One set-access
- * call covers the whole run, cheaper than one a page (docs/cost-model.md). A page whose access
- * could not be granted keeps no_access and gets it when a block next claims it; it is never used
- * without. */
+ * call covers the whole run, cheaper than one a page (docs/cost-model.md). If the call fails, the
+ * run's pages are marked no_access and get access when a block next claims them: no block ever
+ * uses a page without. */
 typedef struct access_run {
     uint64_t start, length;
 } access_run;
@@ -209,14 +211,23 @@ typedef struct access_run {
 static nf_status access_flush(nf_pool *pool, access_run *run) {
     if (!run->length) return NF_OK;
     nf_status s = call_set_access(pool, va_of(pool, run->start), run->length);
-    if (s == NF_OK)
-        for (uint64_t v = run->start; v < run->start + run->length; v++) pool->pages[v].no_access = 0;
+    if (s != NF_OK || pool->pages_without_access) {
+        for (uint64_t v = run->start; v < run->start + run->length; v++) {
+            page *pg = &pool->pages[v];
+            bool lacking = s != NF_OK;
+            if (pg->no_access != lacking) {
+                pg->no_access = lacking;
+                if (lacking) pool->pages_without_access++;
+                else pool->pages_without_access--;
+            }
+        }
+    }
     run->length = 0;
     return s;
 }
 
-/* Virtual page v (mapped, no_access) is to be used: extends the run, or grants the run access and
- * starts another. */
+/* Virtual page v (mapped, without access) is to be used: extends the run, or grants the run
+ * access and starts another. */
 static nf_status access_add(nf_pool *pool, access_run *run, uint64_t v) {
     if (run->length && run->start + run->length == v) {
         run->length++;
@@ -338,35 +349,40 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
     return room == UINT64_MAX || need <= room + (pool->idle_count - claimed);
 }
 
+/* pages_acquire failed before reaching pages [from, last]: counts them anyway, so that the
+ * caller's pages_release, which drops every page of the range, leaves each count as it was. */
+static nf_status count_rest(nf_pool *pool, uint64_t from, uint64_t last, nf_status failure) {
+    for (uint64_t v = from; v <= last; v++) pool->pages[v].live_blocks++;
+    return failure;
+}
+
 nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused) {
     uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
     nf_status s = NF_OK;
     bool missing = false;
     /* First every page that can be had in place, so no page of this range is taken away from it
-     * to serve another page of the same range. After a failure the remaining pages are only
-     * counted: the caller's pages_release drops every page of the range. */
+     * to serve another page of the same range. */
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
         if (pg->live_blocks++) {
             /* Busy through v already: only work from the page's other places can be in the way. */
-            if (s == NF_OK) s = alias_fence_wait(pool, pp, idx);
+            if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
             continue;
         }
-        if (s != NF_OK) continue;
         if (!pp || pp->busy_va != NF_NO_PAGE) {
             missing = true;
             continue;
         }
         if (pp->last_va != (int32_t)v) {
-            if ((s = fence_wait(pool, pp, idx)) != NF_OK) continue;
+            if ((s = fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
             alias_fence_take(pool, pp);
         }
-        if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) continue;
+        if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
         phys_claim(pool, pg->phys, v);
-        if (pg->no_access) missing = true; /* an earlier set-access failed here: grant it now */
     }
-    if (s != NF_OK) return s;
+    /* Only after a failed set-access: pages claimed in place may still need access granted. */
+    for (uint64_t v = first; pool->pages_without_access && !missing && v <= last; v++) missing = pool->pages[v].no_access;
     access_run run = {0, 0};
     for (uint64_t v = first; missing && v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
@@ -443,7 +459,7 @@ void pages_free(nf_pool *pool) {
 /* ---- invariants (I6-I11 of pool_internal.h); live counts per page are checked by stats.c --- */
 
 nf_status pages_check(nf_pool *pool) {
-    uint64_t mapped = 0, idle = 0, physical = 0;
+    uint64_t mapped = 0, idle = 0, physical = 0, lacking_access = 0;
     for (uint64_t v = 0; v < pool->page_count; v++) {
         const page *pg = &pool->pages[v];
         INVARIANT(pg->live_blocks == 0 || pg->phys != NF_NO_PAGE, "I7 page %llu has live blocks, unmapped",
@@ -456,6 +472,7 @@ nf_status pages_check(nf_pool *pool) {
               "I7 page %llu has live blocks but its physical page is busy elsewhere", (unsigned long long)v);
         INVARIANT(pg->live_blocks == 0 || !pg->no_access, "I7 page %llu has live blocks but no access",
               (unsigned long long)v);
+        lacking_access += pg->no_access;
     }
     for (uint64_t p = 0; p < pool->phys_used; p++) {
         const phys_page *pp = &pool->phys[p];
@@ -488,6 +505,8 @@ nf_status pages_check(nf_pool *pool) {
           (unsigned long long)listed, (unsigned long long)idle);
     INVARIANT(pool->stats.idle_bytes.current == idle * pool->gran, "I8 idle_bytes");
     INVARIANT(pool->stats.mapped_bytes.current == mapped * pool->gran, "I9 mapped_bytes");
+    INVARIANT(lacking_access == pool->pages_without_access, "I7 %llu pages lack access, %llu counted",
+          (unsigned long long)lacking_access, (unsigned long long)pool->pages_without_access);
     INVARIANT(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
           "I10 reserved_bytes");
     INVARIANT(!pool->cap_pages || physical <= pool->cap_pages + pool->cap_slack,

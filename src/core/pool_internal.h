@@ -21,7 +21,7 @@
  *   I6  page.live_blocks == |live blocks overlapping the page|, for every virtual page
  *   I7  page.live_blocks > 0  =>  page is mapped to a physical page P with P.busy_va == page;
  *       and access granted (no_access == 0); a physical page is busy through at most one of its
- *       <= MAX_ALIASES virtual pages
+ *       <= MAX_ALIASES virtual pages; pages_without_access == |pages with no_access|
  *   I8  idle list == { physical pages : busy_va == none };  idle_bytes == |idle| * gran
  *   I9  mapped_bytes.current == |mapped virtual pages| * gran
  *   I10 reserved_bytes.current == |physical pages| * gran
@@ -70,8 +70,8 @@ typedef struct block {
 typedef struct page {
     int32_t phys;         /* physical page mapped here (index into pool->phys), NF_NO_PAGE if none */
     int32_t alias_next;   /* next virtual page mapped to the same physical page */
-    uint32_t live_blocks : 31; /* live blocks overlapping the page */
-    uint32_t no_access : 1;    /* mapped, but access not granted yet (or granting it failed) */
+    uint32_t live_blocks; /* live blocks overlapping the page */
+    uint8_t no_access;    /* mapped, but granting access failed: to be granted before use */
 } page;
 
 /* A physical page: held from the backend, mapped at up to MAX_ALIASES virtual pages. */
@@ -152,6 +152,7 @@ struct nf_pool {
     uint64_t virtual_bytes;
     uint64_t cap_pages;  /* 0: no cap */
     uint64_t cap_slack;  /* pages held above the cap after it was lowered; see I11 */
+    uint64_t pages_without_access; /* mapped pages whose set-access failed (page.no_access) */
 
     block *first;       /* lowest block */
     block_index index;

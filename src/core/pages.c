@@ -190,6 +190,7 @@ static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     if (s != NF_OK) return s;
     page *pg = &pool->pages[v];
     pg->phys = p;
+    if (v >= pool->mapped_end_page) pool->mapped_end_page = v + 1;
     pg->alias_next = pp->first_alias;
     pp->first_alias = (int32_t)v;
     if (pp->ever_mapped) pool->stats.num_remaps++;
@@ -465,6 +466,7 @@ nf_status pages_check(nf_pool *pool) {
         INVARIANT(pg->live_blocks == 0 || pg->phys != NF_NO_PAGE, "I7 page %llu has live blocks, unmapped",
               (unsigned long long)v);
         if (pg->phys == NF_NO_PAGE) continue;
+        INVARIANT(v < pool->mapped_end_page, "I9 page %llu mapped above mapped_end_page", (unsigned long long)v);
         mapped++;
         INVARIANT(pg->phys >= 0 && (uint64_t)pg->phys < pool->phys_used && pool->phys[pg->phys].handle,
               "I7 page %llu maps a released physical page", (unsigned long long)v);

@@ -23,7 +23,7 @@
  *       and access granted (no_access == 0); a physical page is busy through at most one of its
  *       <= MAX_ALIASES virtual pages; pages_without_access == |pages with no_access|
  *   I8  idle list == { physical pages : busy_va == none };  idle_bytes == |idle| * gran
- *   I9  mapped_bytes.current == |mapped virtual pages| * gran
+ *   I9  mapped_bytes.current == |mapped virtual pages| * gran; every mapped page < mapped_end_page
  *   I10 reserved_bytes.current == |physical pages| * gran
  *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
@@ -153,6 +153,7 @@ struct nf_pool {
     uint64_t cap_pages;  /* 0: no cap */
     uint64_t cap_slack;  /* pages held above the cap after it was lowered; see I11 */
     uint64_t pages_without_access; /* mapped pages whose set-access failed (page.no_access) */
+    uint64_t mapped_end_page;      /* one past the highest virtual page ever mapped: none above */
 
     block *first;       /* lowest block */
     block_index index;

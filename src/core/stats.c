@@ -28,12 +28,15 @@ const char *nf_status_str(nf_status status) {
 static void free_mapped_figures(const nf_pool *pool, uint64_t *largest_out, uint64_t *total_out) {
     uint64_t largest = 0, run = 0;
     uint64_t gran = pool->gran;
-    for (const block *b = pool->first; b; b = b->next) {
+    /* No page above mapped_end_page is mapped: the walk stops there, not at the end of a range
+     * that may span a terabyte. */
+    uint64_t mapped_end = pool->base + pool->mapped_end_page * gran;
+    for (const block *b = pool->first; b && b->addr < mapped_end; b = b->next) {
         if (b->live) {
             run = 0;
             continue;
         }
-        uint64_t addr = b->addr, end = b->addr + b->size;
+        uint64_t addr = b->addr, end = b->addr + b->size < mapped_end ? b->addr + b->size : mapped_end;
         while (addr < end) {
             uint64_t p = page_of(pool, addr);
             uint64_t page_end = pool->base + (p + 1) * gran;

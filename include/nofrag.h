@@ -197,7 +197,8 @@ typedef struct nf_stats {
 } nf_stats;
 
 /* Fills *stats. Fails with NF_ERR_INVALID_ARG iff pool or stats is NULL.
- * O(blocks + pages) for the fragmentation figures; thread-safe. */
+ * O(blocks + pages up to the highest page ever mapped) for the fragmentation figures (a few us on
+ * a pool of a few hundred blocks), under the pool's lock; thread-safe. */
 nf_status nf_stats_get(nf_pool *pool, nf_stats *stats);
 
 /* Sets every gauge's peak to its current value. O(1); thread-safe. */

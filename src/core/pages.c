@@ -383,9 +383,11 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
         phys_claim(pool, pg->phys, v);
     }
     /* Only after a failed set-access: pages claimed in place may still need access granted. */
-    for (uint64_t v = first; pool->pages_without_access && !missing && v <= last; v++) missing = pool->pages[v].no_access;
+    if (pool->pages_without_access)
+        for (uint64_t v = first; !missing && v <= last; v++) missing = pool->pages[v].no_access;
+    if (!missing) return NF_OK;
     access_run run = {0, 0};
-    for (uint64_t v = first; missing && v <= last && s == NF_OK; v++) {
+    for (uint64_t v = first; v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
         if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) {
             if (pg->no_access) s = access_add(pool, &run, v);

@@ -49,18 +49,36 @@ static inline void test_log(void *user, nf_log_level level, const char *message)
     if (level <= NF_LOG_ERROR) fprintf(stderr, "  [nofrag] %s\n", message);
 }
 
-/* A pool on the host backend (accounting only) with the given page size, cap (0: none), virtual
- * range and log callback; stops the test if either cannot be made. */
-static inline nf_pool *test_host_pool(uint64_t gran, uint64_t capacity, uint64_t virtual_bytes, nf_log_fn log,
-                                      nf_backend **backend_out) {
-    REQUIRE(nf_backend_host_create(false, gran, backend_out) == NF_OK);
+/* What a test's pool is made of; fields left 0 take the defaults (no cap, the default virtual
+ * range, the backend's granularity as page size, test_log). */
+typedef struct test_pool_spec {
+    bool real_memory;       /* host backend backed by real memory (blocks can be read and written) */
+    uint64_t gran;          /* the host backend's granularity */
+    uint64_t page_bytes;    /* nf_config.page_bytes */
+    uint64_t capacity;      /* nf_config.capacity */
+    uint64_t virtual_bytes; /* nf_config.virtual_bytes */
+    nf_log_fn log;
+} test_pool_spec;
+
+/* A pool on a new host backend as the spec says; stops the test if either cannot be made. */
+static inline nf_pool *test_pool(const test_pool_spec *spec, nf_backend **backend_out) {
+    REQUIRE(nf_backend_host_create(spec->real_memory, spec->gran, backend_out) == NF_OK);
     nf_config cfg = nf_config_default();
-    cfg.capacity = capacity;
-    cfg.virtual_bytes = virtual_bytes;
-    cfg.log = log;
+    cfg.page_bytes = spec->page_bytes;
+    cfg.capacity = spec->capacity;
+    cfg.virtual_bytes = spec->virtual_bytes;
+    cfg.log = spec->log ? spec->log : test_log;
     nf_pool *pool;
     REQUIRE(nf_pool_create(&cfg, *backend_out, &pool) == NF_OK);
     return pool;
+}
+
+/* A pool on the host backend (accounting only) with the given page size, cap (0: none), virtual
+ * range and log callback. */
+static inline nf_pool *test_host_pool(uint64_t gran, uint64_t capacity, uint64_t virtual_bytes, nf_log_fn log,
+                                      nf_backend **backend_out) {
+    test_pool_spec spec = {.gran = gran, .capacity = capacity, .virtual_bytes = virtual_bytes, .log = log};
+    return test_pool(&spec, backend_out);
 }
 
 /* Checks the pool's invariants one last time, then destroys the pool and its backend. */

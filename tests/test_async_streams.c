@@ -67,13 +67,9 @@ static void run(uint64_t seed, uint64_t cap_pages, int ops, uint64_t *remaps) {
     uint64_t rng = seed;
     const uint64_t G = 64 * 1024;
     memset(queues, 0, sizeof queues);
-    REQUIRE(nf_backend_host_create(true, G, &backend) == NF_OK);
+    test_pool_spec spec = {.real_memory = true, .gran = G, .capacity = cap_pages * G};
+    nf_pool *pool = test_pool(&spec, &backend);
     nf_host_set_completion_hook(backend, on_complete, NULL);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = cap_pages * G;
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, backend, &pool) == NF_OK);
     live_block live[SLOTS] = {{0}};
     uint64_t tag = 0;
     for (int op = 0; op < ops; op++) {

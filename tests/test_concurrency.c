@@ -54,12 +54,9 @@ static void *work(void *arg) {
 
 int main(void) {
     nf_backend *be;
-    REQUIRE(nf_backend_host_create(true, 64 * 1024, &be) == NF_OK);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = 24ull << 20; /* tight enough that threads reclaim each other's idle pages */
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, be, &pool) == NF_OK);
+    /* A cap tight enough that threads reclaim each other's idle pages. */
+    test_pool_spec spec = {.real_memory = true, .gran = 64 * 1024, .capacity = 24ull << 20};
+    nf_pool *pool = test_pool(&spec, &be);
     pthread_t threads[THREADS];
     worker workers[THREADS];
     for (int t = 0; t < THREADS; t++) {

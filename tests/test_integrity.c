@@ -30,15 +30,10 @@ static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap
                 uint64_t *remaps_out) {
     uint64_t rng = seed;
     nf_backend *backend;
-    REQUIRE(nf_backend_host_create(true, gran, &backend) == NF_OK);
-    REQUIRE(backend->caps & NF_BACKEND_CAP_HOST_ACCESSIBLE);
-    nf_config cfg = nf_config_default();
     uint64_t page = page_factor * gran;
-    cfg.page_bytes = page;
-    cfg.capacity = cap_pages * page;
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, backend, &pool) == NF_OK);
+    test_pool_spec spec = {.real_memory = true, .gran = gran, .page_bytes = page, .capacity = cap_pages * page};
+    nf_pool *pool = test_pool(&spec, &backend);
+    REQUIRE(backend->caps & NF_BACKEND_CAP_HOST_ACCESSIBLE);
     live_block *live = calloc((size_t)ops, sizeof *live);
     size_t nlive = 0;
     uint64_t corrupt = 0, tag = 0;

@@ -22,13 +22,7 @@ static size_t random_size(uint64_t *rng, uint64_t gran) {
 static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, int ops) {
     uint64_t rng = seed;
     nf_backend *backend;
-    REQUIRE(nf_backend_host_create(false, gran, &backend) == NF_OK);
-    nf_config cfg = nf_config_default();
-    cfg.capacity = cap_pages * gran;
-    cfg.virtual_bytes = 256 * gran;
-    cfg.log = test_log;
-    nf_pool *pool;
-    REQUIRE(nf_pool_create(&cfg, backend, &pool) == NF_OK);
+    nf_pool *pool = test_host_pool(gran, cap_pages * gran, 256 * gran, test_log, &backend);
     live_block *live = calloc((size_t)ops, sizeof *live);
     size_t nlive = 0;
     unsigned long failures = 0;

@@ -103,11 +103,16 @@ int main(int argc, char **argv) {
     check(cuMemMap(base, gran, 0, h2, 0), "cuMemMap a");
     check(cuMemMap(base + gran, 4 * gran, 0, h, 0), "cuMemMap b");
     two = cuMemSetAccess(base, 5 * gran, &access, 1);
-    cuMemUnmap(base, gran);
-    cuMemUnmap(base + gran, 4 * gran);
+    // Unmapping both mappings in one call.
+    CUresult unmap_two = cuMemUnmap(base, 5 * gran);
+    if (unmap_two != CUDA_SUCCESS) {
+        cuMemUnmap(base, gran);
+        cuMemUnmap(base + gran, 4 * gran);
+    }
     cuMemRelease(h);
     cuMemRelease(h2);
-    const char *n0 = "", *n2 = "", *nu = "", *nt = "";
+    const char *n0 = "", *n2 = "", *nu = "", *nt = "", *nw = "";
+    cuGetErrorName(unmap_two, &nw);
     cuGetErrorName(part0, &n0);
     cuGetErrorName(part2, &n2);
     cuGetErrorName(sub_unmap, &nu);
@@ -116,8 +121,8 @@ int main(int argc, char **argv) {
     cuDriverGetVersion(&driver);
     std::printf("{\"driver_version\": %d, \"granularity\": %zu, \"map_first_page_of_4\": \"%s\", "
                 "\"map_page_at_offset_2_of_4\": \"%s\", \"unmap_one_page_of_4_page_mapping\": \"%s\", "
-                "\"set_access_across_two_mappings\": \"%s\"}\n",
-                driver, gran, n0, n2, nu, nt);
+                "\"set_access_across_two_mappings\": \"%s\", \"unmap_across_two_mappings\": \"%s\"}\n",
+                driver, gran, n0, n2, nu, nt, nw);
     cuMemAddressFree(base, 2 * max_pages * gran);
     cuDevicePrimaryCtxRelease(dev);
     return 0;

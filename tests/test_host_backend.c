@@ -1,6 +1,6 @@
 /* The host backend follows CUDA virtual memory's rules for physical allocations of several pages
  * (probed on an H200 by gpu/vmm_cost.cu): a handle is mapped only whole, a mapping is unmapped only
- * whole, and one set-access may span several mappings. In real-memory mode a handle's contents are
+ * whole, and one set-access or one unmap may span several adjacent mappings. In real-memory mode a handle's contents are
  * the same at every place it is mapped. */
 #include <string.h>
 
@@ -30,10 +30,11 @@ static void rules(bool real) {
     CHECK(be->set_access(be->ctx, base, 5) == 0);
     CHECK(be->set_access(be->ctx, base, 6) != 0);
 
-    /* Only a whole mapping is unmapped. */
+    /* Only whole mappings are unmapped, and every page of the range must be mapped. */
     CHECK(be->unmap(be->ctx, base + gran, 1) != 0);
     CHECK(be->unmap(be->ctx, base, 2) != 0);
-    CHECK(be->unmap(be->ctx, base, 5) != 0);
+    CHECK(be->unmap(be->ctx, base + 2 * gran, 3) != 0);
+    CHECK(be->unmap(be->ctx, base, 6) != 0);
     /* A mapped handle is not released. */
     CHECK(be->page_release(be->ctx, four) != 0);
 
@@ -47,9 +48,11 @@ static void rules(bool real) {
         for (uint64_t i = 0; i < 4 * gran; i += 4096) same &= b[i] == (unsigned char)(i / 4096 + 1);
         CHECK(same);
     }
-    CHECK(be->unmap(be->ctx, base, 4) == 0);
+    /* Two adjacent whole mappings in one call; the handle stays mapped at its second place. */
+    CHECK(be->unmap(be->ctx, base, 5) == 0);
+    CHECK(be->page_release(be->ctx, four) != 0);
+    CHECK(be->set_access(be->ctx, base, 1) != 0);
     CHECK(be->unmap(be->ctx, base + 8 * gran, 4) == 0);
-    CHECK(be->unmap(be->ctx, base + 4 * gran, 1) == 0);
     CHECK(be->page_release(be->ctx, four) == 0);
     CHECK(be->page_release(be->ctx, one) == 0);
     CHECK(be->page_release(be->ctx, one) != 0);

@@ -251,9 +251,14 @@ static int host_unmap(void *ctx, uint64_t va, uint64_t pages) {
     uint64_t first;
     host_reservation *r = find_range(h, va, pages, &first);
     if (!r) return HOST_ERR_PRECONDITION;
-    uint64_t handle = r->handles[first];
-    /* Exactly one whole mapping: CUDA cannot unmap part of one. */
-    if (!handle || r->offset[first] != 0 || h->allocs[handle - 1].pages != pages) return HOST_ERR_PRECONDITION;
+    /* Whole mappings, one after another: CUDA cannot unmap part of one, and unmaps several
+     * adjacent ones in one call (gpu/vmm_cost.cu). */
+    for (uint64_t i = 0; i < pages;) {
+        uint64_t handle = r->handles[first + i];
+        if (!handle || r->offset[first + i] != 0 || h->allocs[handle - 1].pages > pages - i)
+            return HOST_ERR_PRECONDITION;
+        i += h->allocs[handle - 1].pages;
+    }
     if (h->real) {
         /* Put the reservation back over the range. */
         void *at = mmap((void *)(uintptr_t)va, pages * h->gran, PROT_NONE,
@@ -264,10 +269,10 @@ static int host_unmap(void *ctx, uint64_t va, uint64_t pages) {
         }
     }
     for (uint64_t i = 0; i < pages; i++) {
+        if (r->offset[first + i] == 0) h->allocs[r->handles[first + i] - 1].mappings--;
         r->handles[first + i] = 0;
         r->access[first + i] = 0;
     }
-    h->allocs[handle - 1].mappings--;
     return 0;
 }
 

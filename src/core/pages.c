@@ -144,13 +144,10 @@ static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
     return NF_OK;
 }
 
-/* Unmaps virtual page v (mapped, no live block on it) after the work that may touch it is done. */
-static nf_status alias_unmap(nf_pool *pool, int64_t v) {
+/* Virtual page v's mapping is gone (the driver unmapped it): drops it from its physical page. */
+static void alias_forget(nf_pool *pool, uint64_t v) {
     page *pg = &pool->pages[v];
     phys_page *pp = &pool->phys[pg->phys];
-    nf_status s = fence_wait(pool, pp, NO_STREAM);
-    if (s != NF_OK) return s;
-    if ((s = call_unmap(pool, va_of(pool, (uint64_t)v), 1)) != NF_OK) return s;
     int32_t *link = &pp->first_alias;
     while (*link != (int32_t)v) link = &pool->pages[*link].alias_next;
     *link = pg->alias_next;
@@ -163,8 +160,21 @@ static nf_status alias_unmap(nf_pool *pool, int64_t v) {
     pp->aliases--;
     gauge_sub(&pool->stats.mapped_bytes, pool->gran);
     pool->stats.num_page_unmaps++;
+}
+
+/* Unmaps virtual pages [v, v + count) (each mapped, no live block on them) in one driver call,
+ * after the work that may touch them is done: one call costs about the same for one page as for
+ * many, and the driver unmaps adjacent whole mappings together (docs/cost-model.md). */
+static nf_status alias_unmap_run(nf_pool *pool, uint64_t v, uint64_t count) {
+    nf_status s;
+    for (uint64_t i = 0; i < count; i++)
+        if ((s = fence_wait(pool, &pool->phys[pool->pages[v + i].phys], NO_STREAM)) != NF_OK) return s;
+    if ((s = call_unmap(pool, va_of(pool, v), count)) != NF_OK) return s;
+    for (uint64_t i = 0; i < count; i++) alias_forget(pool, v + i);
     return NF_OK;
 }
+
+static nf_status alias_unmap(nf_pool *pool, int64_t v) { return alias_unmap_run(pool, (uint64_t)v, 1); }
 
 /* Releases idle physical page p: unmaps every alias, then gives the page back. */
 static nf_status phys_release(nf_pool *pool, int32_t p) {
@@ -386,15 +396,28 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     if (pool->pages_without_access)
         for (uint64_t v = first; !missing && v <= last; v++) missing = pool->pages[v].no_access;
     if (!missing) return NF_OK;
+    /* Pages mapped to a physical page busy elsewhere lose that mapping, one unmap call for each
+     * run of adjacent ones. */
+    uint64_t conflict_start = 0, conflicts = 0;
+    for (uint64_t v = first; v <= last; v++) {
+        const page *pg = &pool->pages[v];
+        if (pg->phys == NF_NO_PAGE || pool->phys[pg->phys].busy_va == (int32_t)v) continue;
+        if (conflicts && conflict_start + conflicts == v) {
+            conflicts++;
+            continue;
+        }
+        if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
+        conflict_start = v;
+        conflicts = 1;
+    }
+    if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
     access_run run = {0, 0};
     for (uint64_t v = first; v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
-        if (pg->phys != NF_NO_PAGE && pool->phys[pg->phys].busy_va == (int32_t)v) {
+        if (pg->phys != NF_NO_PAGE) {
             if (pg->no_access) s = access_add(pool, &run, v);
             continue;
         }
-        /* Unmapped, or an alias of a page busy elsewhere: move it here. */
-        if (pg->phys != NF_NO_PAGE && (s = alias_unmap(pool, (int64_t)v)) != NF_OK) break;
         s = phys_for(pool, v, idx, reused, &run);
     }
     /* Even after a failure: the pages mapped so far get access (if that fails too they keep

@@ -81,6 +81,29 @@ int main(int argc, char **argv) {
                     pages, median(create), median(map), median(access_t), median(unmap), median(release));
     }
 
+    // Unmapping k adjacent one-page mappings: one call over all of them, against k calls.
+    for (size_t k : {1, 4, 16, 64}) {
+        std::vector<CUmemGenericAllocationHandle> hs(k);
+        for (auto &h : hs) check(cuMemCreate(&h, gran, &prop, 0), "cuMemCreate");
+        std::vector<double> one_call, k_calls;
+        for (int r = 0; r < reps; r++) {
+            for (int mode = 0; mode < 2; mode++) {
+                for (size_t i = 0; i < k; i++) check(cuMemMap(base + i * gran, gran, 0, hs[i], 0), "cuMemMap");
+                check(cuMemSetAccess(base, k * gran, &access, 1), "cuMemSetAccess");
+                double t0 = now_us();
+                if (mode == 0) {
+                    check(cuMemUnmap(base, k * gran), "cuMemUnmap run");
+                } else {
+                    for (size_t i = 0; i < k; i++) check(cuMemUnmap(base + i * gran, gran), "cuMemUnmap");
+                }
+                (mode == 0 ? one_call : k_calls).push_back(now_us() - t0);
+            }
+        }
+        for (auto h : hs) cuMemRelease(h);
+        std::printf("{\"mappings\": %zu, \"unmap_one_call_us\": %.1f, \"unmap_one_call_each_us\": %.1f}\n", k,
+                    median(one_call), median(k_calls));
+    }
+
     // Partial mappings: one page of a 4-page allocation at offset 0 and at offset 2 pages, and
     // unmapping one page out of a 4-page mapping.
     CUmemGenericAllocationHandle h;

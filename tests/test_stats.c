@@ -21,7 +21,38 @@ static int visit(void *user, const nf_block_info *b) {
     return w->stop_after && (int)w->blocks >= w->stop_after;
 }
 
+/* Two adjacent pages whose physical pages are busy through other places lose those mappings in
+ * one unmap call: the remap counters count pages, calls_unmap counts calls. */
+static void conflict_run_unmapped_in_one_call(void) {
+    nf_backend *be;
+    nf_pool *pool = test_host_pool(G, 4 * G, 32 * G, test_log, &be);
+    void *a, *b, *c, *d;
+    CHECK_OK(nf_alloc(pool, 2 * G, NULL, &a)); /* pages 0-1 */
+    CHECK_OK(nf_alloc(pool, 512, NULL, &b));   /* page 2 */
+    CHECK_OK(nf_free(pool, a, NULL));
+    /* Pages 2-5: one new page (the cap's last), then pages 0 and 1's idle physical pages again. */
+    CHECK_OK(nf_alloc(pool, 3 * G, NULL, &c));
+    nf_stats before, after;
+    CHECK_OK(nf_stats_get(pool, &before));
+    CHECK(before.num_remaps == 2);
+    CHECK_OK(nf_pool_set_capacity(pool, 6 * G));
+    /* Fits exactly where a was, but those pages' physical pages now serve c. */
+    CHECK_OK(nf_alloc(pool, 2 * G, NULL, &d));
+    CHECK(d == a);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_stats_get(pool, &after));
+    CHECK(after.num_page_unmaps - before.num_page_unmaps == 2);
+    CHECK(after.calls_unmap - before.calls_unmap == 1);
+    CHECK(after.calls_page_create - before.calls_page_create == 2);
+    CHECK(after.calls_set_access - before.calls_set_access == 1);
+    CHECK_OK(nf_free(pool, b, NULL));
+    CHECK_OK(nf_free(pool, c, NULL));
+    CHECK_OK(nf_free(pool, d, NULL));
+    test_pool_close(pool, be);
+}
+
 int main(void) {
+    conflict_run_unmapped_in_one_call();
     nf_backend *be;
     nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, test_log, &be);
 

@@ -371,6 +371,7 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
     nf_status s = NF_OK;
     bool missing = false;
+    uint64_t conflict_start = 0, conflicts = 0;
     /* First every page that can be had in place, so no page of this range is taken away from it
      * to serve another page of the same range. */
     for (uint64_t v = first; v <= last; v++) {
@@ -381,8 +382,22 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
             if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
             continue;
         }
-        if (!pp || pp->busy_va != NF_NO_PAGE) {
+        if (!pp) {
             missing = true;
+            continue;
+        }
+        if (pp->busy_va != NF_NO_PAGE) {
+            /* Its physical page is busy elsewhere: the mapping goes, one unmap call for each run
+             * of adjacent such pages. */
+            missing = true;
+            if (conflicts && conflict_start + conflicts == v) {
+                conflicts++;
+                continue;
+            }
+            if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK)
+                return count_rest(pool, v + 1, last, s);
+            conflict_start = v;
+            conflicts = 1;
             continue;
         }
         if (pp->last_va != (int32_t)v) {
@@ -396,20 +411,6 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     if (pool->pages_without_access)
         for (uint64_t v = first; !missing && v <= last; v++) missing = pool->pages[v].no_access;
     if (!missing) return NF_OK;
-    /* Pages mapped to a physical page busy elsewhere lose that mapping, one unmap call for each
-     * run of adjacent ones. */
-    uint64_t conflict_start = 0, conflicts = 0;
-    for (uint64_t v = first; v <= last; v++) {
-        const page *pg = &pool->pages[v];
-        if (pg->phys == NF_NO_PAGE || pool->phys[pg->phys].busy_va == (int32_t)v) continue;
-        if (conflicts && conflict_start + conflicts == v) {
-            conflicts++;
-            continue;
-        }
-        if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
-        conflict_start = v;
-        conflicts = 1;
-    }
     if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
     access_run run = {0, 0};
     for (uint64_t v = first; v <= last && s == NF_OK; v++) {

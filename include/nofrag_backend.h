@@ -49,8 +49,9 @@ struct nf_backend {
      * [va, va + pages * granularity) lies inside a reservation and is unmapped. A handle may be
      * mapped at several places at once. */
     int (*map)(void *ctx, uint64_t va, uint64_t pages, uint64_t handle);
-    /* Unmap the mapping at [va, va + pages * granularity). pre: that range is exactly one whole
-     * mapping made by map (CUDA cannot unmap part of one) and no pending work touches it. */
+    /* Unmap the mappings in [va, va + pages * granularity). pre: that range is made of whole
+     * mappings made by map, one after another (CUDA cannot unmap part of one, and unmaps several
+     * adjacent ones in one call), and no pending work touches it. */
     int (*unmap)(void *ctx, uint64_t va, uint64_t pages);
     /* Grant read/write access to [va, va + pages * granularity) (to the owning device and peers).
      * pre: every page of the range is mapped; the range may span several mappings. */

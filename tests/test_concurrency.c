@@ -5,7 +5,12 @@
 
 #include "check.h"
 
-enum { THREADS = 6, OPS = 20000, SLOTS = 64 };
+enum { THREADS = 6, OPS = 20000, SLOTS = 64, LOCKSTEP = 500 };
+
+/* Every LOCKSTEP operations the threads wait for each other, so that their live blocks overlap in
+ * time however the scheduler runs them (a loaded machine may otherwise run them one after another,
+ * and then no thread ever needs another's pages). */
+static pthread_barrier_t lockstep;
 
 typedef struct worker {
     nf_pool *pool;
@@ -46,6 +51,7 @@ static void *work(void *arg) {
             for (size_t k = 0; k < words[i]; k += 61) ptr[i][k] = stamp[i] + k;
         }
         if (op % 5000 == 0) nf_step_mark(w->pool);
+        if (op % LOCKSTEP == LOCKSTEP - 1) pthread_barrier_wait(&lockstep);
     }
     for (int i = 0; i < SLOTS; i++)
         if (ptr[i] && nf_free(w->pool, ptr[i], stream) != NF_OK) w->errors++;
@@ -57,6 +63,7 @@ int main(void) {
     /* A cap tight enough that threads reclaim each other's idle pages. */
     test_pool_spec spec = {.real_memory = true, .gran = 64 * 1024, .capacity = 24ull << 20};
     nf_pool *pool = test_pool(&spec, &be);
+    REQUIRE(pthread_barrier_init(&lockstep, NULL, THREADS) == 0);
     pthread_t threads[THREADS];
     worker workers[THREADS];
     for (int t = 0; t < THREADS; t++) {
@@ -70,6 +77,7 @@ int main(void) {
         errors += workers[t].errors;
         failures += workers[t].failures;
     }
+    pthread_barrier_destroy(&lockstep);
     CHECK(corrupt == 0);
     CHECK(errors == 0);
     CHECK_OK(nf_pool_check(pool));

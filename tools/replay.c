@@ -9,13 +9,13 @@
 /* Microseconds per call (docs/cost-model.md). Map is 1.9 us fresh, 1.0 us when the page comes from
  * another place: the remap discount is applied per remap. A set-access call costs 42.6 us for the
  * first mapping it covers and 32.6 us for each further one (every map call makes one mapping, and
- * each mapping is given access once). An unmap call over a run of several mappings is charged as
- * one call per mapping: on the GPU one call over 4-64 one-page mappings took as long as one call
- * each, back to back (gpu/vmm_cost.cu), so running them together saves calls, not time. Unreserve and the event calls were not measured; they are
- * charged as noted there. */
+ * each mapping is given access once). Unmap is charged per mapping unmapped, whatever the number
+ * of calls: on the GPU one call over 4-64 one-page mappings took as long as one call each, back to
+ * back (gpu/vmm_cost.cu). Unreserve and the event calls were not measured; they are charged as
+ * noted there. */
 static const double COST_RESERVE = 44.0, COST_UNRESERVE = 44.0, COST_PAGE_CREATE = 19.5,
                     COST_PAGE_RELEASE = 39.8, COST_MAP = 1.9, COST_REMAP_DISCOUNT = 0.9,
-                    COST_UNMAP = 22.8, COST_UNMAP_MORE = 22.8, COST_SET_ACCESS = 42.6, COST_SET_ACCESS_MORE = 32.6,
+                    COST_UNMAP = 22.8, COST_SET_ACCESS = 42.6, COST_SET_ACCESS_MORE = 32.6,
                     COST_EVENT_CALL = 2.0;
 
 /* Extra microseconds per call for each 2 MiB of a page beyond the first (gpu/vmm_cost.cu on an
@@ -26,18 +26,14 @@ static const double COST_CREATE_PER_2M = 0.13, COST_SET_ACCESS_PER_2M = 0.1, COS
 
 double replay_cost_us(const nf_stats *d) {
     double extra = d->granularity_bytes > (2u << 20) ? (double)(d->granularity_bytes >> 21) - 1.0 : 0.0;
-    /* An unmap call may cover a run of several mappings (pages): each further one costs nearly as
-     * much as a call of its own. */
-    double unmap_more = d->num_page_unmaps > d->calls_unmap ? (double)(d->num_page_unmaps - d->calls_unmap) : 0.0;
     return extra * (COST_CREATE_PER_2M * (double)d->calls_page_create +
                     COST_SET_ACCESS_PER_2M * (double)d->calls_map +
                     COST_UNMAP_PER_2M * (double)d->num_page_unmaps +
                     COST_RELEASE_PER_2M * (double)d->calls_page_release) +
-           COST_UNMAP_MORE * unmap_more +
            COST_RESERVE * (double)d->calls_reserve + COST_UNRESERVE * (double)d->calls_unreserve +
            COST_PAGE_CREATE * (double)d->calls_page_create +
            COST_PAGE_RELEASE * (double)d->calls_page_release + COST_MAP * (double)d->calls_map -
-           COST_REMAP_DISCOUNT * (double)d->num_remaps + COST_UNMAP * (double)d->calls_unmap +
+           COST_REMAP_DISCOUNT * (double)d->num_remaps + COST_UNMAP * (double)d->num_page_unmaps +
            COST_SET_ACCESS * (double)d->calls_set_access +
            COST_SET_ACCESS_MORE * (double)(d->calls_map > d->calls_set_access ? d->calls_map - d->calls_set_access : 0) +
            COST_EVENT_CALL * (double)(d->calls_event_record + d->calls_event_query +

@@ -51,8 +51,39 @@ static void conflict_run_unmapped_in_one_call(void) {
     test_pool_close(pool, be);
 }
 
+/* At the cap, a request that fits no free block at its front still fits at the end of one, where
+ * its last page is the live block's after it. */
+static void tight_cap_places_at_the_end(void) {
+    nf_backend *be;
+    nf_pool *pool = test_host_pool(G, 4 * G, 32 * G, test_log, &be);
+    char *x, *t, *y, *r;
+    CHECK_OK(nf_alloc(pool, G, NULL, (void **)&x));           /* page 0 */
+    CHECK_OK(nf_alloc(pool, 5 * G / 2, NULL, (void **)&t));   /* pages 1-3 */
+    CHECK_OK(nf_alloc(pool, 512, NULL, (void **)&y));         /* page 3, after t */
+    CHECK(t == x + G && y == t + 5 * G / 2);
+    CHECK_OK(nf_free(pool, t, NULL));
+    /* Pages 1 and 2 are idle; a cap of 3 releases one of them: one page may still become busy. */
+    CHECK_OK(nf_pool_set_capacity(pool, 3 * G));
+    CHECK_OK(nf_pool_check(pool));
+    /* At t's front, 3/2 pages span pages 1 and 2; at its end, pages 2 and 3 (busy through y). */
+    CHECK_OK(nf_alloc(pool, 3 * G / 2, NULL, (void **)&r));
+    CHECK(r == x + 2 * G);
+    CHECK_OK(nf_pool_check(pool));
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.reserved_bytes.current == 3 * G && st.num_alloc_failures == 0);
+    /* Nothing is left to make busy: a further page-sized request fails cleanly. */
+    void *more;
+    CHECK(nf_alloc(pool, G, NULL, &more) == NF_ERR_OUT_OF_MEMORY && more == NULL);
+    CHECK_OK(nf_free(pool, r, NULL));
+    CHECK_OK(nf_free(pool, x, NULL));
+    CHECK_OK(nf_free(pool, y, NULL));
+    test_pool_close(pool, be);
+}
+
 int main(void) {
     conflict_run_unmapped_in_one_call();
+    tight_cap_places_at_the_end();
     nf_backend *be;
     nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, test_log, &be);
 

@@ -351,6 +351,18 @@ uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size) {
     return need;
 }
 
+uint64_t pages_newly_busy(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
+    uint64_t need, claimed;
+    range_cost(pool, addr, size, &need, &claimed);
+    *cost_out = need;
+    return need + claimed;
+}
+
+uint64_t pages_spare(const nf_pool *pool) {
+    uint64_t room = headroom(pool);
+    return room == UINT64_MAX ? UINT64_MAX : room + pool->idle_count;
+}
+
 bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
     uint64_t need, claimed;
     range_cost(pool, addr, size, &need, &claimed);

@@ -14,6 +14,12 @@ uint64_t pages_cost(nf_pool *pool, uint64_t addr, uint64_t size);
 /* Whether [addr, addr + size) can be backed under the cap (idle pages count: they can move);
  * *cost_out (may be NULL) receives pages_cost of the range. */
 bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out);
+/* Pages that a block on [addr, addr + size) would make busy: those needing a physical page mapped
+ * plus idle ones it would claim in place. *cost_out receives the first count (pages_cost). */
+uint64_t pages_newly_busy(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out);
+/* How many more pages may become busy under the cap (headroom plus idle pages); UINT64_MAX
+ * without a cap. A range fits when pages_newly_busy <= pages_spare. */
+uint64_t pages_spare(const nf_pool *pool);
 /* A live block now lies on [addr, addr + size): count it on its pages and back every page.
  * *reused is set when a physical page came from another place. On failure the counts stay
  * incremented; the caller undoes them with pages_release. */

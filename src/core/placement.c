@@ -78,11 +78,49 @@ static block *free_of_cost(nf_pool *pool, uint64_t size, uint32_t idx) {
     }
 }
 
+/* The last resort under a cap, when no free block can take the request at its front: every usable
+ * free block, with the request at its front, at its end, and starting or ending on a page
+ * boundary; the place that makes the fewest pages newly busy wins (then the fewest to map, then
+ * the first seen). The end of a free block shares its last page with the live block after it, and
+ * a page-aligned place may span one page less than the front: at the cap, one page decides
+ * whether the request fits at all. Reached only where good_fit found nothing, so its walk over
+ * all free blocks replaces an out-of-memory error; placing this way always would shift the
+ * repeating layout of training steps (docs/placement.md: page-tight offsets). */
+static block *tightest_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out) {
+    uint64_t spare = pages_spare(pool), gran = pool->gran;
+    block *best = NULL;
+    uint64_t best_busy = UINT64_MAX, best_cost = UINT64_MAX;
+    uint32_t fl, sl;
+    index_bin_of(size, &fl, &sl);
+    while (index_next_bin(&pool->index, fl, sl, &fl, &sl)) {
+        for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next) {
+            if (b->size < size || !pool_block_usable_by(pool, b, idx)) continue;
+            uint64_t end = b->addr + b->size;
+            uint64_t aligned_start = (b->addr + gran - 1) / gran * gran, aligned_end = end / gran * gran;
+            uint64_t offsets[4] = {0, b->size - size, UINT64_MAX, UINT64_MAX};
+            if (aligned_start + size <= end) offsets[2] = aligned_start - b->addr;
+            if (aligned_end >= b->addr + size) offsets[3] = aligned_end - size - b->addr;
+            for (int i = 0; i < 4; i++) {
+                if (offsets[i] == UINT64_MAX) continue;
+                uint64_t cost, busy = pages_newly_busy(pool, b->addr + offsets[i], size, &cost);
+                if (busy > spare || busy > best_busy || (busy == best_busy && cost >= best_cost)) continue;
+                best = b;
+                best_busy = busy;
+                best_cost = cost;
+                *offset_out = offsets[i];
+            }
+        }
+        bin_next(&fl, &sl);
+    }
+    return best;
+}
+
 block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out) {
     *offset_out = 0;
     uint64_t cost = 0;
     block *choice = good_fit(pool, size, idx, &cost);
-    if (!choice || cost == 0) return choice;
+    if (!choice) return pool->cap_pages ? tightest_fit(pool, size, idx, offset_out) : NULL;
+    if (cost == 0) return choice;
     block *free_place = free_of_cost(pool, size, idx);
     return free_place ? free_place : choice;
 }

@@ -367,9 +367,7 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
     uint64_t need, claimed;
     range_cost(pool, addr, size, &need, &claimed);
     if (cost_out) *cost_out = need;
-    if (need == 0) return true;
-    uint64_t room = headroom(pool);
-    return room == UINT64_MAX || need <= room + (pool->idle_count - claimed);
+    return need == 0 || need + claimed <= pages_spare(pool);
 }
 
 /* pages_acquire failed before reaching pages [from, last]: counts them anyway, so that the

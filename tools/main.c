@@ -33,6 +33,8 @@ static const char USAGE[] =
     "                          granularity (default: the granularity); fewer, larger pages mean\n"
     "                          fewer driver calls and coarser memory\n"
     "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
+    "  --layout-log FILE       write every placement, free and step mark to FILE (one trace\n"
+    "                          only; for layout studies, read by bench/physical_oracle.py)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
     "  -h, --help              this text\n";
 
@@ -142,6 +144,7 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
 static int cmd_replay(int argc, char **argv) {
     cli c = {0};
     c.opts.cuda_device = -1;
+    const char *layout_path = NULL;
     int first_trace = argc;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -169,6 +172,9 @@ static int cmd_replay(int argc, char **argv) {
             long d = strtol(argv[++i], &end, 10);
             if (*end || d < 0 || d > 1023) return usage_error("'%s' is not a device number", argv[i]);
             c.opts.cuda_device = (int)d;
+        } else if (strcmp(a, "--layout-log") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a file name", a);
+            layout_path = argv[++i];
         } else if (strcmp(a, "--real-memory") == 0) {
             c.opts.real_memory = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -191,6 +197,13 @@ static int cmd_replay(int argc, char **argv) {
     if (c.opts.page_bytes && ((c.opts.page_bytes & (c.opts.page_bytes - 1)) || c.opts.page_bytes < gran))
         return usage_error("%s", "--page-size must be a power of two, at least the granularity");
     c.opts.progress = isatty(2);
+    if (layout_path) {
+        if (argc - first_trace != 1) return usage_error("%s", "--layout-log takes one trace");
+        if (!(c.opts.layout_log = fopen(layout_path, "w"))) {
+            fprintf(stderr, "nofrag: cannot write %s: %s\n", layout_path, strerror(errno));
+            return 1;
+        }
+    }
 
     int status = 0;
     bool header_done = false;
@@ -231,6 +244,10 @@ static int cmd_replay(int argc, char **argv) {
         fflush(stdout);
         replay_result_free(&r);
         trace_free(&t);
+    }
+    if (c.opts.layout_log && fclose(c.opts.layout_log) != 0) {
+        fprintf(stderr, "nofrag: cannot write %s: %s\n", layout_path, strerror(errno));
+        status = 1;
     }
     return status;
 }

@@ -113,12 +113,22 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     r->window_steps = t->step_count > REPLAY_WARMUP_STEPS ? t->step_count - REPLAY_WARMUP_STEPS
                                                          : (t->step_count ? t->step_count : 1);
     uint32_t next_step = 0;
+    FILE *layout = opts->layout_log;
+    /* The layout log: a header naming the page size and the cap in pages, then one line per event
+     * that reached the pool: "A ADDRESS SIZE" (a placement), "F ADDRESS" (a free), "S" (a step
+     * mark). Addresses are decimal; pages are ADDRESS / page_bytes. */
+    if (layout) {
+        uint64_t page = opts->page_bytes ? opts->page_bytes : opts->granularity ? opts->granularity : 2ull << 20;
+        fprintf(layout, "# nofrag layout log: trace %s page_bytes %llu capacity_pages %llu\n", t->name,
+                (unsigned long long)page, (unsigned long long)(opts->capacity / page));
+    }
     uint64_t progress_every = t->event_count / 100 + 1;
     double start = now_seconds();
     for (uint64_t i = 0; i < t->event_count && r->status == NF_OK; i++) {
         while (next_step < t->step_count && t->step_starts[next_step] == i) {
             if (opts->per_step) per_step_close(pool, r, next_step, &step_last);
             nf_step_mark(pool);
+            if (layout) fputs("S\n", layout);
             next_step++;
         }
         if (i == window_event) nf_stats_get(pool, &r->window_start);
@@ -127,7 +137,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
+            if (layout && ptrs[ev->slot])
+                fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot], (unsigned long long)ev->size);
         } else if (ptrs[ev->slot]) {
+            if (layout) fprintf(layout, "F %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot]);
             if ((s = nf_free(pool, ptrs[ev->slot], streams[ev->stream])) != NF_OK) r->status = s;
             ptrs[ev->slot] = NULL;
         }
@@ -164,6 +177,7 @@ int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *mi
     replay_options o = *opts;
     o.progress = false;
     o.per_step = false;
+    o.layout_log = NULL;
     replay_result r;
     /* Below the live peak nothing can succeed: lo pages fail, hi pages succeed. */
     uint64_t lo = (t->peak_live + gran - 1) / gran - 1;

@@ -21,6 +21,8 @@ typedef struct replay_options {
     bool progress;        /* draw a progress line on stderr */
     int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */
+    FILE *layout_log;     /* if set: every placement, free and step mark, for layout studies
+                           * (bench/physical_oracle.py reads it; format in tools/replay.c) */
 } replay_options;
 
 /* What one step cost: backend calls, page remaps, estimated driver time. */

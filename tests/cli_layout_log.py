@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""`nofrag replay --layout-log`: the log names the page size and cap the replay used, every free
+names a live block, no two live blocks overlap, and the step marks match the trace's steps; then
+bench/physical_oracle.py reads it, and refuses a log from a replay without a cap."""
+import bisect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+nofrag, trace, oracle = sys.argv[1], sys.argv[2], sys.argv[3]
+failed = passed = 0
+
+
+def check(cond, what):
+    global failed, passed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAILED:", what)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    log = os.path.join(tmp, "layout.log")
+    out = subprocess.run([nofrag, "replay", "--json", "--capacity-factor", "1.02", "--layout-log", log, trace],
+                         check=True, capture_output=True, text=True).stdout
+    d = json.loads(out)
+    lines = open(log).read().splitlines()
+    head = lines[0].split()
+    fields = dict(zip(head[4::2], head[5::2]))
+    check(head[:4] == ["#", "nofrag", "layout", "log:"], "header line")
+    check(int(fields["page_bytes"]) == d["page_bytes"], "page size as replayed")
+    check(int(fields["capacity_pages"]) * d["page_bytes"] == d["capacity_bytes"], "cap as replayed")
+    starts, ends, sizes = [], [], {}
+    allocs = frees = marks = overlaps = unknown = 0
+    for line in lines[1:]:
+        p = line.split()
+        if p[0] == "A":
+            addr, size = int(p[1]), int(p[2])
+            i = bisect.bisect_left(starts, addr)
+            if (i > 0 and ends[i - 1] > addr) or (i < len(starts) and starts[i] < addr + size):
+                overlaps += 1
+            starts.insert(i, addr)
+            ends.insert(i, addr + size)
+            sizes[addr] = size
+            allocs += 1
+        elif p[0] == "F":
+            addr = int(p[1])
+            if addr not in sizes:
+                unknown += 1
+                continue
+            i = bisect.bisect_left(starts, addr)
+            del starts[i], ends[i]
+            del sizes[addr]
+            frees += 1
+        elif p[0] == "S":
+            marks += 1
+    check(overlaps == 0, f"live blocks never overlap ({overlaps} overlaps)")
+    check(unknown == 0, f"every free names a live block ({unknown} do not)")
+    check(marks == d["steps"], f"one step mark per step ({marks} vs {d['steps']})")
+    check(allocs > 0 and allocs - frees == len(sizes), "placements less frees are the live blocks")
+
+    res = subprocess.run([sys.executable, oracle, log], capture_output=True, text=True)
+    check(res.returncode == 0 and "page moves a step after step 3" in res.stdout, "the oracle reads the log")
+
+    nocap = os.path.join(tmp, "nocap.log")
+    subprocess.run([nofrag, "replay", "--json", "--layout-log", nocap, trace], check=True, capture_output=True)
+    res = subprocess.run([sys.executable, oracle, nocap], capture_output=True, text=True)
+    check(res.returncode != 0 and "no cap" in res.stderr, "the oracle refuses a replay without a cap")
+
+    two = subprocess.run([nofrag, "replay", "--layout-log", log, trace, trace], capture_output=True, text=True)
+    check(two.returncode == 2 and "one trace" in two.stderr, "--layout-log with two traces is refused")
+    bad = subprocess.run([nofrag, "replay", "--layout-log", os.path.join(tmp, "no", "such", "dir"), trace],
+                         capture_output=True, text=True)
+    check(bad.returncode == 1 and "cannot write" in bad.stderr, "an unwritable log is reported")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

@@ -29,19 +29,20 @@ def read_log(path):
     """Returns (page_bytes, capacity_pages, events): events are ('A', first, last),
     ('F', first, last) and ('S',), in pages."""
     page = cap = None
+    base = 0
     events, sizes = [], {}
     with open(path) as f:
         for line in f:
             p = line.split()
             if p[0] == "#":
                 fields = dict(zip(p[4::2], p[5::2]))
-                page, cap = int(fields["page_bytes"]), int(fields["capacity_pages"])
+                page, cap, base = int(fields["page_bytes"]), int(fields["capacity_pages"]), int(fields["base"])
             elif p[0] == "A":
-                addr, size = int(p[1]), int(p[2])
+                addr, size = int(p[1]) - base, int(p[2])
                 sizes[addr] = size
                 events.append(("A", addr // page, (addr + size - 1) // page))
             elif p[0] == "F":
-                addr = int(p[1])
+                addr = int(p[1]) - base
                 size = sizes.pop(addr)
                 events.append(("F", addr // page, (addr + size - 1) // page))
             elif p[0] == "S":

@@ -33,12 +33,14 @@ with tempfile.TemporaryDirectory() as tmp:
     check(head[:4] == ["#", "nofrag", "layout", "log:"], "header line")
     check(int(fields["page_bytes"]) == d["page_bytes"], "page size as replayed")
     check(int(fields["capacity_pages"]) * d["page_bytes"] == d["capacity_bytes"], "cap as replayed")
+    base = int(fields["base"])
     starts, ends, sizes = [], [], {}
-    allocs = frees = marks = overlaps = unknown = 0
+    allocs = frees = marks = overlaps = unknown = below = 0
     for line in lines[1:]:
         p = line.split()
         if p[0] == "A":
             addr, size = int(p[1]), int(p[2])
+            below += addr < base or size % 512 != 0
             i = bisect.bisect_left(starts, addr)
             if (i > 0 and ends[i - 1] > addr) or (i < len(starts) and starts[i] < addr + size):
                 overlaps += 1
@@ -57,6 +59,7 @@ with tempfile.TemporaryDirectory() as tmp:
             frees += 1
         elif p[0] == "S":
             marks += 1
+    check(below == 0, f"placements lie above the base, in multiples of the alignment ({below} do not)")
     check(overlaps == 0, f"live blocks never overlap ({overlaps} overlaps)")
     check(unknown == 0, f"every free names a live block ({unknown} do not)")
     check(marks == d["steps"], f"one step mark per step ({marks} vs {d['steps']})")

@@ -70,6 +70,12 @@ static void per_step_close(nf_pool *pool, replay_result *r, uint32_t slot, nf_st
     *last = now;
 }
 
+/* nf_pool_walk visitor: the first block's address (the range's base), then stop. */
+static int first_block_address(void *user, const nf_block_info *b) {
+    *(uint64_t *)user = b->address;
+    return 1;
+}
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
     nf_backend *backend;
@@ -114,13 +120,16 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
                                                          : (t->step_count ? t->step_count : 1);
     uint32_t next_step = 0;
     FILE *layout = opts->layout_log;
-    /* The layout log: a header naming the page size and the cap in pages, then one line per event
-     * that reached the pool: "A ADDRESS SIZE" (a placement), "F ADDRESS" (a free), "S" (a step
-     * mark). Addresses are decimal; pages are ADDRESS / page_bytes. */
+    /* The layout log: a header naming the range's base, the page size and the cap in pages, then
+     * one line per event that reached the pool: "A ADDRESS SIZE" (a placement, SIZE as the pool
+     * rounded it), "F ADDRESS" (a free), "S" (a step mark). Numbers are decimal; a block's pages
+     * are (ADDRESS - base) / page_bytes to (ADDRESS + SIZE - 1 - base) / page_bytes. */
     if (layout) {
         uint64_t page = opts->page_bytes ? opts->page_bytes : opts->granularity ? opts->granularity : 2ull << 20;
-        fprintf(layout, "# nofrag layout log: trace %s page_bytes %llu capacity_pages %llu\n", t->name,
-                (unsigned long long)page, (unsigned long long)(opts->capacity / page));
+        uint64_t base = 0;
+        nf_pool_walk(pool, first_block_address, &base); /* the empty pool: one block, the range */
+        fprintf(layout, "# nofrag layout log: trace %s base %llu page_bytes %llu capacity_pages %llu\n", t->name,
+                (unsigned long long)base, (unsigned long long)page, (unsigned long long)(opts->capacity / page));
     }
     uint64_t progress_every = t->event_count / 100 + 1;
     double start = now_seconds();
@@ -138,7 +147,8 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
             if (layout && ptrs[ev->slot])
-                fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot], (unsigned long long)ev->size);
+                fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot],
+                        (unsigned long long)((ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment));
         } else if (ptrs[ev->slot]) {
             if (layout) fprintf(layout, "F %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot]);
             if ((s = nf_free(pool, ptrs[ev->slot], streams[ev->stream])) != NF_OK) r->status = s;

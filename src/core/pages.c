@@ -52,6 +52,29 @@ static inline void idle_remove(nf_pool *pool, int32_t p) {
     gauge_sub(&pool->stats.idle_bytes, pool->gran);
 }
 
+/* Like idle_remove, but p keeps its own links, so that idle_relink can put it back where it was:
+ * pages unlinked one after another and relinked in the reverse order restore the list exactly
+ * (pages_claim_in_place's undo). A busy page's links are never read. */
+static inline void idle_unlink(nf_pool *pool, int32_t p) {
+    phys_page *pp = &pool->phys[p];
+    if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
+    else pool->idle_head = pp->idle_next;
+    if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
+    else pool->idle_tail = pp->idle_prev;
+    pool->idle_count--;
+    pool->stats.idle_bytes.current -= pool->gran;
+}
+
+static inline void idle_relink(nf_pool *pool, int32_t p) {
+    phys_page *pp = &pool->phys[p];
+    if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = p;
+    else pool->idle_head = p;
+    if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = p;
+    else pool->idle_tail = p;
+    pool->idle_count++;
+    pool->stats.idle_bytes.current += pool->gran; /* back to what it was: not a new peak or total */
+}
+
 /* ---- fences: work that may still touch a physical page ------------------------------------ */
 
 static inline void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64_t seq) {
@@ -368,6 +391,45 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
     range_cost(pool, addr, size, &need, &claimed);
     if (cost_out) *cost_out = need;
     return need == 0 || need + claimed <= pages_spare(pool);
+}
+
+/* Undoes pages_claim_in_place on pages [first, stop), last page first. */
+static void claim_undo(nf_pool *pool, uint64_t first, uint64_t stop) {
+    for (uint64_t v = stop; v-- > first;) {
+        page *pg = &pool->pages[v];
+        if (--pg->live_blocks) continue;
+        pool->phys[pg->phys].busy_va = NF_NO_PAGE;
+        idle_relink(pool, pg->phys);
+    }
+}
+
+bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx) {
+    if (pool->pages_without_access) return false;
+    uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
+    for (uint64_t v = first; v <= last; v++) {
+        page *pg = &pool->pages[v];
+        if (pg->phys == NF_NO_PAGE) {
+            claim_undo(pool, first, v);
+            return false;
+        }
+        phys_page *pp = &pool->phys[pg->phys];
+        /* Busy through v already, or idle and last used here: only work from the page's other
+         * places could be in the way, and only the own stream's is known not to be. */
+        bool ok = fence_only_own(pp->alias_fence_mask, idx) &&
+                  (pg->live_blocks || (pp->busy_va == NF_NO_PAGE && pp->last_va == (int32_t)v));
+        if (!ok) {
+            claim_undo(pool, first, v);
+            return false;
+        }
+        if (pg->live_blocks++) continue;
+        idle_unlink(pool, pg->phys);
+        pp->busy_va = (int32_t)v;
+    }
+    return true;
+}
+
+void pages_claim_undo(nf_pool *pool, uint64_t addr, uint64_t size) {
+    claim_undo(pool, page_of(pool, addr), page_last(pool, addr, size) + 1);
 }
 
 /* pages_acquire failed before reaching pages [from, last]: counts them anyway, so that the

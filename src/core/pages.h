@@ -20,6 +20,15 @@ uint64_t pages_newly_busy(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t 
 /* How many more pages may become busy under the cap (headroom plus idle pages); UINT64_MAX
  * without a cap. A range fits when pages_newly_busy <= pages_spare. */
 uint64_t pages_spare(const nf_pool *pool);
+/* The common case of pages_acquire in one walk: if every page of [addr, addr + size) is busy
+ * through its place already, or mapped to an idle physical page last used through that same
+ * place, with no other stream's work in the way, counts the block on them, claims them and returns
+ * true; otherwise changes nothing and returns false. Succeeds exactly when pages_cost would be 0
+ * and pages_acquire would neither wait nor map, so placement may try it on the good-fit choice
+ * before weighing costs. */
+bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx);
+/* Undoes a successful pages_claim_in_place when nothing else has touched the pages since. */
+void pages_claim_undo(nf_pool *pool, uint64_t addr, uint64_t size);
 /* A live block now lies on [addr, addr + size): count it on its pages and back every page.
  * *reused is set when a physical page came from another place. On failure the counts stay
  * incremented; the caller undoes them with pages_release. */

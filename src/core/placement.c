@@ -61,6 +61,24 @@ static block *good_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *cos
     return NULL;
 }
 
+/* good_fit's choice when every candidate's pages are free of cost: the same walk, by size alone. */
+static block *good_fit_by_size(nf_pool *pool, uint64_t size, uint32_t idx) {
+    uint32_t fl, sl;
+    index_bin_of(size, &fl, &sl);
+    block *best = NULL;
+    int scanned = 0;
+    for (block *b = pool->index.bins[fl][sl]; b && scanned < OWN_BIN_SCAN; b = b->free_next, scanned++)
+        if ((!best || b->size < best->size) && b->size >= size && pool_block_usable_by(pool, b, idx)) best = b;
+    if (best) return best;
+    bin_next(&fl, &sl);
+    while (index_next_bin(&pool->index, fl, sl, &fl, &sl)) {
+        for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next)
+            if (b->size >= size && pool_block_usable_by(pool, b, idx)) return b;
+        bin_next(&fl, &sl);
+    }
+    return NULL;
+}
+
 /* The first candidate in good-fit order whose pages need no mapping; NULL if none among the
  * first CANDIDATES_MAX usable ones. */
 static block *free_of_cost(nf_pool *pool, uint64_t size, uint32_t idx) {
@@ -115,10 +133,19 @@ static block *tightest_fit(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t 
     return best;
 }
 
-block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out) {
+block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offset_out, bool *claimed_out) {
     *offset_out = 0;
+    *claimed_out = false;
+    /* The common case in one walk over the pages: the good-fit choice, if its pages are free of
+     * cost, is what the steps below would choose too (a place free of cost fits under any cap),
+     * and claiming them in place is all pages_acquire would do. */
+    block *choice = good_fit_by_size(pool, size, idx);
+    if (choice && pages_claim_in_place(pool, choice->addr, size, idx)) {
+        *claimed_out = true;
+        return choice;
+    }
     uint64_t cost = 0;
-    block *choice = good_fit(pool, size, idx, &cost);
+    choice = good_fit(pool, size, idx, &cost);
     if (!choice) return pool->cap_pages ? tightest_fit(pool, size, idx, offset_out) : NULL;
     if (cost == 0) return choice;
     block *free_place = free_of_cost(pool, size, idx);

@@ -246,12 +246,14 @@ static block *block_split_at(nf_pool *pool, block *b, uint64_t offset) {
 
 /* Turns free block b (out of the index, size >= size) into a live block of `size` bytes at its
  * front, mapping the pages it needs. */
-static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx) {
+static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx, bool claimed) {
     if (!block_split_front(pool, b, size)) {
+        if (claimed) pages_claim_undo(pool, b->addr, size);
         index_insert(&pool->index, b);
         return NF_ERR_NO_MEMORY_HOST;
     }
     if (!ptr_map_put(&pool->live, b->addr, b)) {
+        if (claimed) pages_claim_undo(pool, b->addr, size);
         index_insert(&pool->index, block_coalesce(pool, b));
         return NF_ERR_NO_MEMORY_HOST;
     }
@@ -265,6 +267,7 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
     if (end > pool->stats.virtual_span_bytes.current)
         gauge_add(&pool->stats.virtual_span_bytes, end - pool->stats.virtual_span_bytes.current);
 
+    if (claimed) return NF_OK; /* placement claimed the pages in place: nothing was reused */
     bool reclaimed = false;
     nf_status s = pages_acquire(pool, b->addr, size, idx, &reclaimed);
     if (s != NF_OK) {
@@ -433,15 +436,16 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
      * finished; 3: after waiting for it. Each step only runs when the previous one found nothing. */
     for (int attempt = 0; attempt < 3; attempt++) {
         uint64_t offset = 0;
-        block *b = placement_find(pool, rounded, idx, &offset);
+        bool claimed;
+        block *b = placement_find(pool, rounded, idx, &offset, &claimed);
         if (b) {
             index_remove(&pool->index, b);
             block *front = b;
-            if (!(b = block_split_at(pool, b, offset))) {
+            if (!(b = block_split_at(pool, b, offset))) { /* offset > 0: never claimed */
                 index_insert(&pool->index, front);
                 return NF_ERR_NO_MEMORY_HOST;
             }
-            s = block_make_live(pool, b, rounded, idx);
+            s = block_make_live(pool, b, rounded, idx, claimed);
             if (s != NF_OK) return s;
             pool->stats.num_allocs++;
             *ptr_out = (void *)(uintptr_t)b->addr;

@@ -120,8 +120,12 @@ static void create_under_failures(void) {
         fail_every = 0;
         CHECK(s == NF_OK || s == NF_ERR_NO_MEMORY_HOST || s == NF_ERR_BACKEND);
         CHECK((s == NF_OK) == (pool != NULL));
-        if (pool) test_pool_close(pool, be);
-        else nf_backend_destroy(be);
+        if (pool) {
+            test_pool_close(pool, be);
+        } else {
+            CHECK(nf_host_all_released(be)); /* a failed create gives its reservation back */
+            nf_backend_destroy(be);
+        }
     }
 }
 

@@ -41,28 +41,17 @@ static inline void idle_push(nf_pool *pool, int32_t p) {
     gauge_add(&pool->stats.idle_bytes, pool->gran);
 }
 
+/* Takes p off the list. p keeps its own links (a page off the list never has them read), so that
+ * idle_relink can put it back where it was: pages removed one after another and relinked in the
+ * reverse order restore the list exactly (pages_claim_in_place's undo). */
 static inline void idle_remove(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
     if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
     else pool->idle_head = pp->idle_next;
     if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
     else pool->idle_tail = pp->idle_prev;
-    pp->idle_prev = pp->idle_next = NF_NO_PAGE;
     pool->idle_count--;
     gauge_sub(&pool->stats.idle_bytes, pool->gran);
-}
-
-/* Like idle_remove, but p keeps its own links, so that idle_relink can put it back where it was:
- * pages unlinked one after another and relinked in the reverse order restore the list exactly
- * (pages_claim_in_place's undo). A busy page's links are never read. */
-static inline void idle_unlink(nf_pool *pool, int32_t p) {
-    phys_page *pp = &pool->phys[p];
-    if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
-    else pool->idle_head = pp->idle_next;
-    if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
-    else pool->idle_tail = pp->idle_prev;
-    pool->idle_count--;
-    pool->stats.idle_bytes.current -= pool->gran;
 }
 
 static inline void idle_relink(nf_pool *pool, int32_t p) {
@@ -387,10 +376,9 @@ uint64_t pages_spare(const nf_pool *pool) {
 }
 
 bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out) {
-    uint64_t need, claimed;
-    range_cost(pool, addr, size, &need, &claimed);
+    uint64_t need, busy = pages_newly_busy(pool, addr, size, &need);
     if (cost_out) *cost_out = need;
-    return need == 0 || need + claimed <= pages_spare(pool);
+    return need == 0 || busy <= pages_spare(pool);
 }
 
 /* Undoes pages_claim_in_place on pages [first, stop), last page first. */
@@ -422,8 +410,7 @@ bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t 
             return false;
         }
         if (pg->live_blocks++) continue;
-        idle_unlink(pool, pg->phys);
-        pp->busy_va = (int32_t)v;
+        phys_claim(pool, pg->phys, v);
     }
     return true;
 }

@@ -81,10 +81,12 @@ static inline nf_pool *test_host_pool(uint64_t gran, uint64_t capacity, uint64_t
     return test_pool(&spec, backend_out);
 }
 
-/* Checks the pool's invariants one last time, then destroys the pool and its backend. */
+/* Checks the pool's invariants one last time, destroys the pool, checks that it gave the host
+ * backend everything back, and destroys the backend. */
 static inline void test_pool_close(nf_pool *pool, nf_backend *backend) {
     CHECK_OK(nf_pool_check(pool));
-    nf_pool_destroy(pool);
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(backend));
     nf_backend_destroy(backend);
 }
 

@@ -9,18 +9,9 @@ import subprocess
 import sys
 import tempfile
 
+from checks import check, finish
+
 nofrag, trace, oracle = sys.argv[1], sys.argv[2], sys.argv[3]
-failed = passed = 0
-
-
-def check(cond, what):
-    global failed, passed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED:", what)
-
 
 with tempfile.TemporaryDirectory() as tmp:
     log = os.path.join(tmp, "layout.log")
@@ -79,5 +70,4 @@ with tempfile.TemporaryDirectory() as tmp:
                          capture_output=True, text=True)
     check(bad.returncode == 1 and "cannot write" in bad.stderr, "an unwritable log is reported")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

@@ -5,19 +5,9 @@ import json
 import subprocess
 import sys
 
+from checks import check, finish
+
 nofrag, trace = sys.argv[1], sys.argv[2]
-failed = 0
-passed = 0
-
-
-def check(cond, what):
-    global failed, passed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED:", what)
-
 
 for extra in ([], ["--capacity-factor", "1.02"]):
     out = subprocess.run([nofrag, "replay", "--json", "--per-step", *extra, trace], check=True,
@@ -38,5 +28,4 @@ for extra in ([], ["--capacity-factor", "1.02"]):
 bad = subprocess.run([nofrag, "replay", "--per-step", trace], capture_output=True, text=True)
 check(bad.returncode == 2 and "--per-step needs --json" in bad.stderr, "--per-step without --json is refused")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

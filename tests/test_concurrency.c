@@ -90,8 +90,6 @@ int main(void) {
     CHECK(st.num_remaps > 0); /* the threads really competed for pages */
     printf("allocs %llu, failures %llu, remaps %llu\n", (unsigned long long)st.num_allocs,
            (unsigned long long)failures, (unsigned long long)st.num_remaps);
-    CHECK_OK(nf_pool_destroy(pool));
-    CHECK(nf_host_all_released(be));
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
     return check_exit("test_concurrency");
 }

@@ -65,10 +65,7 @@ static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap
     CHECK_OK(nf_stats_get(pool, &st));
     *remaps_out += st.num_remaps;
     CHECK(st.reserved_bytes.peak <= cap_pages * page);
-    CHECK_OK(nf_pool_check(pool));
-    CHECK_OK(nf_pool_destroy(pool));
-    CHECK(nf_host_all_released(backend));
-    nf_backend_destroy(backend);
+    test_pool_close(pool, backend);
     free(live);
 }
 

@@ -166,8 +166,6 @@ int main(void) {
     CHECK(st.num_steps == 2);
     CHECK(strcmp(nf_version(), NF_VERSION_STRING) == 0);
 
-    CHECK_OK(nf_pool_destroy(pool));
-    CHECK(nf_host_all_released(be));
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
     return check_exit("test_stats");
 }

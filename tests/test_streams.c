@@ -114,10 +114,7 @@ static void page_not_unmapped_under_pending_work(void) {
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.num_event_waits >= 1);
     CHECK(st.reserved_bytes.current == 0);
-    CHECK_OK(nf_pool_check(pool));
-    CHECK_OK(nf_pool_destroy(pool));
-    CHECK(nf_host_all_released(be));
-    nf_backend_destroy(be);
+    test_pool_close(pool, be);
 }
 
 static void recorded_stream_fences_the_block(void) {

@@ -5,19 +5,24 @@
 # trace), and one under expandable segments (its peaks only). Needs the recording script at
 # .rec/workloads.py (../shared/recording/workloads.py; it reads NOFRAG_SEED). Writes
 # $OUT/recorded.tar.gz (default gpu-results/): NAME.csv.gz and NAME.steps ready for traces/, and
-# NAME.default.json / NAME.expandable.json with PyTorch's memory statistics.
+# NAME.default.json / NAME.expandable.json with PyTorch's memory statistics. The jobs of
+# gpu/workloads_more.py (resnet_multiscale, t5_seq2seq) are recorded the same way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}
 work=$(mktemp -d)
 mkdir -p "$RESULTS" "$work/out"
-[ -f .rec/workloads.py ] || { echo "no .rec/workloads.py" >&2; exit 1; }
 for spec in "$@"; do
   w=${spec%%:*}
   steps=${spec##*:}
+  case $w in
+    resnet_multiscale|t5_seq2seq) script=gpu/workloads_more.py ;;
+    *) script=.rec/workloads.py ;;
+  esac
+  [ -f "$script" ] || { echo "no $script" >&2; exit 1; }
   echo "== $w, $steps steps, seed ${NOFRAG_SEED:-0}"
-  timeout 240 python3 .rec/workloads.py "$w" "$steps" "$work" --record 2>&1 | tail -1
-  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 240 python3 .rec/workloads.py "$w" "$steps" "$work" \
+  timeout 240 python3 "$script" "$w" "$steps" "$work" --record 2>&1 | tail -1
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 240 python3 "$script" "$w" "$steps" "$work" \
     2>&1 | tail -1
   python3 gpu/convert_trace.py "$work/$w.trace.csv.gz" "$work/$w.marks.json" "$work/out" || exit 1
   cp "$work/$w.default.json" "$work/$w.expandable.json" "$work/out/"

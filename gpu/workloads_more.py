@@ -1,0 +1,125 @@
+"""More training jobs to record, of kinds the placement policy was never looked at with.
+
+usage: python3 gpu/workloads_more.py NAME STEPS OUTDIR [--record]
+Writes the same files as the shared recording script (.rec/workloads.py), so gpu/record.sh and
+gpu/convert_trace.py take them unchanged: OUTDIR/NAME.<default|expandable>.json with PyTorch's
+memory statistics, and with --record OUTDIR/NAME.trace.csv.gz (action,addr,size,stream,time_us)
+and OUTDIR/NAME.marks.json (step start times). Models are built from configs (random weights), so
+no network is needed. NOFRAG_SEED picks the random draw.
+
+Jobs:
+  resnet_multiscale  ResNet-50 (torchvision), SGD, bf16 autocast, channels-last; every step draws
+                     an image side from 128..320 and a batch that keeps pixels per batch about
+                     constant; an evaluation pass at 224 x 224 every 8 steps. Convolution
+                     workspaces and activation shapes change every step.
+  t5_seq2seq         T5-small-sized encoder-decoder, AdamW, bf16 autocast; source 32..512 and
+                     target 8..128 tokens, batch 16; every 6 steps beam search (4 beams, 16..64
+                     new tokens) on 8 sources, whose cache is reordered at every token.
+"""
+import gzip
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+
+def resnet_multiscale(steps, dev, mark):
+    import torchvision
+    model = torchvision.models.resnet50().to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        side = random.choice(range(128, 321, 32))
+        batch = max(8, int(96 * (224 / side) ** 2))
+        x = torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (batch,), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 8 == 7:
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                for _ in range(2):
+                    x = torch.randn(128, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
+                    model(x).argmax(dim=1)
+
+
+def t5_seq2seq(steps, dev, mark):
+    from transformers import T5Config, T5ForConditionalGeneration
+    cfg = T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8, vocab_size=32128,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = T5ForConditionalGeneration(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        src = torch.randint(2, cfg.vocab_size, (16, random.randint(32, 512)), device=dev)
+        tgt = torch.randint(2, cfg.vocab_size, (16, random.randint(8, 128)), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=src, labels=tgt).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 6 == 5:
+            model.eval()
+            src = torch.randint(2, cfg.vocab_size, (8, random.randint(32, 512)), device=dev)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                n = random.randint(16, 64)
+                model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=4,
+                               max_new_tokens=n, min_new_tokens=n)
+
+
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq}
+STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
+             "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
+             "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",
+             "num_device_free"]
+
+
+def main(name, steps, outdir, record):
+    if name not in JOBS:
+        raise SystemExit(f"unknown job {name}; known: {', '.join(JOBS)}")
+    seed = int(os.environ.get("NOFRAG_SEED", "0"))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    dev = torch.device("cuda")
+    marks = []
+    if record:
+        # Allocation events only: stack capture would slow the job and is not needed for replay.
+        torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
+                                                 max_entries=4_000_000)
+    start = time.time()
+    JOBS[name](steps, dev, lambda step: marks.append((step, time.time_ns() // 1000)))
+    torch.cuda.synchronize()
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+    stats = torch.cuda.memory_stats()
+    summary = {k: stats.get(k) for k in STAT_KEYS}
+    summary.update(name=name, steps=steps, wall_s=round(time.time() - start, 2), conf=conf,
+                   torch=torch.__version__)
+    kind = "expandable" if "expandable" in conf else "default"
+    with open(os.path.join(outdir, f"{name}.{kind}.json"), "w") as f:
+        json.dump(summary, f)
+    print(json.dumps(summary))
+    if not record:
+        return
+    events = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+    with gzip.open(os.path.join(outdir, f"{name}.trace.csv.gz"), "wt") as f:
+        f.write("action,addr,size,stream,time_us\n")
+        for e in events:
+            f.write(f"{e['action']},{e.get('addr', 0)},{e.get('size', 0)},{e.get('stream', 0)},"
+                    f"{e.get('time_us', 0)}\n")
+    with open(os.path.join(outdir, f"{name}.marks.json"), "w") as f:
+        json.dump(marks, f)
+    print(name, "trace entries", len(events))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], "--record" in sys.argv)

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """`nofrag replay --json --per-step` on a stepped trace: the per-step series must add up to the
-totals the replay reports, and the window averages must be the mean of the steps after step 3."""
+totals the replay reports, and the window averages must be the mean of the steps after step 3.
+With a third argument (bench/step_windows.py): its per-window figures must be the means of the
+steps in each window, and it must refuse input without per-step figures."""
 import json
 import subprocess
 import sys
@@ -8,6 +10,25 @@ import sys
 from checks import check, finish
 
 nofrag, trace = sys.argv[1], sys.argv[2]
+windows_script = sys.argv[3] if len(sys.argv) > 3 else None
+
+
+def check_windows(out, d, width):
+    """step_windows.py's rows are the means of the steps 4.., `width` at a time."""
+    res = subprocess.run([sys.executable, windows_script, str(width)], input=out, capture_output=True, text=True)
+    check(res.returncode == 0, f"step_windows.py ran: {res.stderr.strip()}")
+    rows = [line.split() for line in res.stdout.splitlines() if line.strip()[:1].isdigit()]
+    remaps, calls = d["step_remaps"], d["step_calls"]
+    starts = list(range(4, len(remaps), width))
+    check(len(rows) == len(starts), f"one row a window ({len(rows)} rows, {len(starts)} windows)")
+    for row, start in zip(rows, starts):
+        stop = min(len(remaps), start + width)
+        n = stop - start
+        check(row[0] == f"{start}-{stop - 1}", f"window {row[0]} spans steps {start}-{stop - 1}")
+        check(abs(float(row[1]) - sum(remaps[start:stop]) / n) < 0.051, f"remaps of window {row[0]}")
+        check(abs(float(row[2]) - sum(calls[start:stop]) / n) < 0.051, f"calls of window {row[0]}")
+        check(int(row[4]) == sum(1 for c in calls[start:stop] if c), f"steps with calls in window {row[0]}")
+
 
 for extra in ([], ["--capacity-factor", "1.02"]):
     out = subprocess.run([nofrag, "replay", "--json", "--per-step", *extra, trace], check=True,
@@ -24,8 +45,15 @@ for extra in ([], ["--capacity-factor", "1.02"]):
     per_kind = d["calls_per_step"]
     check(abs(sum(per_kind.values()) - d["driver_calls_per_step"]) < 0.01, "primitives add up to calls per step")
     check(d["failed_allocs"] == 0, "no failed allocation")
+    if windows_script:
+        check_windows(out, d, 10)
 
 bad = subprocess.run([nofrag, "replay", "--per-step", trace], capture_output=True, text=True)
 check(bad.returncode == 2 and "--per-step needs --json" in bad.stderr, "--per-step without --json is refused")
+
+if windows_script:
+    plain = subprocess.run([nofrag, "replay", "--json", trace], check=True, capture_output=True, text=True).stdout
+    res = subprocess.run([sys.executable, windows_script], input=plain, capture_output=True, text=True)
+    check(res.returncode != 0 and "--per-step" in res.stderr, "step_windows.py refuses input without per-step figures")
 
 finish()

@@ -17,6 +17,7 @@ if mode == "nofrag":
     import nofrag.torch
     nofrag.torch.enable()
 import torch  # noqa: E402
+from loss_stats import allocator_stats  # noqa: E402  (gpu/, the script's own folder)
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 if mode == "nofrag":
@@ -56,13 +57,6 @@ for step in range(steps):
 torch.cuda.synchronize()
 result = {"mode": mode, "steps": steps, "losses": losses, "seconds": round(time.time() - t0, 2),
           "too_late_error": too_late}
-if mode == "nofrag":
-    st = nofrag.stats()
-    result["stats"] = {k: st[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps",
-                                          "backend_calls", "num_ooms", "overhead_ratio", "capacity_bytes")}
-    nofrag.check_pools()
-else:
-    result["stats"] = {"allocated_bytes.all.peak": torch.cuda.max_memory_allocated(),
-                       "reserved_bytes.all.peak": torch.cuda.max_memory_reserved()}
+result["stats"] = allocator_stats(mode)
 json.dump(result, open(out_path, "w"))
 print(mode, "final loss", float.fromhex(losses[-1]), "time", result["seconds"], "s", result["stats"])

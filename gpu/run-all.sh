@@ -83,6 +83,17 @@ NOFRAG_PAGE_SIZE=8M NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losse
 python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" \
   "$OUT/gpt2_nofrag_tight_8m.json" || status=1
 
+step "ResNet-50 multi-scale and T5 with beam search: native allocator vs nofrag (default cap, then a tight cap)"
+for job in resnet_multiscale t5_seq2seq; do
+  python3 gpu/model_losses.py $job native "$OUT/${job}_native.json" 2>&1 | grep -v Warning | tail -1
+  python3 gpu/model_losses.py $job nofrag "$OUT/${job}_nofrag.json" 2>&1 | grep -v Warning | tail -1
+  peak=$(python3 -c "import json;print(json.load(open('$OUT/${job}_native.json'))['stats']['allocated_bytes.all.peak'])")
+  NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/model_losses.py $job nofrag "$OUT/${job}_nofrag_tight.json" 2>&1 \
+    | grep -v Warning | tail -1
+  python3 gpu/compare_losses.py "$OUT/${job}_native.json" "$OUT/${job}_nofrag.json" "$OUT/${job}_nofrag_tight.json" \
+    || status=1
+done
+
 step "the README's PyTorch example, as printed"
 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3
 grep -q "page moves" "$OUT/readme_example.log" || status=1

@@ -26,7 +26,14 @@ import time
 import torch
 
 
-def resnet_multiscale(steps, dev, mark):
+def keep(results, value):
+    """Collects a step's result (a loss, or a checksum of predictions) for gpu/model_losses.py,
+    which checks them against another run; while recording, results is None and nothing is kept."""
+    if results is not None:
+        results.append(value.detach())
+
+
+def resnet_multiscale(steps, dev, mark, results=None):
     import torchvision
     model = torchvision.models.resnet50().to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -42,15 +49,16 @@ def resnet_multiscale(steps, dev, mark):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        keep(results, loss)
         if step % 8 == 7:
             model.eval()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 for _ in range(2):
                     x = torch.randn(128, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
-                    model(x).argmax(dim=1)
+                    keep(results, model(x).argmax(dim=1).sum())
 
 
-def t5_seq2seq(steps, dev, mark):
+def t5_seq2seq(steps, dev, mark, results=None):
     from transformers import T5Config, T5ForConditionalGeneration
     cfg = T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8, vocab_size=32128,
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
@@ -66,13 +74,15 @@ def t5_seq2seq(steps, dev, mark):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        keep(results, loss)
         if step % 6 == 5:
             model.eval()
             src = torch.randint(2, cfg.vocab_size, (8, random.randint(32, 512)), device=dev)
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 n = random.randint(16, 64)
-                model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=4,
-                               max_new_tokens=n, min_new_tokens=n)
+                out = model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=4,
+                                     max_new_tokens=n, min_new_tokens=n)
+                keep(results, out.sum())
 
 
 JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq}

@@ -57,6 +57,7 @@ typedef struct test_pool_spec {
     uint64_t page_bytes;    /* nf_config.page_bytes */
     uint64_t capacity;      /* nf_config.capacity */
     uint64_t virtual_bytes; /* nf_config.virtual_bytes */
+    bool hold_near_live;    /* nf_config.hold_near_live */
     nf_log_fn log;
 } test_pool_spec;
 
@@ -67,6 +68,7 @@ static inline nf_pool *test_pool(const test_pool_spec *spec, nf_backend **backen
     cfg.page_bytes = spec->page_bytes;
     cfg.capacity = spec->capacity;
     cfg.virtual_bytes = spec->virtual_bytes;
+    cfg.hold_near_live = spec->hold_near_live;
     cfg.log = spec->log ? spec->log : test_log;
     nf_pool *pool;
     REQUIRE(nf_pool_create(&cfg, *backend_out, &pool) == NF_OK);

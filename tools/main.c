@@ -24,6 +24,9 @@ static const char USAGE[] =
     "  --capacity BYTES        physical cap (suffixes K, M, G, T: powers of 1024)\n"
     "  --capacity-factor F     physical cap of F x the trace's peak live bytes (F >= 1)\n"
     "  --min-capacity          also search the smallest cap under which the trace completes\n"
+    "  --hold-near-live        under the cap, grow only to about 2% above the live peak so far\n"
+    "                          (nf_config.hold_near_live: a cap that is a safety limit, like the\n"
+    "                          PyTorch front end's default of the device's free memory)\n"
     "  --json                  one JSON object per trace, one per line\n"
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
     "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
@@ -177,6 +180,8 @@ static int cmd_replay(int argc, char **argv) {
             layout_path = argv[++i];
         } else if (strcmp(a, "--real-memory") == 0) {
             c.opts.real_memory = true;
+        } else if (strcmp(a, "--hold-near-live") == 0) {
+            c.opts.hold_near_live = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(USAGE, stdout);
             return 0;
@@ -192,6 +197,8 @@ static int cmd_replay(int argc, char **argv) {
     if (first_trace >= argc) return usage_error("%s", "no trace given");
     if (c.opts.per_step && !c.json) return usage_error("%s", "--per-step needs --json");
     if (c.capacity && c.capacity_factor) return usage_error("%s", "give --capacity or --capacity-factor, not both");
+    if (c.opts.hold_near_live && !c.capacity && !c.capacity_factor)
+        return usage_error("%s", "--hold-near-live needs --capacity or --capacity-factor (without a cap the pool holds near live anyway)");
     uint64_t gran = c.opts.granularity ? c.opts.granularity : 2ull << 20;
     if (gran < 4096 || (gran & (gran - 1))) return usage_error("%s", "--granularity must be a power of two >= 4K");
     if (c.opts.page_bytes && ((c.opts.page_bytes & (c.opts.page_bytes - 1)) || c.opts.page_bytes < gran))

@@ -90,6 +90,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     nf_config cfg = nf_config_default();
     cfg.capacity = opts->capacity;
     cfg.page_bytes = opts->page_bytes;
+    cfg.hold_near_live = opts->hold_near_live;
     nf_pool *pool;
     if ((s = nf_pool_create(&cfg, backend, &pool)) != NF_OK) {
         snprintf(err, err_size, "cannot create a pool: %s", nf_status_str(s));

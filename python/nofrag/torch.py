@@ -4,10 +4,12 @@
     nofrag.torch.enable(capacity="70G")   # before anything touches CUDA
 
 Settings (argument, else environment variable, else default):
-    capacity           NOFRAG_CAPACITY           physical cap per device in bytes ("70G")
+    capacity           NOFRAG_CAPACITY           physical cap per device in bytes ("70G"): a budget,
+                                                 used up before idle pages move (fewer page moves)
     capacity_fraction  NOFRAG_CAPACITY_FRACTION  ... or as a fraction of the device's memory
     margin             NOFRAG_MARGIN             default cap = free memory at first use less this
-                                                 (default 512M, left for the CUDA context and libraries)
+                                                 (default 512M, left for the CUDA context and libraries);
+                                                 a safety limit only: held memory follows the live peak
     peer_access        NOFRAG_PEER_ACCESS        map pages for peer devices too (1/0)
     log_level          NOFRAG_LOG_LEVEL          0 error, 1 warn (default), 2 info, 3 debug
     page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M

@@ -270,15 +270,17 @@ static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
 }
 
 /* How many more physical pages to create before reusing idle ones. Under a cap, up to the cap:
- * more pages mean fewer aliases each and fewer conflicts later. Without one, up to
- * GROWTH_PERMILLE above the live peak so far, so held memory follows the live peak. */
+ * more pages mean fewer aliases each and fewer conflicts later. Without one (or with
+ * config.hold_near_live, then also within the cap), up to GROWTH_PERMILLE above the live peak so
+ * far, so held memory follows the live peak. */
 enum { GROWTH_PERMILLE = 20, IDLE_CHOICES = 64 };
 static uint64_t growth_room(const nf_pool *pool) {
     uint64_t room = headroom(pool);
-    if (room != UINT64_MAX) return room;
+    if (room != UINT64_MAX && !pool->config.hold_near_live) return room;
     uint64_t peak = pool->stats.allocated_bytes.peak;
     uint64_t target = (peak + peak / 1000 * GROWTH_PERMILLE) / pool->gran;
-    return target > held(pool) ? target - held(pool) : 0;
+    uint64_t grow = target > held(pool) ? target - held(pool) : 0;
+    return grow < room ? grow : room;
 }
 
 /* The idle physical page to serve virtual page v: among the IDLE_CHOICES least recently idled,

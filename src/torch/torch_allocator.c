@@ -113,6 +113,9 @@ static nf_pool *device_pool_get(int device) {
             if (cap > free_bytes) cap = free_bytes;
             nf_config cfg = nf_config_default();
             cfg.capacity = cap;
+            /* A cap the user did not set is the device's limit, not a budget: held memory should
+             * follow the live peak (about 1.02x) rather than fill the device to save page moves. */
+            cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
             cfg.page_bytes = torch_state.page_bytes;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;

@@ -33,6 +33,16 @@ def keep(results, value):
         results.append(value.detach())
 
 
+def train_step(opt, compute_loss, results):
+    """One optimizer step on the loss compute_loss() returns under bf16 autocast."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = compute_loss()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    keep(results, loss)
+
+
 def resnet_multiscale(steps, dev, mark, results=None):
     import torchvision
     model = torchvision.models.resnet50().to(dev, memory_format=torch.channels_last)
@@ -44,12 +54,7 @@ def resnet_multiscale(steps, dev, mark, results=None):
         batch = max(8, int(96 * (224 / side) ** 2))
         x = torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
         y = torch.randint(0, 1000, (batch,), device=dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        keep(results, loss)
+        train_step(opt, lambda: torch.nn.functional.cross_entropy(model(x), y), results)
         if step % 8 == 7:
             model.eval()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -69,12 +74,7 @@ def t5_seq2seq(steps, dev, mark, results=None):
         model.train()
         src = torch.randint(2, cfg.vocab_size, (16, random.randint(32, 512)), device=dev)
         tgt = torch.randint(2, cfg.vocab_size, (16, random.randint(8, 128)), device=dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=src, labels=tgt).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        keep(results, loss)
+        train_step(opt, lambda: model(input_ids=src, labels=tgt).loss, results)
         if step % 6 == 5:
             model.eval()
             src = torch.randint(2, cfg.vocab_size, (8, random.randint(32, 512)), device=dev)

@@ -94,6 +94,10 @@ for job in resnet_multiscale t5_seq2seq; do
     || status=1
 done
 
+step "nofrag.record on a real job: record with PyTorch's allocator, replay, compare"
+python3 gpu/record_check.py build-gpu/nofrag "$OUT" 2>&1 | grep -v Warning | tail -2 | tee "$OUT/record_check.log"
+grep -q ": ok$" "$OUT/record_check.log" || status=1
+
 step "the README's PyTorch example, as printed"
 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3
 grep -q "page moves" "$OUT/readme_example.log" || status=1

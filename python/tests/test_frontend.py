@@ -3,12 +3,12 @@ module, and the C entry points' behaviour where no CUDA driver exists."""
 import ctypes
 import importlib
 import os
-import sys
 import types
 import unittest
 
 import nofrag
 from nofrag import _lib
+from tests.stand_in import StandInTorchCase
 
 
 def fake_torch(initialized=False):
@@ -106,21 +106,15 @@ class LibraryTest(unittest.TestCase):
         self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 1, 6 << 20), 0)
 
 
-class EnableTest(unittest.TestCase):
-    def setUp(self):
-        self.saved = sys.modules.get("torch")
-
+class EnableTest(StandInTorchCase):
     def tearDown(self):
-        if self.saved is None:
-            sys.modules.pop("torch", None)
-        else:
-            sys.modules["torch"] = self.saved
+        super().tearDown()
         import nofrag.torch as nt
         nt._enabled = False
 
     def test_too_late_is_a_clear_error(self):
         torch, calls = fake_torch(initialized=True)
-        sys.modules["torch"] = torch
+        self.use_torch(torch)
         import nofrag.torch as nt
         with self.assertRaisesRegex(RuntimeError, "before CUDA is initialised"):
             nt.enable()
@@ -129,7 +123,7 @@ class EnableTest(unittest.TestCase):
 
     def test_enable_installs_allocator_and_hooks(self):
         torch, calls = fake_torch()
-        sys.modules["torch"] = torch
+        self.use_torch(torch)
         import nofrag.torch as nt
         nt.enable(capacity="1G")
         self.assertTrue(nt.enabled())
@@ -144,7 +138,7 @@ class EnableTest(unittest.TestCase):
 
     def test_wrapped_hooks(self):
         torch, calls = fake_torch()
-        sys.modules["torch"] = torch
+        self.use_torch(torch)
         import nofrag.torch as nt
         nt._hooks.clear()
         nt.enable()

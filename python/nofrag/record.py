@@ -1,0 +1,161 @@
+"""Recording a PyTorch job's allocations, to replay them with `nofrag replay`: how much memory does
+the job really need, and what would nofrag hold and do for it?
+
+    import nofrag.record
+    recorder = nofrag.record.Recorder("traces/myjob")   # before the job's first CUDA allocation
+    recorder.start()
+    for batch in loader:
+        recorder.step()                  # at the start of every training step
+        ...                              # forward, backward, optimizer step
+    recorder.stop()                      # writes traces/myjob.csv.gz and traces/myjob.steps
+
+    # then, no GPU needed:  nofrag replay --min-capacity traces/myjob.csv.gz
+
+`with nofrag.record.Recorder("traces/myjob") as recorder:` starts and stops it around a block.
+
+It uses PyTorch's memory history (torch.cuda.memory._record_memory_history), so it records what
+PyTorch's own caching allocator is asked for: run the job with PyTorch's allocator, not under
+nofrag.torch.enable() (a pluggable allocator keeps no history). A block lives from its `alloc` to
+its `free_completed`, the moment PyTorch could reuse it (`free_requested` where a PyTorch version
+records no completions). The output is RMM's CSV log (Thread,Time,Action,Pointer,Size,Stream) with
+a NAME.steps sidecar listing the row where each step starts.
+"""
+import datetime
+import gzip
+import os
+import time
+import warnings
+
+__all__ = ["Recorder", "convert", "RecordingError"]
+
+DEFAULT_MAX_ENTRIES = 4_000_000
+
+
+class RecordingError(RuntimeError):
+    """The recording cannot be turned into a trace (nothing recorded, or history lost)."""
+
+
+def convert(events, step_times_us, out_base):
+    """Writes OUT_BASE.csv.gz and OUT_BASE.steps from PyTorch memory-history events.
+
+    events: dicts with action, addr, size, stream and time_us (microseconds since the epoch), in the
+    order PyTorch recorded them; step_times_us: the start time of every step, ascending. Returns
+    {"events", "steps", "live_at_end", "trace", "steps_file"}. Frees of blocks allocated before the
+    recording began are skipped; a block freed twice is an error."""
+    events = list(events)
+    free_action = "free_completed" if any(e["action"] == "free_completed" for e in events) else "free_requested"
+    step_times_us = list(step_times_us)
+    if any(b < a for a, b in zip(step_times_us, step_times_us[1:])):
+        raise ValueError("step times must be in ascending order")
+    live, rows, step_rows, next_step = {}, [], [], 0
+    for e in events:
+        action = e["action"]
+        if action not in ("alloc", free_action):
+            continue
+        t = int(e["time_us"])
+        while next_step < len(step_times_us) and step_times_us[next_step] <= t:
+            step_rows.append(len(rows))
+            next_step += 1
+        addr, stream = int(e["addr"]), int(e["stream"])
+        if action == "alloc":
+            if addr in live:
+                raise RecordingError(f"address 0x{addr:x} allocated twice without a free in between")
+            live[addr] = int(e["size"])
+            kind, size = "allocate", live[addr]
+        elif addr in live:
+            kind, size = "free", live.pop(addr)
+        else:
+            continue  # allocated before the recording began
+        stamp = datetime.datetime.fromtimestamp(t / 1e6).strftime("%H:%M:%S.%f")
+        rows.append(f"1,{stamp},{kind},0x{addr:x},{size},{stream:x}\n")
+    if not rows:
+        raise RecordingError("no allocation was recorded (was CUDA memory allocated between start and stop?)")
+    directory = os.path.dirname(out_base)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    trace_path, steps_path = out_base + ".csv.gz", out_base + ".steps"
+    with gzip.open(trace_path, "wt") as f:
+        f.write("Thread,Time,Action,Pointer,Size,Stream\n")
+        f.writelines(rows)
+    step_rows = sorted(set(step_rows))
+    with open(steps_path, "w") as f:
+        f.write("# row index (0-based, data rows after the header) of the first event of each training step\n")
+        f.writelines(f"{r}\n" for r in step_rows)
+    return {"events": len(rows), "steps": len(step_rows), "live_at_end": len(live), "trace": trace_path,
+            "steps_file": steps_path}
+
+
+def _history_off(torch):
+    try:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    except TypeError:  # older PyTorch
+        torch.cuda.memory._record_memory_history(False)
+
+
+class Recorder:
+    """Records one device's allocations between start() and stop(); step() marks step starts.
+
+    out_base: path without extension (".csv.gz" and ".steps" are added). device: CUDA device index
+    (default: the current device at stop()). max_entries: the size of PyTorch's history ring; a
+    recording that fills it has lost its oldest events, and stop() refuses it."""
+
+    def __init__(self, out_base, device=None, max_entries=DEFAULT_MAX_ENTRIES):
+        if not out_base or out_base.endswith(".csv.gz"):
+            raise ValueError("out_base is a path without extension, such as 'traces/myjob'")
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self.out_base, self.device, self.max_entries = out_base, device, max_entries
+        self.step_times_us = []
+        self.running = False
+        self.summary = None
+
+    def start(self):
+        import torch
+        if self.running:
+            raise RecordingError("the recorder is already running")
+        try:
+            torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
+                                                     max_entries=self.max_entries)
+        except TypeError:  # older PyTorch: no keyword for what to record
+            torch.cuda.memory._record_memory_history(True, trace_alloc_max_entries=self.max_entries)
+        self.step_times_us = []
+        self.running = True
+        return self
+
+    def step(self):
+        """Marks the start of a training step (call it before the step's first allocation)."""
+        if not self.running:
+            raise RecordingError("step() before start()")
+        self.step_times_us.append(time.time_ns() // 1000)
+
+    def stop(self):
+        """Stops recording and writes the trace; returns convert()'s summary."""
+        import torch
+        if not self.running:
+            raise RecordingError("stop() before start()")
+        self.running = False
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+        _history_off(torch)
+        device = torch.cuda.current_device() if self.device is None else self.device
+        traces = snapshot.get("device_traces", [])
+        events = traces[device] if device < len(traces) else []
+        if len(events) >= self.max_entries:
+            raise RecordingError(f"PyTorch's history ring ({self.max_entries} entries) filled up and lost the "
+                                 "oldest events: record fewer steps or pass a larger max_entries")
+        if not self.step_times_us:
+            warnings.warn("no step() was marked: the trace has no steps, so per-step figures are not available")
+        self.summary = convert(events, self.step_times_us, self.out_base)
+        return self.summary
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.stop()
+        elif self.running:  # the job failed: stop recording, write nothing
+            self.running = False
+            import torch
+            _history_off(torch)
+        return False

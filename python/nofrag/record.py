@@ -78,6 +78,9 @@ def convert(events, step_times_us, out_base):
         f.write("Thread,Time,Action,Pointer,Size,Stream\n")
         f.writelines(rows)
     step_rows = sorted(set(step_rows))
+    if len(step_rows) < len(step_times_us):
+        warnings.warn(f"{len(step_times_us)} step marks fell on {len(step_rows)} distinct rows: steps that allocated "
+                      "nothing, or marks outside the recorded events' times")
     with open(steps_path, "w") as f:
         f.write("# row index (0-based, data rows after the header) of the first event of each training step\n")
         f.writelines(f"{r}\n" for r in step_rows)

@@ -78,6 +78,12 @@ class ConvertTest(unittest.TestCase):
         self.assertEqual(sum(1 for line in lines[1:] if ",free," in line), 2)
         self.assertEqual(steps, [])
 
+    def test_marks_without_events_between_them_warn(self):
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertWarnsRegex(UserWarning, "3 step marks fell on 2 distinct rows"):
+                summary = record.convert(two_steps(), [T0 + 10, T0 + 20, T0 + 20], os.path.join(d, "job"))
+        self.assertEqual(summary["steps"], 2)
+
     def test_bad_input(self):
         with tempfile.TemporaryDirectory() as d:
             base = os.path.join(d, "job")

@@ -6,7 +6,7 @@
 # .rec/workloads.py (../shared/recording/workloads.py; it reads NOFRAG_SEED). Writes
 # $OUT/recorded.tar.gz (default gpu-results/): NAME.csv.gz and NAME.steps ready for traces/, and
 # NAME.default.json / NAME.expandable.json with PyTorch's memory statistics. The jobs of
-# gpu/workloads_more.py (resnet_multiscale, t5_seq2seq) are recorded the same way.
+# gpu/workloads_more.py (resnet_multiscale, t5_seq2seq, gpt2_prefetch) are recorded the same way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}
@@ -16,7 +16,7 @@ for spec in "$@"; do
   w=${spec%%:*}
   steps=${spec##*:}
   case $w in
-    resnet_multiscale|t5_seq2seq) script=gpu/workloads_more.py ;;
+    resnet_multiscale|t5_seq2seq|gpt2_prefetch) script=gpu/workloads_more.py ;;
     *) script=.rec/workloads.py ;;
   esac
   [ -f "$script" ] || { echo "no $script" >&2; exit 1; }

@@ -15,6 +15,10 @@ Jobs:
   t5_seq2seq         T5-small-sized encoder-decoder, AdamW, bf16 autocast; source 32..512 and
                      target 8..128 tokens, batch 16; every 6 steps beam search (4 beams, 16..64
                      new tokens) on 8 sources, whose cache is reordered at every token.
+  gpt2_prefetch      GPT-2 124M (eager attention), AdamW, bf16 autocast, batch 8 of length 64..1024; each batch is
+                     copied to the GPU on a side stream one step ahead (pinned memory,
+                     non_blocking, record_stream on the training stream), as data loaders do:
+                     blocks allocated on one stream and used and freed on another.
 """
 import gzip
 import json
@@ -85,7 +89,31 @@ def t5_seq2seq(steps, dev, mark, results=None):
                 keep(results, out.sum())
 
 
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq}
+def gpt2_prefetch(steps, dev, mark, results=None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    cfg._attn_implementation = "eager"  # deterministic backward, so gpu/model_losses.py can compare
+    model = GPT2LMHeadModel(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    copy_stream = torch.cuda.Stream()
+
+    def prefetch():
+        cpu = torch.randint(0, cfg.vocab_size, (8, random.randint(64, 1024))).pin_memory()
+        with torch.cuda.stream(copy_stream):
+            return cpu.to(dev, non_blocking=True)
+
+    upcoming = prefetch()
+    for step in range(steps):
+        mark(step)
+        torch.cuda.current_stream().wait_stream(copy_stream)
+        x = upcoming
+        x.record_stream(torch.cuda.current_stream())
+        upcoming = prefetch() if step + 1 < steps else None
+        train_step(opt, lambda: model(input_ids=x, labels=x).loss, results)
+        del x
+
+
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

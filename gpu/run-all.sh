@@ -83,8 +83,8 @@ NOFRAG_PAGE_SIZE=8M NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losse
 python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" \
   "$OUT/gpt2_nofrag_tight_8m.json" || status=1
 
-step "ResNet-50 multi-scale and T5 with beam search: native allocator vs nofrag (default cap, then a tight cap)"
-for job in resnet_multiscale t5_seq2seq; do
+step "ResNet-50 multi-scale, T5 with beam search, GPT-2 with batches prefetched on a second stream: native vs nofrag (default cap, then a tight cap)"
+for job in resnet_multiscale t5_seq2seq gpt2_prefetch; do
   python3 gpu/model_losses.py $job native "$OUT/${job}_native.json" 2>&1 | grep -v Warning | tail -1
   python3 gpu/model_losses.py $job nofrag "$OUT/${job}_nofrag.json" 2>&1 | grep -v Warning | tail -1
   peak=$(python3 -c "import json;print(json.load(open('$OUT/${job}_native.json'))['stats']['allocated_bytes.all.peak'])")

@@ -22,6 +22,8 @@ held = replay("--capacity", "139G", "--hold-near-live")
 filled = replay("--capacity", "139G")
 for key in ("peak_mapped_bytes", "backend_calls", "remaps", "failed_allocs", "peak_virtual_mapped_bytes"):
     check(held[key] == free[key], f"{key}: {held[key]} under a loose cap holding near live, {free[key]} without a cap")
+check(held["hold_near_live"] is True and filled["hold_near_live"] is False and free["hold_near_live"] is False,
+      "the JSON says whether the cap was held near live")
 check(held["overhead_ratio"] <= 1.03, f"held / live {held['overhead_ratio']} <= 1.03")
 check(filled["peak_mapped_bytes"] > held["peak_mapped_bytes"],
       f"filling the cap holds more ({filled['peak_mapped_bytes']} vs {held['peak_mapped_bytes']})")

@@ -102,14 +102,14 @@ static void print_row(const cli *c, const trace *t, const replay_result *r, uint
 static void print_json(const cli *c, const trace *t, const replay_result *r, uint64_t capacity,
                        uint64_t min_cap) {
     const nf_stats *s = &r->stats;
-    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"page_bytes\":%llu,"
-           "\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
+    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"hold_near_live\":%s,"
+           "\"page_bytes\":%llu,\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
            "\"overhead_ratio\":%.6f,\"virtual_span_bytes\":%llu,\"failed_allocs\":%llu,"
            "\"remaps_per_step\":%.3f,\"driver_calls_per_step\":%.3f,\"est_driver_us_per_step\":%.1f,"
            "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
            "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
            t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
-           (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
+           c->opts.hold_near_live ? "true" : "false", (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
            (unsigned long long)s->reserved_bytes.peak, (unsigned long long)s->mapped_bytes.peak,
            t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
            (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,

@@ -74,9 +74,11 @@ static void keep_message(void *user, nf_log_level level, const char *m) {
     snprintf(last_message, sizeof last_message, "%s", m);
 }
 
-/* argv[1], optional: another seed for the workload and the failures. */
+/* argv[1], optional: another seed for the workload and the failures; argv[2], optional: "hold" to
+ * run under nf_config.hold_near_live (the cap then only limits: pages move before it is reached). */
 int main(int argc, char **argv) {
     if (argc > 1) rng_state = strtoull(argv[1], NULL, 10);
+    bool hold = argc > 2 && strcmp(argv[2], "hold") == 0;
     REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
     nf_backend wrapped = *inner;
     wrapped.page_create = w_page_create;
@@ -90,6 +92,7 @@ int main(int argc, char **argv) {
 
     nf_config cfg = nf_config_default();
     cfg.capacity = CAP_PAGES * GRAN;
+    cfg.hold_near_live = hold;
     cfg.virtual_bytes = VIRTUAL_PAGES * GRAN;
     cfg.log = keep_message;
     nf_pool *pool;

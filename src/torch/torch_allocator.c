@@ -177,7 +177,9 @@ void *nf_torch_alloc(size_t size, int device, void *stream) {
     torch_check_fail_fn fail = torch_check_fail_lookup();
     if (fail) {
         char message[700];
-        snprintf(message, sizeof message, "CUDA out of memory (nofrag): tried to allocate %zu bytes on cuda:%d: %s",
+        /* Worded as PyTorch's own ("CUDA out of memory. Tried to allocate"): batch-size finders
+         * (Hugging Face Accelerate's, Lightning's) recognise an OOM by that text. */
+        snprintf(message, sizeof message, "CUDA out of memory. Tried to allocate %zu bytes on cuda:%d (nofrag): %s",
                  size, device, nf_torch_last_error());
         fail("nf_torch_alloc", __FILE__, __LINE__, message); /* throws */
     }

@@ -1,8 +1,9 @@
-"""DDP under torchrun with nofrag in every process: a small GPT-2 trained for 30 steps on all
-GPUs of the machine, deterministic; rank 0 writes the losses. Run once per allocator and compare
-with compare_losses.py.
+"""DDP or FSDP under torchrun with nofrag in every process: a small GPT-2 trained for 30 steps on
+all GPUs of the machine, deterministic; rank 0 writes the losses. Run once per allocator and
+compare with compare_losses.py. FSDP shards each transformer block (its all-gathers run on a
+stream of their own, so blocks cross streams).
 
-usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag OUT.json
+usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag OUT.json [ddp|fsdp]
 """
 import json
 import os
@@ -10,6 +11,9 @@ import sys
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 mode, out_path = sys.argv[1], sys.argv[2]
+wrapper = sys.argv[3] if len(sys.argv) > 3 else "ddp"
+if wrapper not in ("ddp", "fsdp"):
+    raise SystemExit("the wrapper is ddp or fsdp")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 if mode == "nofrag":
     import nofrag.torch
@@ -26,7 +30,14 @@ torch.manual_seed(0)
 torch.use_deterministic_algorithms(True)
 cfg = GPT2Config(n_layer=4, n_embd=512, n_head=8, n_positions=512)
 cfg._attn_implementation = "eager"
-model = torch.nn.parallel.DistributedDataParallel(GPT2LMHeadModel(cfg).cuda(), device_ids=[local])
+if wrapper == "ddp":
+    model = torch.nn.parallel.DistributedDataParallel(GPT2LMHeadModel(cfg).cuda(), device_ids=[local])
+else:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    model = FullyShardedDataParallel(GPT2LMHeadModel(cfg), auto_wrap_policy=ModuleWrapPolicy({GPT2Block}),
+                                     device_id=local)
 opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
 gen = torch.Generator().manual_seed(100 + rank)
 losses = []
@@ -51,7 +62,7 @@ if mode == "nofrag":
 gathered = [None] * world
 dist.all_gather_object(gathered, stats)
 if rank == 0:
-    json.dump({"mode": mode, "steps": 30, "losses": losses, "world": world, "stats": gathered,
+    json.dump({"mode": mode, "wrapper": wrapper, "steps": 30, "losses": losses, "world": world, "stats": gathered,
                "too_late_error": None}, open(out_path, "w"))
-    print(mode, "world", world, "final loss", float.fromhex(losses[-1]), gathered)
+    print(mode, wrapper, "world", world, "final loss", float.fromhex(losses[-1]), gathered)
 dist.destroy_process_group()

@@ -112,6 +112,10 @@ if [ "$gpus" -ge 2 ]; then
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/ddp_native.json" 2>&1 | grep -E "final loss|Error" | tail -2
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/ddp_nofrag.json" 2>&1 | grep -E "final loss|Error" | tail -2
   python3 gpu/compare_losses.py "$OUT/ddp_native.json" "$OUT/ddp_nofrag.json" || status=1
+  step "FSDP under torchrun on $gpus GPUs: native vs nofrag losses"
+  torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/fsdp_native.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
+  torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/fsdp_nofrag.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
+  python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag.json" || status=1
 fi
 
 step "allocation latency through PyTorch (us per torch.empty + del)"

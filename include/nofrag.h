@@ -89,8 +89,9 @@ typedef struct nf_config {
      * per byte moved, at the price of coarser memory: more held above the live bytes under a tight
      * cap (docs/placement.md has the trade-off per trace). */
     uint64_t page_bytes;
-    /* Under a cap, by default the pool creates physical pages up to the cap before it moves idle
-     * ones to new places: the cap is memory the job may use, and more pages mean fewer moves.
+    /* Under a cap, by default the pool creates physical pages up to the cap (but never more than
+     * 20% above the largest live total seen so far) before it moves idle ones to new places: the
+     * cap is memory the job may use, and more pages mean fewer moves.
      * With hold_near_live it grows only to about 2% above the largest live total seen so far, as
      * without a cap, and moves idle pages beyond that; the cap stays a hard limit. For a cap that
      * is a safety limit rather than a budget (the device's size: the PyTorch front end's default),

@@ -110,7 +110,8 @@ static void random_steps(nf_pool *pool, uint64_t seed, uint64_t *peak_out) {
 }
 
 /* hold_near_live under a cap that never binds behaves exactly as no cap (held memory follows the
- * live peak, every figure the same), while the same cap without it fills up with pages. */
+ * live peak, every figure the same), while the same cap without it fills up with pages, up to 20%
+ * above the live peak. */
 static void hold_near_live_follows_the_live_peak(void) {
     test_pool_spec specs[3] = {
         {.gran = G, .virtual_bytes = 4096 * G},                                        /* no cap */
@@ -132,9 +133,11 @@ static void hold_near_live_follows_the_live_peak(void) {
     CHECK(st[1].mapped_bytes.peak == st[0].mapped_bytes.peak);
     /* Held memory near the live peak: 2% growth, plus what busy pages need beyond it. */
     CHECK(st[1].reserved_bytes.peak <= live_peak[1] + live_peak[1] / 10);
-    /* Filling the cap holds more and moves no page. */
+    /* Filling the cap holds more and moves fewer pages, */
     CHECK(st[2].reserved_bytes.peak > st[1].reserved_bytes.peak);
-    CHECK(st[2].num_remaps == 0 && st[1].num_remaps > 0);
+    CHECK(st[2].num_remaps < st[1].num_remaps);
+    /* but never more than 20% above the live peak (the bound on filling a cap). */
+    CHECK(st[2].reserved_bytes.peak <= live_peak[2] + live_peak[2] / 5 + G);
 }
 
 int main(void) {

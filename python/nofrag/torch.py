@@ -5,7 +5,8 @@
 
 Settings (argument, else environment variable, else default):
     capacity           NOFRAG_CAPACITY           physical cap per device in bytes ("70G"): a budget,
-                                                 used up before idle pages move (fewer page moves)
+                                                 used (up to 20% above the live peak) before idle
+                                                 pages move: fewer page moves
     capacity_fraction  NOFRAG_CAPACITY_FRACTION  ... or as a fraction of the device's memory
     margin             NOFRAG_MARGIN             default cap = free memory at first use less this
                                                  (default 512M, left for the CUDA context and libraries);

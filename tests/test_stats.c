@@ -140,8 +140,47 @@ static void hold_near_live_follows_the_live_peak(void) {
     CHECK(st[2].reserved_bytes.peak <= live_peak[2] + live_peak[2] / 5 + G);
 }
 
+/* A page needed for a new place is taken from idle pages no other stream's work can still touch
+ * before one that would make the host wait (an event sync), even when the latter lies nearer. */
+static void idle_page_without_pending_work_first(void) {
+    test_pool_spec spec = {.gran = G, .capacity = 1024 * G, .virtual_bytes = 4096 * G, .hold_near_live = true};
+    nf_backend *be;
+    nf_pool *pool = test_pool(&spec, &be);
+    void *a = (void *)1, *b = (void *)2; /* streams */
+    char *a1, *s1, *a2, *s2, *bb, *s3, *c;
+    /* Pages: a1 0-1, s1 2, a2 3-4, s2 5, bb 6-9, s3 10; the s blocks stay live. */
+    CHECK_OK(nf_alloc(pool, 2 * G, a, (void **)&a1));
+    CHECK_OK(nf_alloc(pool, G, a, (void **)&s1));
+    CHECK_OK(nf_alloc(pool, 2 * G, a, (void **)&a2));
+    CHECK_OK(nf_alloc(pool, G, a, (void **)&s2));
+    CHECK_OK(nf_alloc(pool, 4 * G, b, (void **)&bb));
+    CHECK_OK(nf_alloc(pool, G, a, (void **)&s3));
+    CHECK(s3 == a1 + 10 * G);
+    CHECK_OK(nf_host_stream_submit(be, b)); /* b's work on bb is still running when bb is freed */
+    CHECK_OK(nf_free(pool, bb, b));
+    CHECK_OK(nf_free(pool, a1, a));
+    CHECK_OK(nf_free(pool, a2, a));
+    nf_stats before, after;
+    CHECK_OK(nf_stats_get(pool, &before));
+    /* Three pages fit no free block stream a may use now, so they go above s3 and need three
+     * physical pages: a1's and a2's serve without waiting; bb's, nearer, would wait for stream b. */
+    CHECK_OK(nf_alloc(pool, 3 * G, a, (void **)&c));
+    CHECK(c == a1 + 11 * G);
+    CHECK_OK(nf_stats_get(pool, &after));
+    CHECK(after.calls_event_sync == before.calls_event_sync);
+    CHECK(after.reserved_bytes.current == before.reserved_bytes.current); /* no page was created */
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_host_stream_complete(be, b));
+    CHECK_OK(nf_free(pool, c, a));
+    CHECK_OK(nf_free(pool, s1, a));
+    CHECK_OK(nf_free(pool, s2, a));
+    CHECK_OK(nf_free(pool, s3, a));
+    test_pool_close(pool, be);
+}
+
 int main(void) {
     conflict_run_unmapped_in_one_call();
+    idle_page_without_pending_work_first();
     tight_cap_places_at_the_end();
     hold_near_live_follows_the_live_peak();
     nf_backend *be;

@@ -286,22 +286,39 @@ static uint64_t growth_room(const nf_pool *pool) {
     return grow < room ? grow : room;
 }
 
-/* The idle physical page to serve virtual page v: among the IDLE_CHOICES least recently idled,
- * the one already mapped nearest to v, then the one mapped at the fewest places. A page that served
+/* The idle physical page to serve virtual page v for stream idx: among the IDLE_CHOICES least
+ * recently idled, one that no other stream's queued work may still touch (as far as is known
+ * without asking the backend), else any; then the one already mapped nearest to v, then the one
+ * mapped at the fewest places. Taking a page with pending work elsewhere makes the host wait for
+ * that work (bench_stream_waits, a host model of FSDP's two streams: 34% fewer waits). A page that served
  * the same neighbourhood served the same kind of block: it tends to be free when v's block is live,
  * while a page serving far-away blocks is more often wanted by both at once (measured in
  * docs/placement.md: remaps per step at a 1.02x cap fell on five of seven traces). */
-static int32_t idle_choice(const nf_pool *pool, uint64_t v) {
+/* Whether taking idle page pp for stream idx would make the host wait for queued work (as far as
+ * is known without asking the backend): other streams' work on it, or, when one of its mappings
+ * must go to make room (all MAX_ALIASES slots taken), any work on it. */
+static bool idle_page_waits(const nf_pool *pool, const phys_page *pp, uint32_t idx) {
+    if (!fence_only_own(pp->fence_mask, idx) && !pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx))
+        return true;
+    return pp->aliases >= MAX_ALIASES && pp->fence_mask &&
+           !pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM);
+}
+
+static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
+    enum { WAITS = 62 }; /* the key's bit for a page that would make the host wait: ranks it last */
     int32_t best = pool->idle_head;
     uint64_t best_key = UINT64_MAX;
     int n = 0;
     for (int32_t p = pool->idle_head; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++) {
+        const phys_page *pp = &pool->phys[p];
         uint64_t distance = UINT32_MAX;
-        for (int32_t a = pool->phys[p].first_alias; a != NF_NO_PAGE; a = pool->pages[a].alias_next) {
+        for (int32_t a = pp->first_alias; a != NF_NO_PAGE; a = pool->pages[a].alias_next) {
             uint64_t d = (uint64_t)a > v ? (uint64_t)a - v : v - (uint64_t)a;
             if (d < distance) distance = d;
         }
-        uint64_t key = (distance << 8) + pool->phys[p].aliases;
+        uint64_t key = (distance << 8) + pp->aliases;
+        if (key >= best_key) continue; /* cannot win even if it makes no one wait */
+        if (idle_page_waits(pool, pp, idx)) key |= 1ull << WAITS;
         if (key < best_key) {
             best_key = key;
             best = p;
@@ -321,7 +338,7 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused,
         if ((s = phys_create(pool, &p)) != NF_OK) return s;
         idle_push(pool, p);
     } else {
-        p = idle_choice(pool, v);
+        p = idle_choice(pool, v, idx);
         *reused = true;
         if (pool->phys[p].aliases >= MAX_ALIASES &&
             (s = alias_unmap(pool, pool->phys[p].first_alias)) != NF_OK)

@@ -85,11 +85,16 @@ static nf_status streams_wait(nf_pool *pool, uint64_t mask, uint64_t seq, uint32
     return NF_OK;
 }
 
+/* Whether no work queued on streams other than `idx` (NO_STREAM: on any stream) can still touch
+ * the page, as far as is known without asking the backend. */
+static inline bool fence_clear(const nf_pool *pool, const phys_page *pp, uint32_t idx) {
+    return fence_only_own(pp->fence_mask, idx) || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx);
+}
+
 /* Waits until no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
  * touch the page. Work on `idx` itself is ordered before whatever idx queues next. */
 static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
-    if (fence_only_own(pp->fence_mask, idx) || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx))
-        return NF_OK;
+    if (fence_clear(pool, pp, idx)) return NF_OK;
     nf_status s = streams_wait(pool, pp->fence_mask, pp->fence_seq, idx);
     if (s == NF_OK && idx == NO_STREAM) pp->fence_mask = 0;
     return s;
@@ -286,24 +291,21 @@ static uint64_t growth_room(const nf_pool *pool) {
     return grow < room ? grow : room;
 }
 
+/* Whether taking idle page pp for stream idx would make the host wait (fence_wait in phys_for):
+ * for other streams' work on it, or, when one of its mappings must go to make room (all
+ * MAX_ALIASES slots taken), for any work on it. */
+static bool idle_page_waits(const nf_pool *pool, const phys_page *pp, uint32_t idx) {
+    return !fence_clear(pool, pp, idx) || (pp->aliases >= MAX_ALIASES && !fence_clear(pool, pp, NO_STREAM));
+}
+
 /* The idle physical page to serve virtual page v for stream idx: among the IDLE_CHOICES least
  * recently idled, one that no other stream's queued work may still touch (as far as is known
  * without asking the backend), else any; then the one already mapped nearest to v, then the one
  * mapped at the fewest places. Taking a page with pending work elsewhere makes the host wait for
- * that work (bench_stream_waits, a host model of FSDP's two streams: 34% fewer waits). A page that served
- * the same neighbourhood served the same kind of block: it tends to be free when v's block is live,
- * while a page serving far-away blocks is more often wanted by both at once (measured in
- * docs/placement.md: remaps per step at a 1.02x cap fell on five of seven traces). */
-/* Whether taking idle page pp for stream idx would make the host wait for queued work (as far as
- * is known without asking the backend): other streams' work on it, or, when one of its mappings
- * must go to make room (all MAX_ALIASES slots taken), any work on it. */
-static bool idle_page_waits(const nf_pool *pool, const phys_page *pp, uint32_t idx) {
-    if (!fence_only_own(pp->fence_mask, idx) && !pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx))
-        return true;
-    return pp->aliases >= MAX_ALIASES && pp->fence_mask &&
-           !pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, NO_STREAM);
-}
-
+ * that work (bench_stream_waits, a host model of FSDP's two streams: 34% fewer waits). A page
+ * that served the same neighbourhood served the same kind of block: it tends to be free when v's
+ * block is live, while a page serving far-away blocks is more often wanted by both at once
+ * (measured in docs/placement.md: remaps per step at a 1.02x cap fell on five of seven traces). */
 static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
     enum { WAITS = 62 }; /* the key's bit for a page that would make the host wait: ranks it last */
     int32_t best = pool->idle_head;

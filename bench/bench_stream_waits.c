@@ -26,13 +26,14 @@ static uint64_t next_rand(void) {
     return rng;
 }
 
-static int run(int layers, int lag, bool hold) {
+static int run(int layers, int lag, bool hold, bool across) {
     nf_backend *be;
     if (nf_backend_host_create(false, GRAN, &be) != NF_OK) return 1;
     nf_config cfg = nf_config_default();
     cfg.capacity = 4096ull * GRAN;
     cfg.virtual_bytes = 16384ull * GRAN;
     cfg.hold_near_live = hold;
+    cfg.reuse_across_streams = across;
     nf_pool *pool;
     if (nf_pool_create(&cfg, be, &pool) != NF_OK) return 1;
     void *compute = (void *)1, *gather = (void *)2;
@@ -63,8 +64,9 @@ static int run(int layers, int lag, bool hold) {
     }
     nf_stats st;
     nf_stats_get(pool, &st);
-    printf("%-22s event syncs %6llu  queries %6llu  held / live peak %.3f  page moves %6llu  calls %6llu\n",
-           hold ? "cap held near live" : "cap filled as budget", (unsigned long long)st.calls_event_sync,
+    printf("%-22s %-14s host waits %6llu  device waits %6llu  queries %6llu  held / live peak %.3f  page moves %6llu  calls %6llu\n",
+           hold ? "cap held near live" : "cap filled as budget", across ? "across streams" : "",
+           (unsigned long long)st.calls_event_sync, (unsigned long long)st.calls_stream_wait,
            (unsigned long long)st.calls_event_query,
            (double)st.reserved_bytes.peak / (double)st.allocated_bytes.peak, (unsigned long long)st.num_remaps,
            (unsigned long long)st.backend_calls);
@@ -85,5 +87,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_stream_waits [LAYERS >= 1] [LAG >= 0]\n");
         return 2;
     }
-    return run(layers, lag, true) | run(layers, lag, false);
+    return run(layers, lag, true, false) | run(layers, lag, true, true) | run(layers, lag, false, false) |
+           run(layers, lag, false, true);
 }

@@ -8,18 +8,22 @@ usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag OUT.json [ddp
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 mode, out_path = sys.argv[1], sys.argv[2]
 wrapper = sys.argv[3] if len(sys.argv) > 3 else "ddp"
 if wrapper not in ("ddp", "fsdp"):
     raise SystemExit("the wrapper is ddp or fsdp")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", "python"))
+sys.path.insert(0, here)
 if mode == "nofrag":
     import nofrag.torch
     nofrag.torch.enable()
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from loss_stats import allocator_stats  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -41,7 +45,11 @@ else:
 opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
 gen = torch.Generator().manual_seed(100 + rank)
 losses = []
+timed_from = 5  # steps before this one warm up (NCCL, cuBLAS, first pages)
 for step in range(30):
+    if step == timed_from:
+        torch.cuda.synchronize()
+        start = time.time()
     length = int(torch.randint(32, 257, (1,), generator=gen))
     x = torch.randint(0, cfg.vocab_size, (4, length), generator=gen).cuda()
     loss = model(input_ids=x, labels=x).loss
@@ -53,12 +61,9 @@ for step in range(30):
     losses.append(float(reduced.item()).hex())
     if mode == "nofrag":
         nofrag.step()
-stats = {}
-if mode == "nofrag":
-    import nofrag as nf
-    s = nf.stats()
-    stats = {k: s[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps")}
-    nf.check_pools()
+torch.cuda.synchronize()
+stats = allocator_stats(mode)
+stats["seconds_per_step"] = round((time.time() - start) / (30 - timed_from), 5)
 gathered = [None] * world
 dist.all_gather_object(gathered, stats)
 if rank == 0:

@@ -1,4 +1,5 @@
-"""The memory figures the loss scripts (gpt2_losses.py, model_losses.py) store beside their losses."""
+"""The memory figures the loss scripts (gpt2_losses.py, model_losses.py, ddp_losses.py) store beside
+their losses."""
 import torch
 
 
@@ -12,4 +13,5 @@ def allocator_stats(mode):
     st = nofrag.stats()
     nofrag.check_pools()
     return {k: st[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps",
-                               "backend_calls", "num_ooms", "overhead_ratio", "capacity_bytes")}
+                               "backend_calls", "num_ooms", "overhead_ratio", "capacity_bytes",
+                               "calls_event_sync", "calls_stream_wait")}

@@ -25,6 +25,9 @@ step "compute-sanitizer memcheck on the stress test (30k operations)"
 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 \
   2>&1 | tee "$OUT/memcheck.log" | tail -4 || status=1
 grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || status=1
+compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 0 0 across \
+  2>&1 | tee "$OUT/memcheck_across.log" | tail -4 || status=1
+grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck_across.log" || status=1
 
 step "bundled traces: host replay vs CUDA replay (peak mapped)"
 traces=(traces/*.csv.gz)
@@ -93,6 +96,12 @@ for job in resnet_multiscale t5_seq2seq gpt2_prefetch; do
   python3 gpu/compare_losses.py "$OUT/${job}_native.json" "$OUT/${job}_nofrag.json" "$OUT/${job}_nofrag_tight.json" \
     || status=1
 done
+# The job with two streams, also with memory crossing streams only once its work is done.
+NOFRAG_REUSE_ACROSS_STREAMS=0 python3 gpu/model_losses.py gpt2_prefetch nofrag "$OUT/gpt2_prefetch_nofrag_nocross.json" \
+  2>&1 | grep -v Warning | tail -1
+python3 gpu/compare_losses.py "$OUT/gpt2_prefetch_native.json" "$OUT/gpt2_prefetch_nofrag_nocross.json" || status=1
+python3 gpu/memory_table.py native="$OUT/gpt2_prefetch_native.json" nofrag="$OUT/gpt2_prefetch_nofrag.json" \
+  "nofrag, no cross reuse=$OUT/gpt2_prefetch_nofrag_nocross.json" | tee "$OUT/gpt2_prefetch_streams.txt"
 
 step "nofrag.record on a real job: record with PyTorch's allocator, replay, compare"
 python3 gpu/record_check.py build-gpu/nofrag "$OUT" 2>&1 | grep -v Warning | tail -2 | tee "$OUT/record_check.log"
@@ -115,7 +124,12 @@ if [ "$gpus" -ge 2 ]; then
   step "FSDP under torchrun on $gpus GPUs: native vs nofrag losses"
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/fsdp_native.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/fsdp_nofrag.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
-  python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag.json" || status=1
+  NOFRAG_REUSE_ACROSS_STREAMS=0 torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag \
+    "$OUT/fsdp_nofrag_nocross.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
+  python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag.json" "$OUT/fsdp_nofrag_nocross.json" || status=1
+  python3 gpu/memory_table.py native="$OUT/fsdp_native.json" nofrag="$OUT/fsdp_nofrag.json" \
+    "nofrag, no cross reuse=$OUT/fsdp_nofrag_nocross.json" ddp_native="$OUT/ddp_native.json" \
+    ddp_nofrag="$OUT/ddp_nofrag.json" | tee "$OUT/fsdp_streams.txt"
 fi
 
 step "allocation latency through PyTorch (us per torch.empty + del)"

@@ -7,17 +7,21 @@
  * counter. A page moved under live data, a block handed to another stream while the first stream
  * still used it, or two blocks sharing memory all show up as wrong words.
  *
- * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB] [FAIL_ONE_IN]
+ * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB] [FAIL_ONE_IN] [across]
  *   exit 0: clean; 1: corruption or error; 77: no GPU
  *   PAGE_MIB: the pool's page size (nf_config.page_bytes); 0 or none: the device's granularity
  *   FAIL_ONE_IN: if set, one driver call in that many (create, map, unmap, set-access, release,
  *     event record/query/sync) fails before reaching the driver, as a driver error would; the
  *     allocation that met it fails with NF_ERR_BACKEND, and the live blocks' data must not care
  *     (a page left mapped without access would be an illegal address in the next kernel).
+ *   across: nf_config.reuse_across_streams: memory freed on one stream serves the others at once,
+ *     behind a device-side wait (cuStreamWaitEvent) for the freeing stream's kernels; a missing or
+ *     misplaced wait lets a fill overwrite a block before its verify ran.
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nofrag.h"
 #include "nofrag_backend.h"
@@ -84,6 +88,7 @@ static int f_set_access(void *c, uint64_t va, uint64_t n) { return fail_now() ? 
 static int f_event_record(void *c, void *st, uint64_t *e) { return fail_now() ? INJECTED : cuda_be->event_record(c, st, e); }
 static int f_event_query(void *c, uint64_t e) { return fail_now() ? INJECTED : cuda_be->event_query(c, e); }
 static int f_event_sync(void *c, uint64_t e) { return fail_now() ? INJECTED : cuda_be->event_sync(c, e); }
+static int f_stream_wait(void *c, void *st, uint64_t e) { return fail_now() ? INJECTED : cuda_be->stream_wait(c, st, e); }
 
 int main(int argc, char **argv) {
     long ops = argc > 1 ? atol(argv[1]) : 1000000;
@@ -91,6 +96,7 @@ int main(int argc, char **argv) {
     unsigned long long cap_mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 256;
     unsigned long long page_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 0; /* 0: the device's */
     unsigned long long fail_every = argc > 5 ? strtoull(argv[5], NULL, 10) : 0;
+    bool across = argc > 6 && strcmp(argv[6], "across") == 0;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
         printf("no GPU: skipped\n");
@@ -115,10 +121,12 @@ int main(int argc, char **argv) {
         injecting.event_record = f_event_record;
         injecting.event_query = f_event_query;
         injecting.event_sync = f_event_sync;
+        injecting.stream_wait = f_stream_wait;
     }
     nf_config cfg = nf_config_default();
     cfg.capacity = cap_mib << 20;
     cfg.page_bytes = page_mib << 20;
+    cfg.reuse_across_streams = across;
     cfg.log = log_to_stderr;
     nf_pool *pool;
     if (nf_pool_create(&cfg, &injecting, &pool) != NF_OK) return 1;
@@ -166,9 +174,10 @@ int main(int argc, char **argv) {
     nf_stats_get(pool, &st);
     int check = nf_pool_check(pool);
     fflush(stderr);
-    printf("ops %ld, allocs %llu, out-of-memory %llu, remaps %llu, event waits %llu, peak reserved %.1f MiB "
-           "(cap %llu MiB), corrupt words %llu, check %s",
-           ops, allocs, failures, (unsigned long long)st.num_remaps, (unsigned long long)st.num_event_waits,
+    printf("ops %ld%s, allocs %llu, out-of-memory %llu, remaps %llu, host waits %llu, device waits %llu, "
+           "peak reserved %.1f MiB (cap %llu MiB), corrupt words %llu, check %s",
+           ops, across ? " (reuse across streams)" : "", allocs, failures, (unsigned long long)st.num_remaps,
+           (unsigned long long)st.num_event_waits, (unsigned long long)st.calls_stream_wait,
            (double)st.reserved_bytes.peak / 1048576.0, cap_mib, bad, nf_status_str((nf_status)check));
     if (fail_every) printf(", injected driver failures %llu, allocations failed by them %llu", injected, backend_failures);
     printf("\n");
@@ -176,5 +185,8 @@ int main(int argc, char **argv) {
     if (nf_pool_destroy(pool) != NF_OK) return 1;
     nf_backend_destroy(be);
     for (int i = 0; i < nstreams; i++) cudaStreamDestroy(streams[i]);
-    return bad == 0 && check == NF_OK && st.num_remaps > 0 && (!fail_every || backend_failures > 0) ? 0 : 1;
+    return bad == 0 && check == NF_OK && st.num_remaps > 0 && (!fail_every || backend_failures > 0) &&
+                   (!across || st.calls_stream_wait > 0)
+               ? 0
+               : 1;
 }

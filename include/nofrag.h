@@ -97,6 +97,14 @@ typedef struct nf_config {
      * is a safety limit rather than a budget (the device's size: the PyTorch front end's default),
      * so that held memory follows the live peak. No effect without a cap. */
     bool hold_near_live;
+    /* Memory freed on one stream while work queued there may still use it can serve a request on
+     * another stream at once: the requesting stream is made to wait on the device for that work
+     * (the backend's stream_wait, cuStreamWaitEvent: no host wait). Without it such memory serves
+     * other streams only once that work is known to be done, or after the host waits for it, and
+     * meanwhile requests go to other memory (more held with several streams: FSDP, prefetching).
+     * The price: the requesting stream's next work starts after the other stream's work queued
+     * before the free. Only where the backend has NF_BACKEND_CAP_STREAM_WAIT. */
+    bool reuse_across_streams;
 } nf_config;
 
 /* The defaults: no cap, 1 TiB of address space, 512-byte alignment, no log. */
@@ -169,7 +177,7 @@ typedef struct nf_gauge {
     X(num_page_unmaps, "pages unmapped")                                                    \
     X(num_remaps, "physical pages mapped at a new place after serving elsewhere")           \
     X(num_reclaims, "allocations served by idle physical pages from other places")          \
-    X(num_event_waits, "times the pool had to wait for a stream's work to finish")          \
+    X(num_event_waits, "times the host had to wait for a stream's work to finish")          \
     X(num_steps, "training steps marked with nf_step_mark")                                 \
     X(calls_reserve, "backend calls: reserve a virtual range")                              \
     X(calls_unreserve, "backend calls: free a virtual range")                               \
@@ -181,9 +189,10 @@ typedef struct nf_gauge {
     X(calls_event_record, "backend calls: record an event on a stream")                     \
     X(calls_event_query, "backend calls: query an event")                                   \
     X(calls_event_sync, "backend calls: wait for an event")                                 \
-    X(calls_event_release, "backend calls: destroy an event")
+    X(calls_event_release, "backend calls: destroy an event")                               \
+    X(calls_stream_wait, "backend calls: order a stream after another's work, no host wait")
 
-#define NF_STATS_VERSION 1
+#define NF_STATS_VERSION 2
 
 typedef struct nf_stats {
     uint32_t size;    /* sizeof(nf_stats), set by nf_stats_get */

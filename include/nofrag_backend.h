@@ -24,6 +24,7 @@ enum {
     NF_BACKEND_CAP_EVENTS = 1u << 0,          /* event_* primitives order work across streams */
     NF_BACKEND_CAP_HOST_ACCESSIBLE = 1u << 1, /* mapped memory can be read and written by the CPU */
     NF_BACKEND_CAP_ALIASING = 1u << 2,        /* one physical page may be mapped at two places */
+    NF_BACKEND_CAP_STREAM_WAIT = 1u << 3,     /* stream_wait orders one stream after another's event */
 };
 
 /* What event_query returns when the event's work is still running. */
@@ -62,6 +63,10 @@ struct nf_backend {
     int (*event_query)(void *ctx, uint64_t event);
     /* Block until the event's work has completed. */
     int (*event_sync)(void *ctx, uint64_t event);
+    /* Make all work queued on `stream` from now on wait until the event's work has completed,
+     * without blocking the caller (cuStreamWaitEvent). The event may be released right after.
+     * Called only when caps has NF_BACKEND_CAP_STREAM_WAIT; may be NULL otherwise. */
+    int (*stream_wait)(void *ctx, void *stream, uint64_t event);
     int (*event_release)(void *ctx, uint64_t event);
     /* Text for a code returned by any primitive above. Never NULL. */
     const char *(*error_name)(void *ctx, int code);

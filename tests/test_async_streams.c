@@ -4,6 +4,9 @@
  * work completes, either because the test completes the stream (in random order) or because the
  * pool waits on an event. If the pool hands memory to one stream while another stream's queued
  * kernel still uses it, the kernels run in the wrong order and a verify sees a foreign pattern.
+ * Run twice: with the host waiting for other streams' work, and with nf_config.reuse_across_streams,
+ * where the pool makes the requesting stream wait on the "device" instead (the host backend then
+ * completes the waited-for stream's kernels before any kernel queued after the wait).
  */
 #include <string.h>
 
@@ -63,11 +66,11 @@ typedef struct live_block {
     int stream;
 } live_block;
 
-static void run(uint64_t seed, uint64_t cap_pages, int ops, uint64_t *remaps) {
+static void run(uint64_t seed, uint64_t cap_pages, int ops, bool across, nf_stats *sum) {
     uint64_t rng = seed;
     const uint64_t G = 64 * 1024;
     memset(queues, 0, sizeof queues);
-    test_pool_spec spec = {.real_memory = true, .gran = G, .capacity = cap_pages * G};
+    test_pool_spec spec = {.real_memory = true, .gran = G, .capacity = cap_pages * G, .reuse_across_streams = across};
     nf_pool *pool = test_pool(&spec, &backend);
     nf_host_set_completion_hook(backend, on_complete, NULL);
     live_block live[SLOTS] = {{0}};
@@ -103,17 +106,32 @@ static void run(uint64_t seed, uint64_t cap_pages, int ops, uint64_t *remaps) {
     for (int s = 0; s < STREAMS; s++) nf_host_stream_complete(backend, stream_token(s));
     nf_stats st;
     CHECK_OK(nf_stats_get(pool, &st));
-    *remaps += st.num_remaps;
+    sum->num_remaps += st.num_remaps;
+    sum->calls_event_sync += st.calls_event_sync;
+    sum->calls_stream_wait += st.calls_stream_wait;
+    sum->num_allocs += st.num_allocs;
     CHECK_OK(nf_pool_check(pool));
     CHECK_OK(nf_pool_destroy(pool));
     nf_backend_destroy(backend);
 }
 
 int main(void) {
-    uint64_t remaps = 0;
-    for (uint64_t seed = 1; seed <= 8; seed++) run(seed * 7777, 20, 6000, &remaps);
+    nf_stats host = {0}, device = {0};
+    for (uint64_t seed = 1; seed <= 8; seed++) run(seed * 7777, 20, 6000, false, &host);
     CHECK(corrupt == 0);
-    CHECK(remaps > 100); /* pages moved and were aliased under queued work */
-    printf("corrupt words %llu, remaps %llu\n", (unsigned long long)corrupt, (unsigned long long)remaps);
+    CHECK(host.num_remaps > 100);     /* pages moved and were aliased under queued work */
+    CHECK(host.calls_event_sync > 0); /* and the host had to wait for other streams */
+    CHECK(host.calls_stream_wait == 0);
+    for (uint64_t seed = 1; seed <= 8; seed++) run(seed * 7777, 20, 6000, true, &device);
+    CHECK(corrupt == 0);
+    CHECK(device.num_remaps > 100);
+    CHECK(device.calls_stream_wait > 100); /* memory crossed streams under queued work */
+    CHECK(device.calls_event_sync < host.calls_event_sync);
+    printf("host waits: %llu event syncs, %llu remaps, %llu allocations; device waits: %llu stream waits, "
+           "%llu event syncs, %llu remaps, %llu allocations; corrupt words %llu\n",
+           (unsigned long long)host.calls_event_sync, (unsigned long long)host.num_remaps,
+           (unsigned long long)host.num_allocs, (unsigned long long)device.calls_stream_wait,
+           (unsigned long long)device.calls_event_sync, (unsigned long long)device.num_remaps,
+           (unsigned long long)device.num_allocs, (unsigned long long)corrupt);
     return check_exit("test_async_streams");
 }

@@ -15,10 +15,11 @@ enum { GRAN = 64 * 1024, CAP_PAGES = 12, VIRTUAL_PAGES = 64, MAX_LIVE = 16, OPS 
 static nf_backend *inner;
 static uint64_t rng_state = 42;
 static bool armed;
-enum { F_CREATE, F_MAP, F_UNMAP, F_ACCESS, F_RELEASE, F_RECORD, F_QUERY, F_SYNC, F_COUNT };
+enum { F_CREATE, F_MAP, F_UNMAP, F_ACCESS, F_RELEASE, F_RECORD, F_QUERY, F_SYNC, F_STREAM_WAIT, F_COUNT };
 static unsigned long injected[F_COUNT];
 static const char *const failure_names[F_COUNT] = {"page_create", "map",          "unmap",       "set_access",
-                                                   "page_release", "event_record", "event_query", "event_sync"};
+                                                   "page_release", "event_record", "event_query", "event_sync",
+                                                   "stream_wait"};
 
 /* One call in eight fails while armed, with the host backend's "precondition broken" code. */
 static bool fail_now(int which) {
@@ -51,6 +52,9 @@ static int w_event_query(void *c, uint64_t e) {
 static int w_event_sync(void *c, uint64_t e) {
     return fail_now(F_SYNC) ? 1000 : inner->event_sync(c, e);
 }
+static int w_stream_wait(void *c, void *stream, uint64_t e) {
+    return fail_now(F_STREAM_WAIT) ? 1000 : inner->stream_wait(c, stream, e);
+}
 
 typedef struct live_block {
     unsigned char *p;
@@ -75,10 +79,12 @@ static void keep_message(void *user, nf_log_level level, const char *m) {
 }
 
 /* argv[1], optional: another seed for the workload and the failures; argv[2], optional: "hold" to
- * run under nf_config.hold_near_live (the cap then only limits: pages move before it is reached). */
+ * run under nf_config.hold_near_live (the cap then only limits: pages move before it is reached),
+ * "across" to run with nf_config.reuse_across_streams (streams wait for each other on the device). */
 int main(int argc, char **argv) {
     if (argc > 1) rng_state = strtoull(argv[1], NULL, 10);
     bool hold = argc > 2 && strcmp(argv[2], "hold") == 0;
+    bool across = argc > 2 && strcmp(argv[2], "across") == 0;
     REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
     nf_backend wrapped = *inner;
     wrapped.page_create = w_page_create;
@@ -89,10 +95,12 @@ int main(int argc, char **argv) {
     wrapped.event_record = w_event_record;
     wrapped.event_query = w_event_query;
     wrapped.event_sync = w_event_sync;
+    wrapped.stream_wait = w_stream_wait;
 
     nf_config cfg = nf_config_default();
     cfg.capacity = CAP_PAGES * GRAN;
     cfg.hold_near_live = hold;
+    cfg.reuse_across_streams = across;
     cfg.virtual_bytes = VIRTUAL_PAGES * GRAN;
     cfg.log = keep_message;
     nf_pool *pool;
@@ -161,6 +169,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < F_COUNT; i++) printf(" %s %lu", failure_names[i], injected[i]);
     printf("\n");
     for (int i = 0; i < F_COUNT; i++) {
+        if (i == F_STREAM_WAIT && !across) continue; /* the host waits instead */
         CHECK(injected[i] > 0);
         if (!injected[i]) fprintf(stderr, "  failure point %s never hit\n", failure_names[i]);
     }

@@ -1,6 +1,8 @@
 /* The stream rules: a block freed on stream S is reusable at once by S, by another stream only
- * once S's work queued before the free has completed; a page is unmapped only when no pending work
- * can touch it. The host backend simulates streams: submit queues a kernel, complete finishes it. */
+ * once S's work queued before the free has completed, or (nf_config.reuse_across_streams) at once
+ * with the other stream made to wait for that work on the device; a page is unmapped only when no
+ * pending work can touch it. The host backend simulates streams: submit queues a kernel, complete
+ * finishes it, and a stream that waits completes the waited-for work first. */
 #include "check.h"
 
 static void *const S = (void *)0x51, *const T = (void *)0x52;
@@ -135,7 +137,80 @@ static void recorded_stream_fences_the_block(void) {
     test_pool_close(pool, be);
 }
 
+static nf_pool *make_across(nf_backend **backend, uint64_t cap_pages) {
+    test_pool_spec spec = {.gran = GRAN, .capacity = cap_pages * GRAN, .virtual_bytes = 64 * GRAN,
+                           .reuse_across_streams = true};
+    return test_pool(&spec, backend);
+}
+
+/* Completion order seen by the host backend's hook: which stream finished work, in order. */
+static void *completions[8];
+static int completion_count;
+static void note_completion(void *user, void *stream, uint64_t completed) {
+    (void)user;
+    (void)completed;
+    if (completion_count < 8) completions[completion_count++] = stream;
+}
+
+static void across_streams_reuse_waits_on_device(void) {
+    nf_backend *be;
+    nf_pool *pool = make_across(&be, 0);
+    void *a1, *a2, *b1, *b2, *keep;
+    CHECK_OK(nf_alloc(pool, 512, T, &keep)); /* T is known before S frees */
+    CHECK_OK(nf_alloc(pool, 4 * 4096, S, &a1));
+    CHECK_OK(nf_alloc(pool, 4 * 4096, S, &a2));
+    nf_host_stream_submit(be, S); /* a kernel on S still uses a1 and a2 */
+    CHECK_OK(nf_free(pool, a1, S));
+    CHECK_OK(nf_free(pool, a2, S));
+    /* T takes the freed memory at once: one device-side wait, no host wait, nothing new mapped. */
+    nf_stats before, st;
+    CHECK_OK(nf_stats_get(pool, &before));
+    CHECK_OK(nf_alloc(pool, 4096, T, &b1));
+    CHECK(b1 == a1);
+    CHECK_OK(nf_alloc(pool, 4096, T, &b2)); /* T is already ordered after that work: no second wait */
+    CHECK((char *)b2 == (char *)a1 + 4096);
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.calls_stream_wait == 1 && st.num_event_waits == 0 && st.calls_event_sync == 0);
+    CHECK(st.reserved_bytes.current == before.reserved_bytes.current);
+    /* The wait is real: T's next kernel completes only after S's. */
+    completion_count = 0;
+    nf_host_set_completion_hook(be, note_completion, NULL);
+    nf_host_stream_submit(be, T);
+    nf_host_stream_complete(be, T);
+    CHECK(completion_count == 2 && completions[0] == S && completions[1] == T);
+    nf_host_set_completion_hook(be, NULL, NULL);
+    CHECK_OK(nf_free(pool, b1, T));
+    CHECK_OK(nf_free(pool, b2, T));
+    CHECK_OK(nf_free(pool, keep, T));
+    test_pool_close(pool, be);
+}
+
+static void across_streams_page_moves_without_host_wait(void) {
+    nf_backend *be;
+    nf_pool *pool = make_across(&be, 1); /* one page under the cap */
+    void *a, *b;
+    CHECK_OK(nf_alloc(pool, GRAN, S, &a));
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_alloc(pool, GRAN, T, &b));
+    CHECK(b == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 0 && st.calls_stream_wait == 1);
+    CHECK_OK(nf_free(pool, b, T));
+    /* Unmapping cannot be ordered on a stream: trimming under pending work waits on the host. */
+    nf_host_stream_submit(be, T);
+    uint64_t released = 0;
+    CHECK_OK(nf_trim(pool, 0, &released));
+    CHECK(released == GRAN);
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits >= 1);
+    test_pool_close(pool, be);
+}
+
 int main(void) {
+    across_streams_reuse_waits_on_device();
+    across_streams_page_moves_without_host_wait();
     recorded_stream_fences_the_block();
     same_stream_reuses_at_once();
     other_stream_waits_for_work();

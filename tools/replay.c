@@ -37,7 +37,7 @@ double replay_cost_us(const nf_stats *d) {
            COST_SET_ACCESS * (double)d->calls_set_access +
            COST_SET_ACCESS_MORE * (double)(d->calls_map > d->calls_set_access ? d->calls_map - d->calls_set_access : 0) +
            COST_EVENT_CALL * (double)(d->calls_event_record + d->calls_event_query +
-                                      d->calls_event_sync + d->calls_event_release);
+                                      d->calls_event_sync + d->calls_event_release + d->calls_stream_wait);
 }
 
 static nf_stats stats_delta(const nf_stats *end, const nf_stats *start) {

@@ -39,7 +39,7 @@ def lib():
     if _LIB is None:
         L = ctypes.CDLL(library_path())
         u64, c_int, c_double, vp = ctypes.c_uint64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-        L.nf_torch_configure.argtypes = [u64, c_double, u64, c_int, c_int, u64]
+        L.nf_torch_configure.argtypes = [u64, c_double, u64, c_int, c_int, u64, c_int]
         L.nf_torch_configure.restype = c_int
         L.nf_torch_set_memory_fraction.argtypes = [c_double, c_int]
         L.nf_torch_set_memory_fraction.restype = c_int

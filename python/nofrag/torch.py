@@ -16,6 +16,12 @@ Settings (argument, else environment variable, else default):
     page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M
                                                  (default 2M): larger pages, fewer driver calls,
                                                  coarser memory (docs/placement.md)
+    reuse_across_streams
+                       NOFRAG_REUSE_ACROSS_STREAMS  memory freed on one stream with work still queued
+                                                 serves other streams at once, each made to wait for
+                                                 that work on the GPU (1, the default), or only once
+                                                 the work is done (0): with several streams (FSDP,
+                                                 prefetching) 1 holds less and stalls the host less
 Setting NOFRAG_ENABLE=1 and importing nofrag.torch enables it with these settings.
 """
 import os
@@ -71,7 +77,7 @@ def _page_size(x):
 
 
 def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-             page_size=None):
+             page_size=None, reuse_across_streams=None):
     """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
     return {
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
@@ -80,6 +86,7 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, False),
         "log_level": _setting(log_level, "NOFRAG_LOG_LEVEL", _level, 1),
         "page_size": _setting(page_size, "NOFRAG_PAGE_SIZE", _page_size, 0),
+        "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, True),
     }
 
 
@@ -88,7 +95,7 @@ def enabled():
 
 
 def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-           page_size=None):
+           page_size=None, reuse_across_streams=None):
     """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
     tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
     Calling it again after success does nothing."""
@@ -101,10 +108,11 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "nofrag.torch.enable() must run before CUDA is initialised, and CUDA already is in this "
             "process (something created a CUDA tensor or queried the device). Call it at the very "
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
-    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size)
+    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams)
     L = lib()
-    check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"],
-                               int(s["peer_access"]), s["log_level"], s["page_size"]), "nofrag.torch.enable")
+    check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], int(s["peer_access"]),
+                               s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
+          "nofrag.torch.enable")
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch)

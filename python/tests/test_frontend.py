@@ -53,7 +53,7 @@ class SettingsTest(unittest.TestCase):
     def test_settings_from_arguments_then_environment(self):
         import nofrag.torch as nt
         env = {"NOFRAG_CAPACITY": "8G", "NOFRAG_PEER_ACCESS": "yes", "NOFRAG_LOG_LEVEL": "2",
-               "NOFRAG_PAGE_SIZE": "8M"}
+               "NOFRAG_PAGE_SIZE": "8M", "NOFRAG_REUSE_ACROSS_STREAMS": "0"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -63,6 +63,10 @@ class SettingsTest(unittest.TestCase):
             self.assertEqual(s["log_level"], 2)
             self.assertEqual(s["margin"], 1 << 30)
             self.assertEqual(s["page_size"], 8 << 20)
+            self.assertFalse(s["reuse_across_streams"])
+            self.assertTrue(nt.settings(reuse_across_streams=True)["reuse_across_streams"])
+            del os.environ["NOFRAG_REUSE_ACROSS_STREAMS"]
+            self.assertTrue(nt.settings()["reuse_across_streams"])  # the default
             self.assertEqual(nt.settings(page_size="4M")["page_size"], 4 << 20)
             for bad in ("3M", "1M", "6M"):
                 with self.assertRaisesRegex(ValueError, "page size"):
@@ -101,9 +105,9 @@ class LibraryTest(unittest.TestCase):
 
     def test_configure_rejects_bad_values(self):
         L = _lib.lib()
-        self.assertNotEqual(L.nf_torch_configure(0, 1.5, 0, 0, 1, 0), 0)
-        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 9, 0), 0)
-        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 1, 6 << 20), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 1.5, 0, 0, 1, 0, 1), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 9, 0, 1), 0)
+        self.assertNotEqual(L.nf_torch_configure(0, 0.0, 0, 0, 1, 6 << 20, 1), 0)
 
 
 class EnableTest(StandInTorchCase):

@@ -51,6 +51,7 @@
     X(cuEventQuery, (CUevent event))                                                               \
     X(cuEventSynchronize, (CUevent event))                                                         \
     X(cuEventDestroy, (CUevent event))                                                             \
+    X(cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned int flags))                     \
     X(cuGetErrorName, (CUresult error, const char **name))
 
 typedef struct driver_api {
@@ -232,6 +233,13 @@ static int cuda_event_sync(void *ctx, uint64_t event) {
     return checked(c, "cuEventSynchronize", rc);
 }
 
+static int cuda_stream_wait(void *ctx, void *stream, uint64_t event) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuStreamWaitEvent((CUstream)stream, (CUevent)(uintptr_t)event, 0));
+    return checked(c, "cuStreamWaitEvent", rc);
+}
+
 static int cuda_event_release(void *ctx, uint64_t event) {
     cuda_ctx *c = ctx;
     CUresult rc;
@@ -345,7 +353,7 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
         }
     }
     b->name = "cuda";
-    b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING;
+    b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING | NF_BACKEND_CAP_STREAM_WAIT;
     b->granularity = gran;
     b->ctx = c;
     b->reserve = cuda_reserve;
@@ -358,6 +366,7 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
     b->event_record = cuda_event_record;
     b->event_query = cuda_event_query;
     b->event_sync = cuda_event_sync;
+    b->stream_wait = cuda_stream_wait;
     b->event_release = cuda_event_release;
     b->error_name = cuda_error_name;
     b->destroy = cuda_destroy;

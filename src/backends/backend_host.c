@@ -37,15 +37,30 @@ typedef struct host_handle {
     uint8_t in_use;        /* created and not released */
 } host_handle;
 
+/* A stream's wait for another stream's event (stream_wait): the waiting stream's submissions after
+ * `after` complete only once the other stream has completed `seq` submissions and its first `waits`
+ * waits are met, as on CUDA, where work queued after cuStreamWaitEvent starts after the event. */
+typedef struct host_wait {
+    uint64_t after;  /* submissions on the waiting stream queued before the wait */
+    uint32_t stream; /* the stream waited for (index into streams) */
+    uint64_t seq;    /* its submissions the event covers */
+    uint64_t waits;  /* its waits queued before the event */
+} host_wait;
+
 typedef struct host_stream {
     void *stream;
     uint64_t submitted;
     uint64_t completed;
+    /* Waits numbered from 0 in the order queued: waits[i - wait_base] is wait number i, for
+     * wait_base <= i < wait_base + wait_count; those below waits_done are met. */
+    host_wait *waits;
+    uint64_t wait_base, wait_count, wait_capacity, waits_done;
 } host_stream;
 
 typedef struct host_event {
     uint32_t stream; /* index into streams */
-    uint64_t seq;    /* done when streams[stream].completed >= seq */
+    uint64_t seq;    /* done when streams[stream].completed >= seq ... */
+    uint64_t waits;  /* ... and the stream's first `waits` waits are met */
     uint8_t in_use;
 } host_event;
 
@@ -320,9 +335,11 @@ static int host_event_record(void *ctx, void *stream, uint64_t *event_out) {
             return HOST_ERR_NO_MEMORY;
         h->event_count++;
     }
+    host_stream *st = &h->streams[s];
     h->events[e].in_use = 1;
     h->events[e].stream = s;
-    h->events[e].seq = h->streams[s].submitted;
+    h->events[e].seq = st->submitted;
+    h->events[e].waits = st->wait_base + st->wait_count;
     *event_out = e + 1;
     return 0;
 }
@@ -332,23 +349,74 @@ static host_event *event_get(host_ctx *h, uint64_t event) {
     return &h->events[event - 1];
 }
 
+/* Whether stream s has completed `seq` submissions and met its first `waits` waits. */
+static bool stream_reached(const host_ctx *h, uint32_t s, uint64_t seq, uint64_t waits) {
+    const host_stream *st = &h->streams[s];
+    if (st->completed < seq) return false;
+    for (uint64_t i = st->waits_done; i < waits; i++) {
+        const host_wait *w = &st->waits[i - st->wait_base];
+        if (!stream_reached(h, w->stream, w->seq, w->waits)) return false;
+    }
+    return true;
+}
+
+static void stream_complete_to(host_ctx *h, uint32_t s, uint64_t seq) {
+    host_stream *st = &h->streams[s];
+    if (st->completed >= seq) return;
+    st->completed = seq;
+    if (h->on_complete) h->on_complete(h->on_complete_user, st->stream, st->completed);
+}
+
+/* Runs stream s's queued work until it has completed `seq` submissions and met its first `waits`
+ * waits, in stream order: before each wait is met, the submissions queued ahead of it complete,
+ * then the stream waited for runs up to its event. An event never names a wait queued after it,
+ * so the recursion only goes back in time. */
+static void stream_advance(host_ctx *h, uint32_t s, uint64_t seq, uint64_t waits) {
+    host_stream *st = &h->streams[s];
+    while (st->waits_done < st->wait_base + st->wait_count &&
+           (st->waits_done < waits || st->waits[st->waits_done - st->wait_base].after < seq)) {
+        host_wait w = st->waits[st->waits_done - st->wait_base];
+        st->waits_done++;
+        stream_complete_to(h, s, w.after);
+        stream_advance(h, w.stream, w.seq, w.waits);
+        st = &h->streams[s];
+    }
+    if (st->waits_done == st->wait_base + st->wait_count) { /* all met: the list starts over */
+        st->wait_base = st->waits_done;
+        st->wait_count = 0;
+    }
+    stream_complete_to(h, s, seq);
+}
+
 static int host_event_query(void *ctx, uint64_t event) {
     host_ctx *h = ctx;
     host_event *e = event_get(h, event);
     if (!e) return HOST_ERR_PRECONDITION;
-    return h->streams[e->stream].completed >= e->seq ? 0 : NF_BACKEND_EVENT_PENDING;
+    return stream_reached(h, e->stream, e->seq, e->waits) ? 0 : NF_BACKEND_EVENT_PENDING;
 }
 
 static int host_event_sync(void *ctx, uint64_t event) {
     host_ctx *h = ctx;
     host_event *e = event_get(h, event);
     if (!e) return HOST_ERR_PRECONDITION;
-    /* Waiting runs the stream's queued work up to the event. */
-    host_stream *st = &h->streams[e->stream];
-    if (st->completed < e->seq) {
-        st->completed = e->seq;
-        if (h->on_complete) h->on_complete(h->on_complete_user, st->stream, st->completed);
-    }
+    /* Waiting runs the stream's queued work up to the event (and what it waits for). */
+    stream_advance(h, e->stream, e->seq, e->waits);
+    return 0;
+}
+
+static int host_stream_wait(void *ctx, void *stream, uint64_t event) {
+    host_ctx *h = ctx;
+    host_event *e = event_get(h, event);
+    if (!e) return HOST_ERR_PRECONDITION;
+    host_event target = *e; /* stream_find may move the streams, not the events */
+    uint32_t s;
+    int rc = stream_find(h, stream, true, &s);
+    if (rc) return rc;
+    if (stream_reached(h, target.stream, target.seq, target.waits)) return 0; /* nothing to wait for */
+    host_stream *st = &h->streams[s];
+    if (!grow((void **)&st->waits, &st->wait_capacity, st->wait_count + 1, sizeof *st->waits))
+        return HOST_ERR_NO_MEMORY;
+    st->waits[st->wait_count++] = (host_wait){st->submitted, target.stream, target.seq, target.waits};
     return 0;
 }
 
@@ -384,6 +452,7 @@ static void host_destroy(nf_backend *self) {
     free(h->res);
     free(h->allocs);
     free(h->free_handles);
+    for (uint32_t i = 0; i < h->stream_count; i++) free(h->streams[i].waits);
     free(h->streams);
     free(h->events);
     free(h);
@@ -415,7 +484,7 @@ nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_back
     }
     b->name = real_memory ? "host(real memory)" : "host(accounting)";
     b->caps = NF_BACKEND_CAP_EVENTS | (real_memory ? NF_BACKEND_CAP_HOST_ACCESSIBLE : 0) |
-              NF_BACKEND_CAP_ALIASING;
+              NF_BACKEND_CAP_ALIASING | NF_BACKEND_CAP_STREAM_WAIT;
     b->granularity = granularity;
     b->ctx = h;
     b->reserve = host_reserve;
@@ -428,6 +497,7 @@ nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_back
     b->event_record = host_event_record;
     b->event_query = host_event_query;
     b->event_sync = host_event_sync;
+    b->stream_wait = host_stream_wait;
     b->event_release = host_event_release;
     b->error_name = host_error_name;
     b->destroy = host_destroy;
@@ -457,8 +527,7 @@ nf_status nf_host_stream_complete(nf_backend *backend, void *stream) {
     uint32_t s;
     if (!h) return NF_ERR_INVALID_ARG;
     if (stream_find(h, stream, true, &s)) return NF_ERR_NO_MEMORY_HOST;
-    h->streams[s].completed = h->streams[s].submitted;
-    if (h->on_complete) h->on_complete(h->on_complete_user, stream, h->streams[s].completed);
+    stream_advance(h, s, h->streams[s].submitted, h->streams[s].wait_base + h->streams[s].wait_count);
     return NF_OK;
 }
 

@@ -72,6 +72,12 @@ nf_status call_event_sync(nf_pool *pool, uint64_t event) {
     return rc ? failed(pool, "event_sync", event, rc) : NF_OK;
 }
 
+nf_status call_stream_wait(nf_pool *pool, void *stream, uint64_t event) {
+    pool->stats.calls_stream_wait++;
+    int rc = pool->backend->stream_wait(pool->backend->ctx, stream, event);
+    return rc ? failed(pool, "stream_wait", (uint64_t)(uintptr_t)stream, rc) : NF_OK;
+}
+
 nf_status call_event_release(nf_pool *pool, uint64_t event) {
     pool->stats.calls_event_release++;
     int rc = pool->backend->event_release(pool->backend->ctx, event);

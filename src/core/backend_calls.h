@@ -21,5 +21,6 @@ nf_status call_event_record(nf_pool *pool, void *stream, uint64_t *event_out);
 nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out);
 nf_status call_event_sync(nf_pool *pool, uint64_t event);
 nf_status call_event_release(nf_pool *pool, uint64_t event);
+nf_status call_stream_wait(nf_pool *pool, void *stream, uint64_t event);
 
 #endif

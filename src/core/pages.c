@@ -74,16 +74,6 @@ static inline void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64
     pp->fence_seq = seq;
 }
 
-/* Waits for the work of every stream in mask but idx, up to free number seq. */
-static nf_status streams_wait(nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        if (i == idx || !(mask & stream_bit(i))) continue;
-        bool done;
-        nf_status s = pool_stream_reach(pool, i, seq, true, &done);
-        if (s != NF_OK) return s;
-    }
-    return NF_OK;
-}
 
 /* Whether no work queued on streams other than `idx` (NO_STREAM: on any stream) can still touch
  * the page, as far as is known without asking the backend. */
@@ -91,11 +81,13 @@ static inline bool fence_clear(const nf_pool *pool, const phys_page *pp, uint32_
     return fence_only_own(pp->fence_mask, idx) || pool_fence_known_done(pool, pp->fence_mask, pp->fence_seq, idx);
 }
 
-/* Waits until no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
- * touch the page. Work on `idx` itself is ordered before whatever idx queues next. */
+/* Makes sure no work queued on streams other than `idx` (NO_STREAM: on any stream) can still
+ * touch the page when idx's next work runs: a device-side wait on idx where the pool orders
+ * streams on the device, else (and always for NO_STREAM, before an unmap) the host waits. Work on
+ * `idx` itself is ordered before whatever idx queues next. */
 static nf_status fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
     if (fence_clear(pool, pp, idx)) return NF_OK;
-    nf_status s = streams_wait(pool, pp->fence_mask, pp->fence_seq, idx);
+    nf_status s = pool_order_after(pool, pp->fence_mask, pp->fence_seq, idx);
     if (s == NF_OK && idx == NO_STREAM) pp->fence_mask = 0;
     return s;
 }
@@ -111,15 +103,15 @@ static void alias_fence_take(nf_pool *pool, phys_page *pp) {
     if (pp->fence_seq > pp->alias_fence_seq) pp->alias_fence_seq = pp->fence_seq;
 }
 
-/* Waits until the work behind the page's alias fence, on streams other than idx, is done. The
- * common case, nothing to wait for, is decided inline by alias_fence_wait. */
+/* Orders idx after the work behind the page's alias fence on other streams (as fence_wait does).
+ * The common case, nothing to wait for, is decided inline by alias_fence_wait. */
 static nf_status alias_fence_wait_slow(nf_pool *pool, phys_page *pp, uint32_t idx) {
     if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, NO_STREAM)) {
         pp->alias_fence_mask = 0;
         return NF_OK;
     }
     if (pool_fence_known_done(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx)) return NF_OK;
-    return streams_wait(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx);
+    return pool_order_after(pool, pp->alias_fence_mask, pp->alias_fence_seq, idx);
 }
 
 static inline nf_status alias_fence_wait(nf_pool *pool, phys_page *pp, uint32_t idx) {
@@ -291,9 +283,10 @@ static uint64_t growth_room(const nf_pool *pool) {
     return grow < room ? grow : room;
 }
 
-/* Whether taking idle page pp for stream idx would make the host wait (fence_wait in phys_for):
- * for other streams' work on it, or, when one of its mappings must go to make room (all
- * MAX_ALIASES slots taken), for any work on it. */
+/* Whether taking idle page pp for stream idx would have to wait (fence_wait in phys_for) for
+ * other streams' work on it (on the host, or on the device with reuse_across_streams, which then
+ * holds idx back), or, when one of its mappings must go to make room (all MAX_ALIASES slots
+ * taken), make the host wait for any work on it. */
 static bool idle_page_waits(const nf_pool *pool, const phys_page *pp, uint32_t idx) {
     return !fence_clear(pool, pp, idx) || (pp->aliases >= MAX_ALIASES && !fence_clear(pool, pp, NO_STREAM));
 }

@@ -123,21 +123,44 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
 }
 
 /* Whether every stream in `mask` other than `idx` is known to have finished its work up to free
- * number `seq` (no backend call). Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
+ * number `seq`, or (idx != NO_STREAM) idx's coming work is already ordered after that work; no
+ * backend call. Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
 bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    const uint64_t *after = idx < 63 ? pool->streams[idx].ordered_after : NULL;
     if (idx < 63) mask &= ~(1ull << idx);
     while (mask) {
         uint32_t bit = (uint32_t)__builtin_ctzll(mask);
         mask &= mask - 1;
         for (uint32_t i = bit; i < (bit < 63 ? bit + 1 : pool->stream_count); i++)
-            if (pool->streams[i].done_seq < seq) return false;
+            if (pool->streams[i].done_seq < seq && !(after && i < 63 && after[i] >= seq)) return false;
     }
     return true;
 }
 
-/* Whether a free block may serve stream `idx` now, from what is already known. */
+/* Orders the work that stream idx queues from now on after the work of every stream in mask but
+ * idx queued before free number seq. With order_on_device, a stream whose work is still running
+ * gets a device-side wait (stream_wait: the host goes on at once); otherwise, or for idx ==
+ * NO_STREAM (the pool itself, before unmapping a page), the host waits for that work. */
+nf_status pool_order_after(nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    bool on_device = pool->order_on_device && idx != NO_STREAM;
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (i == idx || !(mask & stream_bit(i))) continue;
+        if (pool->streams[i].done_seq >= seq) continue;
+        if (on_device && idx < 63 && i < 63 && pool->streams[idx].ordered_after[i] >= seq) continue;
+        bool done;
+        nf_status s = pool_stream_reach(pool, i, seq, !on_device, &done);
+        if (s != NF_OK) return s;
+        if (done) continue;
+        if ((s = call_stream_wait(pool, pool->streams[idx].stream, pool->streams[i].event)) != NF_OK) return s;
+        if (idx < 63 && i < 63) pool->streams[idx].ordered_after[i] = pool->streams[i].event_seq;
+    }
+    return NF_OK;
+}
+
+/* Whether a free block may serve stream `idx` now: from what is already known, or at the price
+ * of a device-side wait (pool_order_after) when the pool orders streams on the device. */
 bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
-    return b->fence_seq == 0 || fence_only_own(b->fence_mask, idx) ||
+    return b->fence_seq == 0 || fence_only_own(b->fence_mask, idx) || pool->order_on_device ||
            pool_fence_known_done(pool, b->fence_mask, b->fence_seq, idx);
 }
 
@@ -146,7 +169,7 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
      * one: the merged block would make other streams wait for memory they could use now. While
      * the pool has seen a single stream there is no other stream to wait, so everything merges.
      * (A free block with fence_seq == 0 has fence_mask == 0, so equal masks cover two unfenced.) */
-    return !a->live && !b->live && (pool->stream_count <= 1 || a->fence_mask == b->fence_mask);
+    return !a->live && !b->live && (pool->stream_count <= 1 || pool->order_on_device || a->fence_mask == b->fence_mask);
 }
 
 /* The block's fence mask, or 0 when all its streams' work is already known to be done. */
@@ -340,6 +363,8 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->virtual_bytes = virtual_bytes;
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
+    pool->order_on_device = config->reuse_across_streams && (backend->caps & NF_BACKEND_CAP_EVENTS) &&
+                            (backend->caps & NF_BACKEND_CAP_STREAM_WAIT) && backend->stream_wait;
     pool->stats.size = sizeof(nf_stats);
     pool->stats.version = NF_STATS_VERSION;
     block *whole = NULL;
@@ -439,6 +464,13 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
         bool claimed;
         block *b = placement_find(pool, rounded, idx, &offset, &claimed);
         if (b) {
+            /* Work other streams queued before the block's free must come first (a no-op unless
+             * the pool orders streams on the device: placement took only blocks known free). */
+            if (b->fence_seq && !fence_only_own(b->fence_mask, idx) &&
+                (s = pool_order_after(pool, b->fence_mask, b->fence_seq, idx)) != NF_OK) {
+                if (claimed) pages_claim_undo(pool, b->addr + offset, rounded);
+                return s;
+            }
             index_remove(&pool->index, b);
             block *front = b;
             if (!(b = block_split_at(pool, b, offset))) { /* offset > 0: never claimed */

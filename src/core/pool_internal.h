@@ -100,6 +100,10 @@ typedef struct stream_state {
     uint64_t done_seq;     /* frees on this stream with seq <= done_seq have no pending work */
     uint64_t event;        /* last recorded event (0: none) */
     uint64_t event_seq;    /* the free sequence the event covers */
+    /* ordered_after[i]: work queued on this stream from now on runs after stream i's work queued
+     * before free number ordered_after[i], because the pool made this stream wait for it on the
+     * device (nf_config.reuse_across_streams). Streams 0..62 only (bit 63 stands for several). */
+    uint64_t ordered_after[63];
 } stream_state;
 
 /* Free blocks by size: TLSF's two-level bitmap index (block_index.c). */
@@ -178,6 +182,8 @@ struct nf_pool {
     uint32_t stream_capacity;
     uint32_t last_stream; /* index of the stream of the last call */
     uint64_t free_seq; /* incremented by every free */
+    /* config.reuse_across_streams and a backend that can make a stream wait on the device */
+    bool order_on_device;
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double
      * free even after its block has merged into a larger free block. */
@@ -221,5 +227,6 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b);
 /* Stream bookkeeping (pool.c), for the page layer. */
 bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx);
 nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out);
+nf_status pool_order_after(nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx);
 
 #endif /* NOFRAG_POOL_INTERNAL_H */

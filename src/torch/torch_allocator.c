@@ -20,7 +20,7 @@
 void *nf_torch_alloc(size_t size, int device, void *stream);
 void nf_torch_free(void *ptr, size_t size, int device, void *stream);
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
-                       int peer_access, int log_level, uint64_t page_bytes);
+                       int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 int nf_torch_step(int device);
@@ -48,6 +48,7 @@ static struct {
     bool peer_access;
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
+    bool reuse_across_streams; /* nf_config.reuse_across_streams */
     bool any_pool;
     pthread_mutex_t error_lock; /* guards last_error: pools of several devices may log at once */
     char last_error[512];
@@ -56,6 +57,7 @@ static struct {
     .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
     .log_level = NF_LOG_WARN,
+    .reuse_across_streams = true,
 };
 
 /* Stores text as the message nofrag.last_error() returns. */
@@ -117,6 +119,7 @@ static nf_pool *device_pool_get(int device) {
              * follow the live peak (about 1.02x) rather than fill the device to save page moves. */
             cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
             cfg.page_bytes = torch_state.page_bytes;
+            cfg.reuse_across_streams = torch_state.reuse_across_streams;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
             cfg.log_user = (void *)(intptr_t)device;
@@ -193,7 +196,7 @@ void nf_torch_free(void *ptr, size_t size, int device, void *stream) {
 }
 
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
-                       int peer_access, int log_level, uint64_t page_bytes) {
+                       int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams) {
     /* The page size must also be a multiple of the device's granularity; the pool checks that
      * when it is made. */
     if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG ||
@@ -210,6 +213,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
         torch_state.peer_access = peer_access != 0;
         torch_state.log_level = (nf_log_level)log_level;
         torch_state.page_bytes = page_bytes;
+        torch_state.reuse_across_streams = reuse_across_streams != 0;
     }
     pthread_mutex_unlock(&torch_state.lock);
     return s;

@@ -1,9 +1,12 @@
 """The PyTorch hooks nofrag wires by wrapping torch functions, on a real GPU:
-record_stream keeps a block from another stream until that stream's work is done, empty_cache
+record_stream keeps a block from another stream until that stream's work is done (or, with reuse
+across streams, hands it out behind a device-side wait; NOFRAG_REUSE_ACROSS_STREAMS=0 checks the
+other way), empty_cache
 gives idle memory back, set_per_process_memory_fraction becomes the pool's cap.
 Exits 1 on any failed check."""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import nofrag.torch  # noqa: E402
@@ -23,19 +26,37 @@ def check(cond, what):
 
 dev = torch.device("cuda")
 side = torch.cuda.Stream()
-# record_stream: a tensor made on the current stream, used by a long kernel on `side`, then freed.
-x = torch.empty(64 << 20, dtype=torch.uint8, device=dev)
+across = nofrag.torch.settings()["reuse_across_streams"]
+# record_stream: a tensor made on the current stream is read by a kernel on `side` that starts only
+# after a long sleep there, and freed meanwhile. The next tensor of that size, made on the current
+# stream and filled at once, must not change what the side stream reads: without reuse across
+# streams it gets other memory; with it (the default) it gets the same memory, and the current
+# stream waits for the side stream on the GPU while the host goes on.
+n = 64 << 20
+x = torch.ones(n, dtype=torch.uint8, device=dev)
+side.wait_stream(torch.cuda.current_stream())
 with torch.cuda.stream(side):
-    y = x.float().sum()
     torch.cuda._sleep(1_000_000_000)  # keeps `side` busy for about half a second
+    total_seen = x.sum(dtype=torch.int64)
 x.record_stream(side)
 ptr = x.untyped_storage().data_ptr()
 del x
+waits_before = nofrag.stats()["calls_stream_wait"]
+t0 = time.time()
+z = torch.empty(n, dtype=torch.uint8, device=dev)
+z.fill_(3)
+host_seconds = time.time() - t0
 pending = not side.query()
-z = torch.empty(64 << 20, dtype=torch.uint8, device=dev)
-check(pending, "the side stream was still busy when the block was freed (the next check means something)")
-check(z.untyped_storage().data_ptr() != ptr,
-      "record_stream: the block is not handed out again while the other stream's work runs")
+check(pending, "the side stream was still busy after the next allocation (the checks below mean something)")
+if across:
+    check(z.untyped_storage().data_ptr() == ptr and nofrag.stats()["calls_stream_wait"] > waits_before,
+          "record_stream, reuse across streams: the block is handed out again behind a device-side wait")
+    check(host_seconds < 0.2, f"... without the host waiting for the side stream ({host_seconds:.3f} s)")
+else:
+    check(z.untyped_storage().data_ptr() != ptr,
+          "record_stream: the block is not handed out again while the other stream's work runs")
+check(int(total_seen.item()) == n, f"the side stream read the freed tensor's bytes, not the next one's "
+      f"({int(total_seen.item())} == {n})")
 torch.cuda.synchronize()
 del z
 

@@ -14,7 +14,11 @@ def rows(label, path):
     for rank, st in enumerate(per_rank):
         live, held = st.get("allocated_bytes.all.peak", 0), st.get("reserved_bytes.all.peak", 0)
         seconds = st.get("seconds_per_step")
-        time_text = f"{seconds * 1000:7.1f} ms/step" if seconds is not None else f"{run.get('seconds', 0):7.2f} s"
+        median = st.get("median_step_seconds")
+        if seconds is not None:
+            time_text = f"{seconds * 1000:7.1f} ms/step"
+        else:
+            time_text = f"{run.get('seconds', 0):7.2f} s" + (f", median step {median * 1000:.1f} ms" if median else "")
         yield (f"{label:28s} rank {rank}  live peak {live / 2**30:7.3f} GiB  held {held / max(live, 1):6.3f}x"
                f"  moves {st.get('num_remaps', '-'):>6}  host waits {st.get('calls_event_sync', '-'):>6}"
                f"  device waits {st.get('calls_stream_wait', '-'):>6}  {time_text}")

@@ -34,13 +34,27 @@ torch.use_deterministic_algorithms(True)
 torch.backends.cudnn.benchmark = False
 results = []
 start = time.time()
-step_hook = (lambda step: nofrag.step() if step else None) if mode == "nofrag" else (lambda step: None)
+step_starts = []
+
+
+def step_hook(step):
+    # Step times (synchronised at each step start, under both allocators alike): the steady state,
+    # apart from the first steps' page creation.
+    torch.cuda.synchronize()
+    step_starts.append(time.time())
+    if mode == "nofrag" and step:
+        nofrag.step()
+
+
 workloads_more.JOBS[job](steps, torch.device("cuda"), step_hook, results)
 torch.cuda.synchronize()
+step_starts.append(time.time())
+durations = sorted(b - a for a, b in zip(step_starts[3:], step_starts[4:]))
 result = {"job": job, "mode": mode, "steps": steps, "seconds": round(time.time() - start, 2),
           "losses": [float(r.float().item()).hex() for r in results]}
 result["result_count"] = len(result["losses"])
 result["stats"] = allocator_stats(mode)
+result["stats"]["median_step_seconds"] = round(durations[len(durations) // 2], 5) if durations else None
 with open(out_path, "w") as f:
     json.dump(result, f)
 print(job, mode, f"{result['result_count']} results, last {float.fromhex(result['losses'][-1])}",

@@ -3,6 +3,7 @@
 # (default gpu-results/). Run from the repository root on a machine with a GPU, nvcc and PyTorch.
 #   gpu/run-all.sh              everything
 #   gpu/run-all.sh record       also record new traces (needs workloads.py in .rec/)
+#   ONLY="hooks multi" gpu/run-all.sh   only those sections (see `want` below)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}
@@ -10,6 +11,9 @@ OUT="$RESULTS/detail"   # everything but the traces goes into one archive at the
 mkdir -p "$OUT"
 status=0
 step() { echo; echo "== $* =="; }
+# ONLY="replay hooks ..." runs only those sections (names on the `if want` lines below).
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so"
 
 step build
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DNOFRAG_GPU_TESTS=ON \
@@ -17,10 +21,13 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DNOFRAG_GPU_TESTS=ON \
 cmake --build build-gpu -j"$(nproc)" >/dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
 
+if want ctest; then
 step "CTest (C tests, CUDA backend test, 1M-operation stress test)"
 (cd build-gpu && ctest --output-on-failure) 2>&1 | tee "$OUT/ctest.log" | tail -25 || status=1
 grep -q "100% tests passed" "$OUT/ctest.log" || status=1
 
+fi
+if want memcheck; then
 step "compute-sanitizer memcheck on the stress test (30k operations)"
 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 \
   2>&1 | tee "$OUT/memcheck.log" | tail -4 || status=1
@@ -29,6 +36,8 @@ compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30
   2>&1 | tee "$OUT/memcheck_across.log" | tail -4 || status=1
 grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck_across.log" || status=1
 
+fi
+if want replay; then
 step "bundled traces: host replay vs CUDA replay (peak mapped)"
 traces=(traces/*.csv.gz)
 if ! build-gpu/nofrag replay --json traces/vit_fixed.csv.gz >/dev/null 2>&1; then
@@ -41,8 +50,9 @@ if ! build-gpu/nofrag replay --json traces/vit_fixed.csv.gz >/dev/null 2>&1; the
   traces=(/tmp/nofrag-traces/*.csv)
 fi
 for t in "${traces[@]}"; do
-  build-gpu/nofrag replay --json "$t"
-  build-gpu/nofrag replay --json --cuda 0 "$t"
+  # A replay that fails still prints one line, so the pairs below stay aligned.
+  build-gpu/nofrag replay --json "$t" || echo "{\"trace\": \"$t\", \"peak_mapped_bytes\": -1, \"failed_allocs\": -1, \"replay_seconds\": 0}"
+  build-gpu/nofrag replay --json --cuda 0 "$t" || echo "{\"trace\": \"$t\", \"peak_mapped_bytes\": -1, \"failed_allocs\": -1, \"replay_seconds\": 0}"
 done | tee "$OUT/replay_host_vs_cuda.jsonl" >/dev/null
 python3 - "$OUT/replay_host_vs_cuda.jsonl" <<'PY' || status=1
 import json, sys
@@ -57,9 +67,13 @@ for host, cuda in zip(rows[::2], rows[1::2]):
 sys.exit(0 if ok else 1)
 PY
 
+fi
+if want vmm; then
 step "driver call cost by size (gpu/vmm_cost.cu: 1-256 pages per call)"
 build-gpu/gpu/gpu_vmm_cost | tee "$OUT/vmm_cost.jsonl" | tail -2
 
+fi
+if want replay8m; then
 step "8 MiB pages: host replay vs CUDA replay (peak mapped)"
 for t in "${traces[@]:0:2}"; do
   build-gpu/nofrag replay --json --page-size 8M "$t"
@@ -74,8 +88,9 @@ for h, c in zip(rows[::2], rows[1::2]):
     print(h["trace"], "host", h["peak_mapped_bytes"], h["backend_calls"], "cuda", c["peak_mapped_bytes"], c["backend_calls"], "ok" if same else "MISMATCH")
 sys.exit(1 if bad else 0)' || status=1
 
+fi
+if want gpt2; then
 step "GPT-2, 100 steps: native allocator vs nofrag (default cap, then a tight cap)"
-export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so"
 python3 gpu/gpt2_losses.py native "$OUT/gpt2_native.json" 2>&1 | grep -v Warning | tail -2
 python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_nofrag.json" 2>&1 | grep -v Warning | tail -2
 peak=$(python3 -c "import json;print(json.load(open('$OUT/gpt2_native.json'))['stats']['allocated_bytes.all.peak'])")
@@ -86,6 +101,8 @@ NOFRAG_PAGE_SIZE=8M NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losse
 python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_nofrag.json" "$OUT/gpt2_nofrag_tight.json" \
   "$OUT/gpt2_nofrag_tight_8m.json" || status=1
 
+fi
+if want models; then
 step "ResNet-50 multi-scale, T5 with beam search, GPT-2 with batches prefetched on a second stream: native vs nofrag (default cap, then a tight cap)"
 for job in resnet_multiscale t5_seq2seq gpt2_prefetch; do
   python3 gpu/model_losses.py $job native "$OUT/${job}_native.json" 2>&1 | grep -v Warning | tail -1
@@ -103,18 +120,29 @@ python3 gpu/compare_losses.py "$OUT/gpt2_prefetch_native.json" "$OUT/gpt2_prefet
 python3 gpu/memory_table.py native="$OUT/gpt2_prefetch_native.json" nofrag="$OUT/gpt2_prefetch_nofrag.json" \
   "nofrag, no cross reuse=$OUT/gpt2_prefetch_nofrag_nocross.json" | tee "$OUT/gpt2_prefetch_streams.txt"
 
+fi
+if want record_check; then
 step "nofrag.record on a real job: record with PyTorch's allocator, replay, compare"
 python3 gpu/record_check.py build-gpu/nofrag "$OUT" 2>&1 | grep -v Warning | tail -2 | tee "$OUT/record_check.log"
 grep -q ": ok$" "$OUT/record_check.log" || status=1
 
+fi
+if want readme; then
 step "the README's PyTorch example, as printed"
 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" gpu/readme_example.sh 2>&1 | tee "$OUT/readme_example.log" | tail -3
 grep -q "page moves" "$OUT/readme_example.log" || status=1
 
+fi
+if want hooks; then
 step "PyTorch hooks: record_stream, empty_cache, set_per_process_memory_fraction"
-NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" python3 gpu/hooks_check.py 2>&1 | tee "$OUT/hooks.log" | grep -v Warning | tail -8 || status=1
+NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" python3 gpu/hooks_check.py 2>&1 | tee "$OUT/hooks.log" | grep -v Warning | tail -9 || status=1
 grep -q "hooks_check: PASSED" "$OUT/hooks.log" || status=1
+NOFRAG_REUSE_ACROSS_STREAMS=0 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" python3 gpu/hooks_check.py 2>&1 \
+  | tee "$OUT/hooks_nocross.log" | grep -E "record_stream|side stream|hooks_check" || status=1
+grep -q "hooks_check: PASSED" "$OUT/hooks_nocross.log" || status=1
 
+fi
+if want multi; then
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
   step "DDP under torchrun on $gpus GPUs: native vs nofrag losses"
@@ -131,11 +159,14 @@ if [ "$gpus" -ge 2 ]; then
     "nofrag, no cross reuse=$OUT/fsdp_nofrag_nocross.json" ddp_native="$OUT/ddp_native.json" \
     ddp_nofrag="$OUT/ddp_nofrag.json" | tee "$OUT/fsdp_streams.txt"
 fi
+fi
 
+if want latency; then
 step "allocation latency through PyTorch (us per torch.empty + del)"
 python3 gpu/latency.py native 2>&1 | tail -1 | tee "$OUT/latency.txt"
 python3 gpu/latency.py nofrag 2>&1 | tail -2 | tee -a "$OUT/latency.txt"
 
+fi
 if [ "${1:-}" = record ] && [ -f .rec/workloads.py ]; then
   step "recording traces"
   mkdir -p /tmp/rec

@@ -112,7 +112,24 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         nf_backend_destroy(backend);
         return -1;
     }
-    for (uint32_t i = 0; i < t->stream_count; i++) streams[i] = (void *)(uintptr_t)t->streams[i];
+    /* On the host backend a stream is any token: the trace's own values. On CUDA a stream must be
+     * a live handle, and the recorded ones belonged to the recording process (passing one to the
+     * driver crashes it). The replay queues no work, so any distinct valid handles will do: the
+     * default stream, then CUDA's two special handles (CU_STREAM_LEGACY, CU_STREAM_PER_THREAD). */
+    static void *const cuda_streams[] = {NULL, (void *)(uintptr_t)0x1, (void *)(uintptr_t)0x2};
+    enum { CUDA_STREAMS = sizeof cuda_streams / sizeof cuda_streams[0] };
+    if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
+        snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
+                 (int)CUDA_STREAMS);
+        replay_result_free(r);
+        free(ptrs);
+        free(streams);
+        nf_pool_destroy(pool);
+        nf_backend_destroy(backend);
+        return -1;
+    }
+    for (uint32_t i = 0; i < t->stream_count; i++)
+        streams[i] = opts->cuda_device >= 0 ? cuda_streams[i] : (void *)(uintptr_t)t->streams[i];
     nf_stats step_last = {0}; /* per-step slot 0 includes making the pool */
 
     uint32_t window_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;

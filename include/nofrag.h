@@ -127,7 +127,9 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
 nf_status nf_pool_destroy(nf_pool *pool);
 
 /* Allocates `size` bytes (rounded up to the alignment) for use on `stream`, mapping physical pages
- * as needed. Size 0 gives NF_OK and *ptr_out == NULL. On failure *ptr_out is NULL and the pool is
+ * as needed. With config.reuse_across_streams, `stream` may be made to wait on the device for other
+ * streams' work on the memory it gets: use the block on `stream`, or on streams ordered after work
+ * queued on `stream` after this call returns. Size 0 gives NF_OK and *ptr_out == NULL. On failure *ptr_out is NULL and the pool is
  * unchanged apart from statistics and idle pages it may have mapped, moved or released; live
  * blocks are never touched, even when a driver call fails part-way.
  * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
@@ -136,7 +138,8 @@ nf_status nf_pool_destroy(nf_pool *pool);
 nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
 
 /* Frees a block. Its memory is reusable at once on `stream` and on other streams once the work
- * queued on `stream` before this call has completed. NULL ptr is a no-op returning NF_OK.
+ * queued on `stream` before this call has completed (with config.reuse_across_streams: at once,
+ * behind a device-side wait for that work). NULL ptr is a no-op returning NF_OK.
  * Fails with NF_ERR_INVALID_POINTER iff ptr was never returned by this pool or points inside a
  * block; NF_ERR_DOUBLE_FREE iff the block is already free. A failed free changes nothing.
  * O(1) plus O(pages the block covers); thread-safe. */
@@ -144,7 +147,8 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream);
 
 /* Declares that the live block at ptr is also used by work on `stream` (PyTorch's record_stream):
  * when it is freed, no stream reuses it, and no page under it moves, until the work queued on every
- * such stream before the free has completed.
+ * such stream before the free has completed (with config.reuse_across_streams, a stream may reuse
+ * it before, made to wait for that work on the device).
  * Fails with NF_ERR_INVALID_POINTER iff ptr is not a live block's start. O(1); thread-safe. */
 nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream);
 

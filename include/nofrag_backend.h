@@ -92,7 +92,9 @@ void nf_backend_destroy(nf_backend *backend);
 nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_backend **backend_out);
 
 /* Simulates one kernel queued on `stream` in a host backend: events recorded from now on stay
- * pending until nf_host_stream_complete(stream). Fails with NF_ERR_INVALID_ARG on a non-host
+ * pending until nf_host_stream_complete(stream). A stream_wait on the host backend holds back the
+ * waiting stream's later kernels: completing them (nf_host_stream_complete, or an event_sync)
+ * first completes the waited-for stream's work up to the event, as a GPU would run it. Fails with NF_ERR_INVALID_ARG on a non-host
  * backend. Not thread-safe against pool calls on pools using this backend. */
 nf_status nf_host_stream_submit(nf_backend *backend, void *stream);
 /* Simulates `stream` finishing all work queued so far. */

@@ -8,7 +8,8 @@
  *
  * Both modes check every precondition of nofrag_backend.h and fail a call that breaks one, so
  * the core's tests catch a wrong unmap or double map even without real memory.
- * Streams and events are simulated: each stream counts kernels submitted and completed.
+ * Streams and events are simulated: each stream counts kernels submitted and completed, and a
+ * stream_wait holds the waiting stream's later kernels back until the other stream reaches the event.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

@@ -3,7 +3,9 @@ all GPUs of the machine, deterministic; rank 0 writes the losses. Run once per a
 compare with compare_losses.py. FSDP shards each transformer block (its all-gathers run on a
 stream of their own, so blocks cross streams).
 
-usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag OUT.json [ddp|fsdp]
+usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag|record OUT.json [ddp|fsdp] [STEPS]
+record: PyTorch's allocator, and each rank records its allocations with nofrag.record into
+OUT_rankR.csv.gz / .steps (OUT.json less ".json"), for `nofrag replay`.
 """
 import json
 import os
@@ -13,8 +15,11 @@ import time
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 mode, out_path = sys.argv[1], sys.argv[2]
 wrapper = sys.argv[3] if len(sys.argv) > 3 else "ddp"
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 30
 if wrapper not in ("ddp", "fsdp"):
     raise SystemExit("the wrapper is ddp or fsdp")
+if mode not in ("native", "nofrag", "record"):
+    raise SystemExit("the mode is native, nofrag or record")
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "python"))
 sys.path.insert(0, here)
@@ -29,6 +34,11 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 local = int(os.environ["LOCAL_RANK"])
 torch.cuda.set_device(local)
+recorder = None
+if mode == "record":
+    import nofrag.record
+    recorder = nofrag.record.Recorder(f"{out_path[:-5] if out_path.endswith('.json') else out_path}_rank{rank}")
+    recorder.start()
 dist.init_process_group("nccl")
 torch.manual_seed(0)
 torch.use_deterministic_algorithms(True)
@@ -46,7 +56,9 @@ opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
 gen = torch.Generator().manual_seed(100 + rank)
 losses = []
 timed_from = 5  # steps before this one warm up (NCCL, cuBLAS, first pages)
-for step in range(30):
+for step in range(steps):
+    if recorder:
+        recorder.step()
     if step == timed_from:
         torch.cuda.synchronize()
         start = time.time()
@@ -62,12 +74,14 @@ for step in range(30):
     if mode == "nofrag":
         nofrag.step()
 torch.cuda.synchronize()
-stats = allocator_stats(mode)
-stats["seconds_per_step"] = round((time.time() - start) / (30 - timed_from), 5)
+stats = allocator_stats("nofrag" if mode == "nofrag" else "native")
+stats["seconds_per_step"] = round((time.time() - start) / (steps - timed_from), 5)
+if recorder:
+    stats["recorded"] = recorder.stop()
 gathered = [None] * world
 dist.all_gather_object(gathered, stats)
 if rank == 0:
-    json.dump({"mode": mode, "wrapper": wrapper, "steps": 30, "losses": losses, "world": world, "stats": gathered,
+    json.dump({"mode": mode, "wrapper": wrapper, "steps": steps, "losses": losses, "world": world, "stats": gathered,
                "too_late_error": None}, open(out_path, "w"))
     print(mode, wrapper, "world", world, "final loss", float.fromhex(losses[-1]), gathered)
 dist.destroy_process_group()

@@ -52,7 +52,21 @@ static void on_complete(void *user, void *stream, uint64_t completed) {
 
 static void *stream_token(int s) { return (void *)(uintptr_t)(s + 1); }
 
+/* Makes stream `waiter` wait for the work queued on `target` so far (torch's wait_stream). */
+static void join(int waiter, int target) {
+    uint64_t event;
+    REQUIRE(backend->event_record(backend->ctx, stream_token(target), &event) == 0);
+    REQUIRE(backend->stream_wait(backend->ctx, stream_token(waiter), event) == 0);
+    REQUIRE(backend->event_release(backend->ctx, event) == 0);
+}
+
+/* joins_owed[s], bit t: before its next kernel, stream s waits for stream t (see run). */
+static unsigned joins_owed[STREAMS];
+
 static void submit(int s, uint64_t *ptr, size_t words, uint64_t tag, int verify) {
+    for (int t = 0; t < STREAMS; t++)
+        if (joins_owed[s] & (1u << t)) join(s, t);
+    joins_owed[s] = 0;
     stream_queue *q = &queues[s];
     REQUIRE(q->tail - q->head < MAX_QUEUED);
     nf_host_stream_submit(backend, stream_token(s));
@@ -70,6 +84,7 @@ static void run(uint64_t seed, uint64_t cap_pages, int ops, bool across, nf_stat
     uint64_t rng = seed;
     const uint64_t G = 64 * 1024;
     memset(queues, 0, sizeof queues);
+    memset(joins_owed, 0, sizeof joins_owed);
     test_pool_spec spec = {.real_memory = true, .gran = G, .capacity = cap_pages * G, .reuse_across_streams = across};
     nf_pool *pool = test_pool(&spec, &backend);
     nf_host_set_completion_hook(backend, on_complete, NULL);
@@ -78,9 +93,21 @@ static void run(uint64_t seed, uint64_t cap_pages, int ops, bool across, nf_stat
     for (int op = 0; op < ops; op++) {
         int i = (int)rng_below(&rng, SLOTS);
         if (live[i].ptr) {
-            /* Verify on its stream, then free on that stream: the verify is still queued. */
-            submit(live[i].stream, live[i].ptr, live[i].words, live[i].tag, 1);
-            CHECK_OK(nf_free(pool, live[i].ptr, stream_token(live[i].stream)));
+            int s = live[i].stream, other = (s + 1 + (int)rng_below(&rng, STREAMS - 1)) % STREAMS;
+            if (rng_below(&rng, 8) == 0) {
+                /* Used on another stream without telling the pool, as PyTorch code may (FSDP's
+                 * gradients, read by the optimizer on the compute stream): that stream waits for
+                 * the block's stream, verifies there, the block is freed on its own stream, which
+                 * waits for the other before its next kernel (the job's own ordering; PyTorch's
+                 * allocator reuses freed memory only on the freeing stream). */
+                join(other, s);
+                submit(other, live[i].ptr, live[i].words, live[i].tag, 1);
+                joins_owed[s] |= 1u << other;
+            } else {
+                /* Verify on its stream, then free on that stream: the verify is still queued. */
+                submit(s, live[i].ptr, live[i].words, live[i].tag, 1);
+            }
+            CHECK_OK(nf_free(pool, live[i].ptr, stream_token(s)));
             live[i].ptr = NULL;
         } else {
             int s = (int)rng_below(&rng, STREAMS);

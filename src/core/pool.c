@@ -122,11 +122,23 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
     return NF_OK;
 }
 
-/* Whether every stream in `mask` other than `idx` is known to have finished its work up to free
- * number `seq`, or (idx != NO_STREAM) idx's coming work is already ordered after that work; no
- * backend call. Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
+/* The mask naming every stream the pool knows. */
+static uint64_t all_streams(const nf_pool *pool) {
+    return pool->stream_count >= 63 ? ~0ull : (1ull << pool->stream_count) - 1;
+}
+
+/* Whether memory fenced by `mask` up to free number `seq` may serve stream `idx` (NO_STREAM: be
+ * unmapped) as far as is known, with no backend call. A fence naming no stream but idx is idx's
+ * own work, which stream order puts first. Otherwise every stream's work queued before that free
+ * must be known done, or (idx != NO_STREAM) already ordered before idx's coming work: not only the
+ * streams in the mask, since PyTorch code may use a block on another stream without telling the
+ * allocator (FSDP's gradients, made on its reduce-scatter stream, are read by the optimizer on the
+ * compute stream), relying on PyTorch's own allocator never giving a stream's freed memory to
+ * another stream. Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
 bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    if (fence_only_own(mask, idx)) return true;
     const uint64_t *after = idx < 63 ? pool->streams[idx].ordered_after : NULL;
+    mask = all_streams(pool);
     if (idx < 63) mask &= ~(1ull << idx);
     while (mask) {
         uint32_t bit = (uint32_t)__builtin_ctzll(mask);
@@ -137,14 +149,16 @@ bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uin
     return true;
 }
 
-/* Orders the work that stream idx queues from now on after the work of every stream in mask but
- * idx queued before free number seq. With order_on_device, a stream whose work is still running
+/* Orders the work that stream idx queues from now on after the work of every stream but idx
+ * queued before free number seq, unless mask names no stream but idx (pool_fence_known_done says
+ * why every stream). With order_on_device, a stream whose work is still running
  * gets a device-side wait (stream_wait: the host goes on at once); otherwise, or for idx ==
  * NO_STREAM (the pool itself, before unmapping a page), the host waits for that work. */
 nf_status pool_order_after(nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
+    if (fence_only_own(mask, idx)) return NF_OK;
     bool on_device = pool->order_on_device && idx != NO_STREAM;
-    for (uint32_t i = 0; i < pool->stream_count; i++) {
-        if (i == idx || !(mask & stream_bit(i))) continue;
+    for (uint32_t i = 0; i < pool->stream_count; i++) { /* every stream: see pool_fence_known_done */
+        if (i == idx) continue;
         if (pool->streams[i].done_seq >= seq) continue;
         if (on_device && idx < 63 && i < 63 && pool->streams[idx].ordered_after[i] >= seq) continue;
         bool done;

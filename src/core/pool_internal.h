@@ -55,9 +55,10 @@ typedef struct block {
     struct block *free_prev; /* links in the free index bin; valid while in_index */
     struct block *free_next;
     /* A free block's fence: the streams (fence_mask, one bit per stream index, bit 63 for every
-     * index >= 63) whose work queued before free number fence_seq may still touch it. A stream in
-     * the mask may reuse the block at once (stream order protects it) once every *other* stream in
-     * the mask is known done; fence_seq == 0 means no fence. A live block's fence_mask holds the
+     * index >= 63) known to have used it, up to free number fence_seq. A stream that is the mask's
+     * only one may reuse the block at once (stream order protects it); any other stream only once
+     * every stream's work queued before that free is done or ordered first (the block may have
+     * been used on streams never named: pool_fence_known_done); fence_seq == 0 means no fence. A live block's fence_mask holds the
      * streams it is used on: its allocating stream and any added by nf_record_stream. */
     uint64_t fence_seq;
     uint64_t fence_mask;

@@ -1,7 +1,7 @@
 """The PyTorch hooks nofrag wires by wrapping torch functions, on a real GPU:
-record_stream keeps a block from another stream until that stream's work is done (or, with reuse
-across streams, hands it out behind a device-side wait; NOFRAG_REUSE_ACROSS_STREAMS=0 checks the
-other way), empty_cache
+record_stream keeps a block from another stream until that stream's work is done (or, with the
+experimental reuse across streams, NOFRAG_REUSE_ACROSS_STREAMS=1, hands it out behind a
+device-side wait), empty_cache
 gives idle memory back, set_per_process_memory_fraction becomes the pool's cap.
 Exits 1 on any failed check."""
 import os
@@ -29,7 +29,7 @@ across = nofrag.torch.settings()["reuse_across_streams"]
 # record_stream: a tensor made on the current stream is read by a kernel on `side` that starts only
 # after a long sleep there, and freed meanwhile. The next tensor of that size, made on the current
 # stream and filled at once, must not change what the side stream reads: without reuse across
-# streams it gets other memory; with it (the default) it gets the same memory, and the current
+# streams (the default) it gets other memory; with it it gets the same memory, and the current
 # stream waits for the side stream on the GPU while the host goes on.
 n = 64 << 20
 

@@ -65,8 +65,10 @@ class SettingsTest(unittest.TestCase):
             self.assertEqual(s["page_size"], 8 << 20)
             self.assertFalse(s["reuse_across_streams"])
             self.assertTrue(nt.settings(reuse_across_streams=True)["reuse_across_streams"])
+            os.environ["NOFRAG_REUSE_ACROSS_STREAMS"] = "1"
+            self.assertTrue(nt.settings()["reuse_across_streams"])
             del os.environ["NOFRAG_REUSE_ACROSS_STREAMS"]
-            self.assertTrue(nt.settings()["reuse_across_streams"])  # the default
+            self.assertFalse(nt.settings()["reuse_across_streams"])  # the default: experimental
             self.assertEqual(nt.settings(page_size="4M")["page_size"], 4 << 20)
             for bad in ("3M", "1M", "6M"):
                 with self.assertRaisesRegex(ValueError, "page size"):

@@ -57,7 +57,6 @@ static struct {
     .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
     .log_level = NF_LOG_WARN,
-    .reuse_across_streams = true,
 };
 
 /* Stores text as the message nofrag.last_error() returns. */

@@ -97,7 +97,9 @@ typedef struct nf_config {
      * is a safety limit rather than a budget (the device's size: the PyTorch front end's default),
      * so that held memory follows the live peak. No effect without a cap. */
     bool hold_near_live;
-    /* Memory freed on one stream while work queued there may still use it can serve a request on
+    /* EXPERIMENTAL (off by default; FSDP training under it through the PyTorch front end ended in
+     * NaN losses in 3 of 5 runs, cause not found: docs/placement.md, last section).
+     * Memory freed on one stream while work queued there may still use it can serve a request on
      * another stream at once: the requesting stream is made to wait on the device for that work
      * (the backend's stream_wait, cuStreamWaitEvent: no host wait). Without it such memory serves
      * other streams only once that work is known to be done, or after the host waits for it, and
@@ -137,9 +139,10 @@ nf_status nf_pool_destroy(nf_pool *pool);
  * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe. */
 nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
 
-/* Frees a block. Its memory is reusable at once on `stream` and on other streams once the work
- * queued on `stream` before this call has completed (with config.reuse_across_streams: at once,
- * behind a device-side wait for that work). NULL ptr is a no-op returning NF_OK.
+/* Frees a block. Its memory is reusable at once on `stream`, and on other streams once the work
+ * every stream queued before this call has completed: a block may have been used on streams
+ * never declared with nf_record_stream (with config.reuse_across_streams: at once, behind a
+ * device-side wait for that work). NULL ptr is a no-op returning NF_OK.
  * Fails with NF_ERR_INVALID_POINTER iff ptr was never returned by this pool or points inside a
  * block; NF_ERR_DOUBLE_FREE iff the block is already free. A failed free changes nothing.
  * O(1) plus O(pages the block covers); thread-safe. */

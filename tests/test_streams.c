@@ -208,7 +208,35 @@ static void across_streams_page_moves_without_host_wait(void) {
     test_pool_close(pool, be);
 }
 
+static void fenced_neighbours_merge_once_known_done(void) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, 0);
+    void *a, *b, *c;
+    /* a and b fill the first page; each is freed on its own stream with a kernel still queued, so
+     * the two free blocks stay apart (each would make the other's stream wait). */
+    CHECK_OK(nf_alloc(pool, GRAN / 2, S, &a));
+    CHECK_OK(nf_alloc(pool, GRAN / 2, T, &b));
+    CHECK((char *)b == (char *)a + GRAN / 2);
+    nf_host_stream_submit(be, S);
+    nf_host_stream_submit(be, T);
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_free(pool, b, T));
+    nf_host_stream_complete(be, S);
+    nf_host_stream_complete(be, T);
+    /* A page-sized request finds no free place but a new page above; before paying for one the
+     * pool asks the streams, learns both kernels are done, merges a and b, and takes the page it
+     * already holds. */
+    CHECK_OK(nf_alloc(pool, GRAN, S, &c));
+    CHECK(c == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.reserved_bytes.peak == GRAN && st.calls_event_query >= 1 && st.num_event_waits == 0);
+    CHECK_OK(nf_free(pool, c, S));
+    test_pool_close(pool, be);
+}
+
 int main(void) {
+    fenced_neighbours_merge_once_known_done();
     across_streams_reuse_waits_on_device();
     across_streams_page_moves_without_host_wait();
     recorded_stream_fences_the_block();

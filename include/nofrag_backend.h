@@ -57,7 +57,10 @@ struct nf_backend {
     /* Grant read/write access to [va, va + pages * granularity) (to the owning device and peers).
      * pre: every page of the range is mapped; the range may span several mappings. */
     int (*set_access)(void *ctx, uint64_t va, uint64_t pages);
-    /* Record an event covering all work queued on `stream` so far. post: *event_out != 0. */
+    /* Record an event covering all work queued on `stream` so far. *event_out == 0: into a new
+     * event; otherwise *event_out is an event of this backend, not released, recorded again (what
+     * it covered before no longer counts; waits already queued on it keep their old record).
+     * post: *event_out != 0. */
     int (*event_record)(void *ctx, void *stream, uint64_t *event_out);
     /* 0 when the event's work has completed, NF_BACKEND_EVENT_PENDING when not, else an error. */
     int (*event_query)(void *ctx, uint64_t event);

@@ -54,7 +54,7 @@ static void *stream_token(int s) { return (void *)(uintptr_t)(s + 1); }
 
 /* Makes stream `waiter` wait for the work queued on `target` so far (torch's wait_stream). */
 static void join(int waiter, int target) {
-    uint64_t event;
+    uint64_t event = 0;
     REQUIRE(backend->event_record(backend->ctx, stream_token(target), &event) == 0);
     REQUIRE(backend->stream_wait(backend->ctx, stream_token(waiter), event) == 0);
     REQUIRE(backend->event_release(backend->ctx, event) == 0);

@@ -208,6 +208,10 @@ static int cuda_event_record(void *ctx, void *stream, uint64_t *event_out) {
     cuda_ctx *c = ctx;
     CUevent ev = NULL;
     CUresult rc;
+    if (*event_out) { /* record it again: one driver call instead of create + record + destroy */
+        WITH_CONTEXT(c, driver.cuEventRecord((CUevent)(uintptr_t)*event_out, (CUstream)stream));
+        return checked(c, "cuEventRecord", rc);
+    }
     WITH_CONTEXT(c, driver.cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
     if (rc != CUDA_SUCCESS) return checked(c, "cuEventCreate", rc);
     WITH_CONTEXT(c, driver.cuEventRecord(ev, (CUstream)stream));

@@ -307,6 +307,11 @@ static int host_set_access(void *ctx, uint64_t va, uint64_t pages) {
     return 0;
 }
 
+static host_event *event_get(host_ctx *h, uint64_t event) {
+    if (event < 1 || event > h->event_count || !h->events[event - 1].in_use) return NULL;
+    return &h->events[event - 1];
+}
+
 static int stream_find(host_ctx *h, void *stream, bool add, uint32_t *idx_out) {
     for (uint32_t i = 0; i < h->stream_count; i++)
         if (h->streams[i].stream == stream) {
@@ -326,11 +331,14 @@ static int stream_find(host_ctx *h, void *stream, bool add, uint32_t *idx_out) {
 static int host_event_record(void *ctx, void *stream, uint64_t *event_out) {
     host_ctx *h = ctx;
     uint32_t s;
+    if (*event_out && !event_get(h, *event_out)) return HOST_ERR_PRECONDITION;
     int rc = stream_find(h, stream, true, &s);
     if (rc) return rc;
     uint64_t e;
-    for (e = 0; e < h->event_count && h->events[e].in_use; e++) {
-    }
+    if (*event_out) e = *event_out - 1; /* recorded again */
+    else
+        for (e = 0; e < h->event_count && h->events[e].in_use; e++) {
+        }
     if (e == h->event_count) {
         if (!grow((void **)&h->events, &h->event_capacity, h->event_count + 1, sizeof *h->events))
             return HOST_ERR_NO_MEMORY;
@@ -343,11 +351,6 @@ static int host_event_record(void *ctx, void *stream, uint64_t *event_out) {
     h->events[e].waits = st->wait_base + st->wait_count;
     *event_out = e + 1;
     return 0;
-}
-
-static host_event *event_get(host_ctx *h, uint64_t event) {
-    if (event < 1 || event > h->event_count || !h->events[event - 1].in_use) return NULL;
-    return &h->events[event - 1];
 }
 
 /* Whether stream s has completed `seq` submissions and met its first `waits` waits. */

@@ -108,8 +108,8 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
     }
     nf_status s;
     if (!st->event || st->event_seq < seq) {
-        if (st->event && (s = call_event_release(pool, st->event)) != NF_OK) return s;
-        st->event = 0;
+        /* The stream's one event, recorded again (created the first time): a device-side wait
+         * already queued on it keeps the record it was queued behind. */
         if ((s = call_event_record(pool, st->stream, &st->event)) != NF_OK) return s;
         st->event_seq = pool->free_seq;
     }

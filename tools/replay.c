@@ -76,8 +76,20 @@ static int first_block_address(void *user, const nf_block_info *b) {
     return 1;
 }
 
+/* On the host backend a stream is any token: the trace's own values. On CUDA a stream must be a
+ * live handle, and the recorded ones belonged to the recording process (passing one to the driver
+ * crashes it). The replay queues no work, so any distinct valid handles will do: the default
+ * stream, then CUDA's two special handles (CU_STREAM_LEGACY, CU_STREAM_PER_THREAD). */
+static void *const cuda_streams[] = {NULL, (void *)(uintptr_t)0x1, (void *)(uintptr_t)0x2};
+enum { CUDA_STREAMS = sizeof cuda_streams / sizeof cuda_streams[0] };
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
+    if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
+        snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
+                 (int)CUDA_STREAMS);
+        return -1;
+    }
     nf_backend *backend;
     nf_status s = opts->cuda_device >= 0
                       ? nf_backend_cuda_create(opts->cuda_device, false, NULL, NULL, &backend)
@@ -105,22 +117,6 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     }
     if (!ptrs || !streams || (opts->per_step && !r->steps)) {
         snprintf(err, err_size, "out of memory");
-        replay_result_free(r);
-        free(ptrs);
-        free(streams);
-        nf_pool_destroy(pool);
-        nf_backend_destroy(backend);
-        return -1;
-    }
-    /* On the host backend a stream is any token: the trace's own values. On CUDA a stream must be
-     * a live handle, and the recorded ones belonged to the recording process (passing one to the
-     * driver crashes it). The replay queues no work, so any distinct valid handles will do: the
-     * default stream, then CUDA's two special handles (CU_STREAM_LEGACY, CU_STREAM_PER_THREAD). */
-    static void *const cuda_streams[] = {NULL, (void *)(uintptr_t)0x1, (void *)(uintptr_t)0x2};
-    enum { CUDA_STREAMS = sizeof cuda_streams / sizeof cuda_streams[0] };
-    if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
-        snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
-                 (int)CUDA_STREAMS);
         replay_result_free(r);
         free(ptrs);
         free(streams);

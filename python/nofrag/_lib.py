@@ -45,6 +45,8 @@ def lib():
         L.nf_torch_set_memory_fraction.restype = c_int
         L.nf_torch_record_stream.argtypes = [vp, c_int, vp]
         L.nf_torch_record_stream.restype = c_int
+        L.nf_torch_record_stream_hook.argtypes = [vp, vp]
+        L.nf_torch_record_stream_hook.restype = None
         L.nf_torch_step.argtypes = [c_int]
         L.nf_torch_trim.argtypes = [c_int, u64]
         L.nf_torch_check.argtypes = [c_int]

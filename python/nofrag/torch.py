@@ -115,14 +115,32 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
+    hooked = _hook_record_stream(allocator, L)
     torch.cuda.memory.change_current_allocator(allocator)
-    _install_hooks(torch)
+    _install_hooks(torch, wrap_record_stream=not hooked)
     _enabled = True
 
 
-def _install_hooks(torch):
-    """PyTorch's pluggable allocator has no Python setters for its optional hooks, so the public
-    functions that would reach them are wrapped instead."""
+def _hook_record_stream(allocator, L):
+    """PyTorch's C++ code declares other streams' uses of a tensor through the allocator's
+    record-stream callback (tensor.record_stream does, and so does NCCL's process group for the
+    tensors of its collectives, unless TORCH_NCCL_AVOID_RECORD_STREAMS=1); a pluggable allocator
+    gets no such call unless the callback is set. Sets it to nofrag's where this PyTorch has the
+    setter, and returns whether it did."""
+    get_native = getattr(allocator, "allocator", None)
+    native = get_native() if callable(get_native) else None
+    setter = getattr(native, "set_record_stream_fn", None)
+    if not callable(setter):
+        return False
+    import ctypes
+    setter(ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
+    return True
+
+
+def _install_hooks(torch, wrap_record_stream=True):
+    """The public functions that would reach a pluggable allocator's optional hooks, which have no
+    Python setters, are wrapped instead (record_stream only where the C++ callback could not be
+    set: _hook_record_stream)."""
     L = lib()
 
     def empty_cache():
@@ -147,13 +165,14 @@ def _install_hooks(torch):
         return original_record_stream(self, stream)
 
     _hooks.update(empty_cache=torch.cuda.empty_cache,
-                  set_per_process_memory_fraction=torch.cuda.set_per_process_memory_fraction,
-                  record_stream=original_record_stream)
+                  set_per_process_memory_fraction=torch.cuda.set_per_process_memory_fraction)
     torch.cuda.empty_cache = empty_cache
     torch.cuda.memory.empty_cache = empty_cache
     torch.cuda.set_per_process_memory_fraction = set_per_process_memory_fraction
     torch.cuda.memory.set_per_process_memory_fraction = set_per_process_memory_fraction
-    torch.Tensor.record_stream = record_stream
+    if wrap_record_stream:
+        _hooks.update(record_stream=original_record_stream)
+        torch.Tensor.record_stream = record_stream
 
 
 if os.environ.get("NOFRAG_ENABLE", "") not in ("", "0"):

@@ -11,16 +11,25 @@ from nofrag import _lib
 from tests.stand_in import StandInTorchCase
 
 
-def fake_torch(initialized=False):
-    """A stand-in for the parts of torch that nofrag.torch touches, recording what it is asked."""
+def fake_torch(initialized=False, record_stream_setter=False):
+    """A stand-in for the parts of torch that nofrag.torch touches, recording what it is asked;
+    record_stream_setter: its allocator object has set_record_stream_fn, as recent PyTorch's does."""
     calls = {}
     torch = types.ModuleType("torch")
     cuda = types.ModuleType("torch.cuda")
     memory = types.ModuleType("torch.cuda.memory")
 
+    class Native:
+        def set_record_stream_fn(self, pointer):
+            calls["record_stream_fn"] = pointer
+
     class CUDAPluggableAllocator:
         def __init__(self, path, alloc, free):
             calls["allocator"] = (path, alloc, free)
+
+        if record_stream_setter:
+            def allocator(self):
+                return Native()
 
     memory.CUDAPluggableAllocator = CUDAPluggableAllocator
     memory.change_current_allocator = lambda a: calls.setdefault("changed", a)
@@ -158,6 +167,19 @@ class EnableTest(StandInTorchCase):
         t.record_stream("side")
         self.assertEqual(calls["record_stream"], "side")
         self.assertIn("record_stream", nt._hooks)
+
+    def test_record_stream_callback_set_where_pytorch_has_the_setter(self):
+        torch, calls = fake_torch(record_stream_setter=True)
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        original = torch.Tensor.record_stream
+        nt.enable()
+        L = _lib.lib()
+        self.assertEqual(calls["record_stream_fn"],
+                         ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
+        self.assertIs(torch.Tensor.record_stream, original)  # the C++ callback covers it
+        self.assertNotIn("record_stream", nt._hooks)
+        L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
 
 
 if __name__ == "__main__":

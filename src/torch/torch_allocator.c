@@ -23,6 +23,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
                        int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
+void nf_torch_record_stream_hook(void *ptr, void *stream);
 int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
@@ -228,6 +229,18 @@ int nf_torch_set_memory_fraction(double fraction, int device) {
 int nf_torch_record_stream(void *ptr, int device, void *stream) {
     nf_pool *pool = device_pool_peek(device);
     return pool ? nf_record_stream(pool, ptr, stream) : NF_ERR_INVALID_POINTER;
+}
+
+/* PyTorch's record-stream callback (CUDAPluggableAllocator::set_record_stream_fn), which its C++
+ * code calls where it declares that another stream uses a tensor: ProcessGroupNCCL does so for the
+ * tensors of its collectives, on NCCL's internal stream. Only the pointer and the stream come, so
+ * the pool holding the block is looked up; a pointer no pool holds is not nofrag's and is left. */
+void nf_torch_record_stream_hook(void *ptr, void *stream) {
+    if (!ptr) return;
+    for (int d = 0; d < MAX_DEVICES; d++) {
+        nf_pool *pool = device_pool_peek(d);
+        if (pool && nf_record_stream(pool, ptr, stream) == NF_OK) return;
+    }
 }
 
 /* device < 0: every device with a pool. */

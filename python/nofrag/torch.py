@@ -133,7 +133,10 @@ def _hook_record_stream(allocator, L):
     if not callable(setter):
         return False
     import ctypes
-    setter(ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
+    try:
+        setter(ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
+    except (TypeError, RuntimeError):  # a setter of another shape: keep the Python wrapper
+        return False
     return True
 
 

@@ -479,6 +479,24 @@ static bool others_pending(const nf_pool *pool, uint32_t idx) {
     return false;
 }
 
+/* Whether some run of free neighbours, one of them not yet usable by stream idx, would hold size
+ * bytes if merged: only then can learning about other streams make a place appear. O(blocks). */
+static bool fenced_run_fits(const nf_pool *pool, uint64_t size, uint32_t idx) {
+    uint64_t run = 0;
+    bool fenced = false;
+    for (const block *b = pool->first; b; b = b->next) {
+        if (b->live) {
+            run = 0;
+            fenced = false;
+            continue;
+        }
+        run += b->size;
+        fenced |= !pool_block_usable_by(pool, b, idx);
+        if (fenced && run >= size) return true;
+    }
+    return false;
+}
+
 /* streams_poll, then the merges what it learnt allows. */
 static nf_status streams_learn(nf_pool *pool, bool wait, bool *progress) {
     nf_status s = streams_poll(pool, wait, progress);
@@ -510,7 +528,7 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
         uint64_t offset = 0;
         bool claimed;
         block *b = placement_find(pool, rounded, idx, &offset, &claimed);
-        if (b && !claimed && attempt == 0 && others_pending(pool, idx)) {
+        if (b && !claimed && attempt == 0 && others_pending(pool, idx) && fenced_run_fits(pool, rounded, idx)) {
             bool progress;
             asked = true;
             if ((s = streams_learn(pool, false, &progress)) != NF_OK) return s;

@@ -23,6 +23,8 @@ def check(cond, what):
         failures.append(what)
 
 
+print("     record_stream reaches nofrag through",
+      "the Python wrapper" if "record_stream" in nofrag.torch._hooks else "PyTorch's C++ callback (set_record_stream_fn)")
 dev = torch.device("cuda")
 side = torch.cuda.Stream()
 across = nofrag.torch.settings()["reuse_across_streams"]

@@ -1,7 +1,8 @@
 /* The host backend follows CUDA virtual memory's rules for physical allocations of several pages
  * (probed on an H200 by gpu/vmm_cost.cu): a handle is mapped only whole, a mapping is unmapped only
  * whole, and one set-access or one unmap may span several adjacent mappings. In real-memory mode a handle's contents are
- * the same at every place it is mapped. */
+ * the same at every place it is mapped. Its simulated events follow CUDA's: an event recorded again
+ * covers the newer work, and a stream wait queued before keeps the record it was queued behind. */
 #include <string.h>
 
 #include "check.h"
@@ -71,7 +72,45 @@ static void rules(bool real) {
     nf_backend_destroy(be);
 }
 
+static void events(void) {
+    nf_backend *be;
+    REQUIRE(nf_backend_host_create(false, 0, &be) == NF_OK);
+    void *S = (void *)1, *T = (void *)2;
+    uint64_t ev = 0, again;
+    nf_host_stream_submit(be, S);
+    REQUIRE(be->event_record(be->ctx, S, &ev) == 0 && ev != 0);
+    CHECK(be->event_query(be->ctx, ev) == NF_BACKEND_EVENT_PENDING);
+    REQUIRE(be->stream_wait(be->ctx, T, ev) == 0); /* T waits for S's first kernel */
+    nf_host_stream_complete(be, S);
+    CHECK(be->event_query(be->ctx, ev) == 0);
+    nf_host_stream_submit(be, S);
+    again = ev;
+    REQUIRE(be->event_record(be->ctx, S, &again) == 0);
+    CHECK(again == ev);                                           /* the same event, recorded again */
+    CHECK(be->event_query(be->ctx, ev) == NF_BACKEND_EVENT_PENDING); /* it covers S's second kernel */
+    /* T's wait was for the first record: T's work is not held back by S's second kernel. */
+    uint64_t on_t = 0;
+    nf_host_stream_submit(be, T);
+    REQUIRE(be->event_record(be->ctx, T, &on_t) == 0);
+    nf_host_stream_complete(be, T);
+    CHECK(be->event_query(be->ctx, on_t) == 0);
+    CHECK(be->event_query(be->ctx, ev) == NF_BACKEND_EVENT_PENDING);
+    /* A wait queued now is for the second record: T's next kernel completes only after S's. */
+    REQUIRE(be->stream_wait(be->ctx, T, ev) == 0);
+    nf_host_stream_submit(be, T);
+    REQUIRE(be->event_record(be->ctx, T, &on_t) == 0);
+    CHECK(be->event_query(be->ctx, on_t) == NF_BACKEND_EVENT_PENDING);
+    REQUIRE(be->event_sync(be->ctx, on_t) == 0); /* runs S's kernel first, then T's */
+    CHECK(be->event_query(be->ctx, ev) == 0);
+    uint64_t released = ev;
+    CHECK(be->event_release(be->ctx, ev) == 0);
+    CHECK(be->event_record(be->ctx, S, &released) != 0); /* a released event cannot be recorded again */
+    CHECK(be->event_release(be->ctx, on_t) == 0);
+    nf_backend_destroy(be);
+}
+
 int main(void) {
+    events();
     rules(false);
     rules(true);
     return check_exit("test_host_backend");

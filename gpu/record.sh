@@ -6,7 +6,7 @@
 # .rec/workloads.py (../shared/recording/workloads.py; it reads NOFRAG_SEED). Writes
 # $OUT/recorded.tar.gz (default gpu-results/): NAME.csv.gz and NAME.steps ready for traces/, and
 # NAME.default.json / NAME.expandable.json with PyTorch's memory statistics. The jobs of
-# gpu/workloads_more.py (resnet_multiscale, t5_seq2seq, gpt2_prefetch) are recorded the same way.
+# gpu/workloads_more.py (its JOBS table) are recorded the same way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}
@@ -15,10 +15,9 @@ mkdir -p "$RESULTS" "$work/out"
 for spec in "$@"; do
   w=${spec%%:*}
   steps=${spec##*:}
-  case $w in
-    resnet_multiscale|t5_seq2seq|gpt2_prefetch) script=gpu/workloads_more.py ;;
-    *) script=.rec/workloads.py ;;
-  esac
+  # A job named in gpu/workloads_more.py's JOBS table runs there (read as text: importing the
+  # script would import torch), any other with the shared recording script.
+  if grep -q "^JOBS = .*\"$w\":" gpu/workloads_more.py; then script=gpu/workloads_more.py; else script=.rec/workloads.py; fi
   [ -f "$script" ] || { echo "no $script" >&2; exit 1; }
   echo "== $w, $steps steps, seed ${NOFRAG_SEED:-0}"
   timeout 240 python3 "$script" "$w" "$steps" "$work" --record 2>&1 | tail -1

@@ -113,6 +113,7 @@ def gpt2_prefetch(steps, dev, mark, results=None):
         del x
 
 
+# One line: gpu/record.sh finds job names here by grep.
 JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",

@@ -74,7 +74,6 @@ static inline void fence_add(nf_pool *pool, phys_page *pp, uint64_t mask, uint64
     pp->fence_seq = seq;
 }
 
-
 /* Whether no work queued on streams other than `idx` (NO_STREAM: on any stream) can still touch
  * the page, as far as is known without asking the backend. */
 static inline bool fence_clear(const nf_pool *pool, const phys_page *pp, uint32_t idx) {

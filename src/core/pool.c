@@ -122,11 +122,6 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
     return NF_OK;
 }
 
-/* The mask naming every stream the pool knows. */
-static uint64_t all_streams(const nf_pool *pool) {
-    return pool->stream_count >= 63 ? ~0ull : (1ull << pool->stream_count) - 1;
-}
-
 /* Whether memory fenced by `mask` up to free number `seq` may serve stream `idx` (NO_STREAM: be
  * unmapped) as far as is known, with no backend call. A fence naming no stream but idx is idx's
  * own work, which stream order puts first. Otherwise every stream's work queued before that free
@@ -134,17 +129,14 @@ static uint64_t all_streams(const nf_pool *pool) {
  * streams in the mask, since PyTorch code may use a block on another stream without telling the
  * allocator (FSDP's gradients, made on its reduce-scatter stream, are read by the optimizer on the
  * compute stream), relying on PyTorch's own allocator never giving a stream's freed memory to
- * another stream. Bit 63 stands for all streams >= 63, so it is never `idx`'s own. */
+ * another stream. A stream past 62 shares mask bit 63 with the others past it (fence_only_own
+never calls a fence its own alone), so its own work is waited for as well. */
 bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
     if (fence_only_own(mask, idx)) return true;
     const uint64_t *after = idx < 63 ? pool->streams[idx].ordered_after : NULL;
-    mask = all_streams(pool);
-    if (idx < 63) mask &= ~(1ull << idx);
-    while (mask) {
-        uint32_t bit = (uint32_t)__builtin_ctzll(mask);
-        mask &= mask - 1;
-        for (uint32_t i = bit; i < (bit < 63 ? bit + 1 : pool->stream_count); i++)
-            if (pool->streams[i].done_seq < seq && !(after && i < 63 && after[i] >= seq)) return false;
+    for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (i == idx && idx < 63) continue;
+        if (pool->streams[i].done_seq < seq && !(after && i < 63 && after[i] >= seq)) return false;
     }
     return true;
 }

@@ -231,24 +231,23 @@ int nf_torch_record_stream(void *ptr, int device, void *stream) {
     return pool ? nf_record_stream(pool, ptr, stream) : NF_ERR_INVALID_POINTER;
 }
 
-/* PyTorch's record-stream callback (CUDAPluggableAllocator::set_record_stream_fn), which its C++
- * code calls where it declares that another stream uses a tensor: ProcessGroupNCCL does so for the
- * tensors of its collectives, on NCCL's internal stream. Only the pointer and the stream come, so
- * the pool holding the block is looked up; a pointer no pool holds is not nofrag's and is left. */
-void nf_torch_record_stream_hook(void *ptr, void *stream) {
-    if (!ptr) return;
-    for (int d = 0; d < MAX_DEVICES; d++) {
-        nf_pool *pool = device_pool_peek(d);
-        if (pool && nf_record_stream(pool, ptr, stream) == NF_OK) return;
-    }
-}
-
 /* device < 0: every device with a pool. */
 #define FOR_EACH_POOL(device, pool, body)                                        \
     for (int d_ = device < 0 ? 0 : device; d_ < (device < 0 ? MAX_DEVICES : device + 1); d_++) { \
         nf_pool *pool = device_pool_peek(d_);                                     \
         if (pool) body                                                            \
     }
+
+/* PyTorch's record-stream callback (CUDAPluggableAllocator::set_record_stream_fn), which its C++
+ * code calls where it declares that another stream uses a tensor: ProcessGroupNCCL does so for the
+ * tensors of its collectives, on NCCL's internal stream. Only the pointer and the stream come, so
+ * the pool holding the block is looked up; a pointer no pool holds is not nofrag's and is left. */
+void nf_torch_record_stream_hook(void *ptr, void *stream) {
+    if (!ptr) return;
+    FOR_EACH_POOL(-1, pool, {
+        if (nf_record_stream(pool, ptr, stream) == NF_OK) return;
+    })
+}
 
 int nf_torch_step(int device) {
     int s = NF_OK;

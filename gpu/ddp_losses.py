@@ -25,6 +25,10 @@ sys.path.insert(0, os.path.join(here, "..", "python"))
 sys.path.insert(0, here)
 if mode == "nofrag":
     import nofrag.torch
+    if os.environ.get("DDP_LOSSES_SKIP_RECORD_STREAM_CALLBACK") == "1":
+        # Diagnostic (gpu/fsdp_repeat.sh): leave PyTorch's C++ record-stream callback unset, as
+        # before it was hooked, so NCCL's stream uses of collective tensors never reach nofrag.
+        nofrag.torch._hook_record_stream = lambda allocator, library: False
     nofrag.torch.enable()
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

@@ -1,7 +1,7 @@
 """The PyTorch hooks nofrag wires by wrapping torch functions, on a real GPU:
-record_stream keeps a block from another stream until that stream's work is done (or, with the
-experimental reuse across streams, NOFRAG_REUSE_ACROSS_STREAMS=1, hands it out behind a
-device-side wait), empty_cache
+record_stream hands a block used on another stream out again behind a device-side wait (reuse
+across streams, the default where PyTorch has the record-stream callback) or keeps it until that
+stream's work is done (NOFRAG_REUSE_ACROSS_STREAMS=0), empty_cache
 gives idle memory back, set_per_process_memory_fraction becomes the pool's cap.
 Exits 1 on any failed check."""
 import os
@@ -27,11 +27,11 @@ print("     record_stream reaches nofrag through",
       "the Python wrapper" if "record_stream" in nofrag.torch._hooks else "PyTorch's C++ callback (set_record_stream_fn)")
 dev = torch.device("cuda")
 side = torch.cuda.Stream()
-across = nofrag.torch.settings()["reuse_across_streams"]
+across = nofrag.torch.active_settings()["reuse_across_streams"]
 # record_stream: a tensor made on the current stream is read by a kernel on `side` that starts only
 # after a long sleep there, and freed meanwhile. The next tensor of that size, made on the current
 # stream and filled at once, must not change what the side stream reads: without reuse across
-# streams (the default) it gets other memory; with it it gets the same memory, and the current
+# streams it gets other memory; with it it gets the same memory, and the current
 # stream waits for the side stream on the GPU while the host goes on.
 n = 64 << 20
 

@@ -97,8 +97,10 @@ typedef struct nf_config {
      * is a safety limit rather than a budget (the device's size: the PyTorch front end's default),
      * so that held memory follows the live peak. No effect without a cap. */
     bool hold_near_live;
-    /* EXPERIMENTAL (off by default; FSDP training under it through the PyTorch front end ended in
-     * NaN losses in 3 of 5 runs, cause not found: docs/placement.md, last section).
+    /* Off by default. Turn it on only if every stream that touches a block is one the pool knows
+     * (it allocated there, or nf_record_stream named it): a use on a stream it never heard of is
+     * not waited for. (FSDP through the PyTorch front end went NaN in 3 of 5 runs while NCCL's
+     * stream was unheard; the front end turns it on only where it hears it: docs/placement.md.)
      * Memory freed on one stream while work queued there may still use it can serve a request on
      * another stream at once: the requesting stream is made to wait on the device for that work
      * (the backend's stream_wait, cuStreamWaitEvent: no host wait). Without it such memory serves

@@ -17,12 +17,15 @@ Settings (argument, else environment variable, else default):
                                                  (default 2M): larger pages, fewer driver calls,
                                                  coarser memory (docs/placement.md)
     reuse_across_streams
-                       NOFRAG_REUSE_ACROSS_STREAMS  EXPERIMENTAL, off by default: memory freed on one
-                                                 stream with work still queued serves other streams
-                                                 at once, each made to wait for that work on the GPU.
-                                                 Holds less with several streams, but FSDP training
-                                                 under it ended in NaN losses in 3 of 5 runs (cause
-                                                 not found): for investigation only
+                       NOFRAG_REUSE_ACROSS_STREAMS  memory freed on one stream with work still queued
+                                                 serves other streams at once, each made to wait for
+                                                 that work on the GPU (1/0). Default: on where this
+                                                 PyTorch lets nofrag hear every stream use declared
+                                                 in C++ (the allocator's record-stream callback,
+                                                 which NCCL's collectives use), else off. Off, memory
+                                                 crosses streams only once all their work is done:
+                                                 safe even for uses never declared, but FSDP holds
+                                                 more and its steps wait (README, "Streams")
 Setting NOFRAG_ENABLE=1 and importing nofrag.torch enables it with these settings.
 """
 import os
@@ -30,6 +33,7 @@ import os
 from ._lib import NofragError, check, lib, library_path, parse_bytes
 
 _enabled = False
+_active = {}
 _hooks = {}
 
 
@@ -87,12 +91,18 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, False),
         "log_level": _setting(log_level, "NOFRAG_LOG_LEVEL", _level, 1),
         "page_size": _setting(page_size, "NOFRAG_PAGE_SIZE", _page_size, 0),
-        "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, False),
+        # None: decided by enable(), on where the record-stream callback could be set.
+        "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, None),
     }
 
 
 def enabled():
     return _enabled
+
+
+def active_settings():
+    """The settings enable() applied (reuse_across_streams decided), or None before it ran."""
+    return dict(_active) if _active else None
 
 
 def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
@@ -111,13 +121,19 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
     s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams)
     L = lib()
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
+    hooked = _hook_record_stream(allocator, L)
+    if s["reuse_across_streams"] is None:
+        # Reusing across streams is safe when every stream that touches a block is known: the
+        # callback brings NCCL's. Without it, FSDP's losses went NaN in 3 of 5 runs with reuse on
+        # (gpu/fsdp_repeat.sh; docs/placement.md, last section), so the slower rule stays.
+        s["reuse_across_streams"] = hooked
     check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], int(s["peer_access"]),
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
-    hooked = _hook_record_stream(allocator, L)
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch, wrap_record_stream=not hooked)
+    _active.update(s)
     _enabled = True
 
 

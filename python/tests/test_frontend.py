@@ -77,7 +77,7 @@ class SettingsTest(unittest.TestCase):
             os.environ["NOFRAG_REUSE_ACROSS_STREAMS"] = "1"
             self.assertTrue(nt.settings()["reuse_across_streams"])
             del os.environ["NOFRAG_REUSE_ACROSS_STREAMS"]
-            self.assertFalse(nt.settings()["reuse_across_streams"])  # the default: experimental
+            self.assertIsNone(nt.settings()["reuse_across_streams"])  # enable() decides
             self.assertEqual(nt.settings(page_size="4M")["page_size"], 4 << 20)
             for bad in ("3M", "1M", "6M"):
                 with self.assertRaisesRegex(ValueError, "page size"):
@@ -126,6 +126,7 @@ class EnableTest(StandInTorchCase):
         super().tearDown()
         import nofrag.torch as nt
         nt._enabled = False
+        nt._active.clear()
 
     def test_too_late_is_a_clear_error(self):
         torch, calls = fake_torch(initialized=True)
@@ -167,6 +168,8 @@ class EnableTest(StandInTorchCase):
         t.record_stream("side")
         self.assertEqual(calls["record_stream"], "side")
         self.assertIn("record_stream", nt._hooks)
+        # Without the C++ callback NCCL's stream uses stay unseen: no reuse across streams.
+        self.assertFalse(nt.active_settings()["reuse_across_streams"])
 
     def test_record_stream_callback_set_where_pytorch_has_the_setter(self):
         torch, calls = fake_torch(record_stream_setter=True)
@@ -179,6 +182,7 @@ class EnableTest(StandInTorchCase):
                          ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
         self.assertIs(torch.Tensor.record_stream, original)  # the C++ callback covers it
         self.assertNotIn("record_stream", nt._hooks)
+        self.assertTrue(nt.active_settings()["reuse_across_streams"])  # every use is heard
         L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
 
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# FSDP on every GPU of the machine, the same 30 deterministic steps run again and again: does
+# nofrag's setting give PyTorch's losses every time? Rare cross-stream races show as a run whose
+# losses differ (or NaN), so one run proves little.
+#   gpu/fsdp_repeat.sh [RUNS] [VARIANT...]
+# Variants: default (nofrag's defaults: reuse across streams where the record-stream callback is
+# set), noacross (NOFRAG_REUSE_ACROSS_STREAMS=0), across (=1), across_nocb (=1 with PyTorch's C++
+# record-stream callback left unset: NCCL's stream uses unheard; expected to fail at times, so its
+# runs are shown, not counted).
+# Writes $OUT/fsdp_repeat/ (default gpu-results/) and prints one line per run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-4}; shift || true
+variants=${*:-default noacross across_nocb}
+dir=${OUT:-gpu-results}/fsdp_repeat
+mkdir -p "$dir"
+export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY=${NOFRAG_LIBRARY:-$PWD/build-gpu/libnofrag.so}
+gpus=$(nvidia-smi -L | wc -l)
+launch() { torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py "$@" fsdp 2>&1 | grep -E "Error|error" | tail -3; }
+launch native "$dir/native.json"
+for v in $variants; do
+  for i in $(seq 1 "$runs"); do
+    case $v in
+      default) launch nofrag "$dir/${v}_$i.json" ;;
+      noacross) NOFRAG_REUSE_ACROSS_STREAMS=0 launch nofrag "$dir/${v}_$i.json" ;;
+      across) NOFRAG_REUSE_ACROSS_STREAMS=1 launch nofrag "$dir/${v}_$i.json" ;;
+      across_nocb) DDP_LOSSES_SKIP_RECORD_STREAM_CALLBACK=1 NOFRAG_REUSE_ACROSS_STREAMS=1 launch nofrag "$dir/${v}_$i.json" ;;
+      *) echo "unknown variant $v"; exit 2 ;;
+    esac
+  done
+done
+python3 - "$dir" $variants <<'PY'
+import json, math, os, sys
+d, variants = sys.argv[1], sys.argv[2:]
+base = json.load(open(os.path.join(d, "native.json")))
+bad = 0
+for v in variants:
+    for name in sorted(f for f in os.listdir(d) if f.startswith(v + "_") and f[len(v) + 1:-5].isdigit()):
+        r = json.load(open(os.path.join(d, name)))
+        same = r["losses"] == base["losses"]
+        last = float.fromhex(r["losses"][-1])
+        held = " ".join(f'{s["overhead_ratio"]:.3f}x' for s in r["stats"])
+        ms = r["stats"][0]["seconds_per_step"] * 1e3
+        print(f"{name:18s} identical {str(same):5s} final loss {last:.6f}{' NaN' if math.isnan(last) else ''}"
+              f"  held {held}  {ms:.1f} ms/step")
+        bad += (not same) and v != "across_nocb"
+print(f"native final loss {float.fromhex(base['losses'][-1]):.6f}, {base['stats'][0]['seconds_per_step']*1e3:.1f} ms/step")
+sys.exit(1 if bad else 0)
+PY

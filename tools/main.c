@@ -27,6 +27,9 @@ static const char USAGE[] =
     "  --hold-near-live        under the cap, grow only to about 2% above the live peak so far\n"
     "                          (nf_config.hold_near_live: a cap that is a safety limit, like the\n"
     "                          PyTorch front end's default of the device's free memory)\n"
+    "  --reuse-across-streams  memory freed on one stream serves the others at once, behind a\n"
+    "                          device-side wait (nf_config.reuse_across_streams; the PyTorch\n"
+    "                          front end's default where PyTorch has the record-stream callback)\n"
     "  --json                  one JSON object per trace, one per line\n"
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
     "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
@@ -102,14 +105,15 @@ static void print_row(const cli *c, const trace *t, const replay_result *r, uint
 static void print_json(const cli *c, const trace *t, const replay_result *r, uint64_t capacity,
                        uint64_t min_cap) {
     const nf_stats *s = &r->stats;
-    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"hold_near_live\":%s,"
+    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"hold_near_live\":%s,\"reuse_across_streams\":%s,"
            "\"page_bytes\":%llu,\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
            "\"overhead_ratio\":%.6f,\"virtual_span_bytes\":%llu,\"failed_allocs\":%llu,"
            "\"remaps_per_step\":%.3f,\"driver_calls_per_step\":%.3f,\"est_driver_us_per_step\":%.1f,"
            "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
            "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
            t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
-           c->opts.hold_near_live ? "true" : "false", (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
+           c->opts.hold_near_live ? "true" : "false", c->opts.reuse_across_streams ? "true" : "false",
+           (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
            (unsigned long long)s->reserved_bytes.peak, (unsigned long long)s->mapped_bytes.peak,
            t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
            (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,
@@ -182,6 +186,8 @@ static int cmd_replay(int argc, char **argv) {
             c.opts.real_memory = true;
         } else if (strcmp(a, "--hold-near-live") == 0) {
             c.opts.hold_near_live = true;
+        } else if (strcmp(a, "--reuse-across-streams") == 0) {
+            c.opts.reuse_across_streams = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(USAGE, stdout);
             return 0;

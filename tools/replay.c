@@ -103,6 +103,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     cfg.capacity = opts->capacity;
     cfg.page_bytes = opts->page_bytes;
     cfg.hold_near_live = opts->hold_near_live;
+    cfg.reuse_across_streams = opts->reuse_across_streams;
     nf_pool *pool;
     if ((s = nf_pool_create(&cfg, backend, &pool)) != NF_OK) {
         snprintf(err, err_size, "cannot create a pool: %s", nf_status_str(s));

@@ -19,6 +19,7 @@ typedef struct replay_options {
     uint64_t granularity; /* host backend's granularity; 0: 2 MiB, CUDA's */
     uint64_t page_bytes;  /* the pool's page size (nf_config.page_bytes); 0: the granularity */
     bool hold_near_live;  /* nf_config.hold_near_live: under the cap, grow only with the live peak */
+    bool reuse_across_streams; /* nf_config.reuse_across_streams (the PyTorch front end's default) */
     bool progress;        /* draw a progress line on stderr */
     int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */

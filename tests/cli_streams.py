@@ -3,7 +3,9 @@
 the live peak and moves few pages, as on single-stream traces, and at a 1.02x cap nothing fails.
 Before the pool asked other streams before paying for pages (and merged what that freed), this
 trace held 1.035x and moved 76 pages a step. Also: the same trace with every event on one stream
-holds no more than 1.5 points less, so the streams themselves cost little."""
+holds no more than 1.5 points less, so the streams themselves cost little. And with reuse across
+streams (the PyTorch front end's default), the same trace at 1.02x moves fewer pages than
+without, fails nothing, and the JSON says which way it ran."""
 import gzip
 import json
 import os
@@ -27,6 +29,14 @@ capped = replay(trace, "--capacity-factor", "1.02")
 check(free["overhead_ratio"] <= 1.03, f"no cap: held / live {free['overhead_ratio']} <= 1.03")
 check(free["remaps_per_step"] <= 40, f"no cap: {free['remaps_per_step']} page moves a step <= 40")
 check(capped["failed_allocs"] == 0, f"1.02x cap: {capped['failed_allocs']} failed allocations")
+
+across = replay(trace, "--reuse-across-streams", "--capacity-factor", "1.02")
+check(across["reuse_across_streams"] is True and capped["reuse_across_streams"] is False,
+      "the JSON names the stream rule")
+check(across["failed_allocs"] == 0, f"reuse across streams, 1.02x cap: {across['failed_allocs']} failed")
+check(across["remaps_per_step"] < capped["remaps_per_step"],
+      f"reuse across streams, 1.02x cap: {across['remaps_per_step']} page moves a step, "
+      f"fewer than {capped['remaps_per_step']} without")
 
 with tempfile.TemporaryDirectory() as tmp:
     one = os.path.join(tmp, "one_stream.csv.gz")

@@ -19,6 +19,14 @@ Jobs:
                      copied to the GPU on a side stream one step ahead (pinned memory,
                      non_blocking, record_stream on the training stream), as data loaders do:
                      blocks allocated on one stream and used and freed on another.
+  maskrcnn_detect    Mask R-CNN (torchvision, ResNet-50 FPN), SGD, fp32; batches of 2-4 images of
+                     random aspect ratio, resized by the model to a random short side of
+                     480..800, each with 1..20 random boxes and masks. Proposals, RoI features and
+                     mask targets change size every step.
+  deeplab_segment    DeepLabV3 (torchvision, ResNet-50), AdamW, bf16 autocast, channels-last;
+                     random crops of 256..640 pixels a side with a batch that keeps pixels per
+                     batch about constant; an evaluation pass on 2 images of 1024 x 1024 every
+                     5 steps.
 """
 import gzip
 import json
@@ -113,8 +121,60 @@ def gpt2_prefetch(steps, dev, mark, results=None):
         del x
 
 
+def maskrcnn_detect(steps, dev, mark, results=None):
+    import torchvision
+    sides = tuple(range(480, 801, 32))
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91, min_size=sides, max_size=1333).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for step in range(steps):
+        mark(step)
+        images, targets = [], []
+        for _ in range(random.randint(2, 4)):
+            h = random.randint(384, 800)
+            w = int(h * random.uniform(0.6, 1.7))
+            images.append(torch.rand(3, h, w, device=dev))
+            n = random.randint(1, 20)
+            x1 = torch.rand(n, device=dev) * (w - 40)
+            y1 = torch.rand(n, device=dev) * (h - 40)
+            bw = 16 + torch.rand(n, device=dev) * (w - x1 - 17)
+            bh = 16 + torch.rand(n, device=dev) * (h - y1 - 17)
+            boxes = torch.stack([x1, y1, x1 + bw, y1 + bh], dim=1)
+            masks = torch.zeros(n, h, w, dtype=torch.uint8, device=dev)
+            for i, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
+                masks[i, b:d, a:c] = 1
+            targets.append({"boxes": boxes, "labels": torch.randint(1, 91, (n,), device=dev), "masks": masks})
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        keep(results, loss)
+
+
+def deeplab_segment(steps, dev, mark, results=None):
+    import torchvision
+    model = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21).to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        side = random.choice(range(256, 641, 32))
+        batch = max(2, int(16 * (384 / side) ** 2))
+        x = torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 21, (batch, side, side), device=dev)
+        train_step(opt, lambda: torch.nn.functional.cross_entropy(model(x)["out"], y), results)
+        if step % 5 == 4:
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                x = torch.randn(2, 3, 1024, 1024, device=dev).to(memory_format=torch.channels_last)
+                keep(results, model(x)["out"].argmax(dim=1).sum())
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

@@ -198,6 +198,30 @@ static void pending_page_for_other_stream_under_cap(bool across) {
     test_pool_close(pool, be);
 }
 
+/* Nearly the whole virtual range freed by S with S's kernel still running, and T busy too: T's
+ * request has no place it may take until S's work is done. Asking finds both streams still
+ * running, so the pool must wait for S (on the host, once; not for T, whose own work comes first
+ * on T anyway) rather than report out of memory, as it did before. */
+static void other_stream_waits_when_nothing_else_fits(void) {
+    test_pool_spec spec = {.gran = GRAN, .virtual_bytes = 5 * GRAN, .log = test_log};
+    nf_backend *be;
+    nf_pool *pool = test_pool(&spec, &be);
+    void *a, *b, *c;
+    CHECK_OK(nf_alloc(pool, 512, T, &c));
+    nf_host_stream_submit(be, T); /* T's kernel uses c */
+    CHECK_OK(nf_alloc(pool, 4 * GRAN, S, &a));
+    nf_host_stream_submit(be, S); /* S's kernel uses a */
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_alloc(pool, GRAN, T, &b));
+    CHECK(b == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_event_waits == 1 && st.calls_event_sync == 1 && st.num_alloc_failures == 0);
+    CHECK_OK(nf_free(pool, b, T));
+    CHECK_OK(nf_free(pool, c, T));
+    test_pool_close(pool, be);
+}
+
 static void fenced_neighbours_merge_once_known_done(void) {
     nf_backend *be;
     nf_pool *pool = make(&be, 0);
@@ -226,6 +250,7 @@ static void fenced_neighbours_merge_once_known_done(void) {
 }
 
 int main(void) {
+    other_stream_waits_when_nothing_else_fits();
     fenced_neighbours_merge_once_known_done();
     across_streams_reuse_waits_on_device();
     pending_page_for_other_stream_under_cap(false);

@@ -448,8 +448,9 @@ static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) 
 }
 
 /* Asks the backend about every stream with frees whose completion is not yet known; with
- * wait == true, waits for them. Returns NF_OK after learning anything new. */
-static nf_status streams_poll(nf_pool *pool, bool wait, bool *progress) {
+ * wait == true, waits for them, except for stream `requester` (asked only: its own work comes
+ * first on it anyway, pool_fence_known_done). *progress says whether anything new was learnt. */
+static nf_status streams_poll(nf_pool *pool, bool wait, uint32_t requester, bool *progress) {
     *progress = false;
     if (!(pool->backend->caps & NF_BACKEND_CAP_EVENTS)) return NF_OK;
     for (uint32_t i = 0; i < pool->stream_count; i++) {
@@ -457,7 +458,7 @@ static nf_status streams_poll(nf_pool *pool, bool wait, bool *progress) {
         if (st->done_seq >= pool->free_seq) continue;
         uint64_t before = st->done_seq;
         bool done;
-        nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait, &done);
+        nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait && i != requester, &done);
         if (s != NF_OK) return s;
         if (st->done_seq != before) *progress = true;
     }
@@ -490,8 +491,8 @@ static bool fenced_run_fits(const nf_pool *pool, uint64_t size, uint32_t idx) {
 }
 
 /* streams_poll, then the merges what it learnt allows. */
-static nf_status streams_learn(nf_pool *pool, bool wait, bool *progress) {
-    nf_status s = streams_poll(pool, wait, progress);
+static nf_status streams_learn(nf_pool *pool, bool wait, uint32_t requester, bool *progress) {
+    nf_status s = streams_poll(pool, wait, requester, progress);
     if (s == NF_OK && *progress) blocks_merge_known_done(pool);
     return s;
 }
@@ -508,22 +509,23 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
     nf_status s = stream_index(pool, stream, &idx);
     if (s != NF_OK) return s;
 
-    /* 1: what is known to be reusable now; 2: after asking the backend which streams' work has
-     * finished (and merging the free blocks that frees it); 3: after waiting for it. Each step runs
-     * only when the previous one found nothing, or, for the second, when the first found only a
-     * place whose pages must be mapped while other streams have frees not known done: the pool
-     * learns lazily, and a query costs far less than a map (a two-stream FSDP trace held 1.035x
-     * without a cap and moved 76 pages a step without this question; its streams merged into one,
-     * 1.011x and 1.3). */
+    /* Stage 0: what is known to be reusable now; 1: after asking the backend which streams' work
+     * has finished (and merging the free blocks that frees); 2: after waiting for it. A stage runs
+     * only when the one before found nothing, or, for asking, when stage 0 found only a place
+     * whose pages must be mapped while other streams have frees not known done: the pool learns
+     * lazily, and a query costs far less than a map (a two-stream FSDP trace held 1.035x without
+     * a cap and moved 76 pages a step without this question; its streams merged into one, 1.011x
+     * and 1.3). Asking that learns nothing new leads to waiting, never straight to failure: the
+     * work may simply still be running (test_streams: other_stream_waits_when_nothing_else_fits). */
     bool asked = false;
-    for (int attempt = 0; attempt < 3; attempt++) {
+    for (int stage = 0;;) {
         uint64_t offset = 0;
         bool claimed;
         block *b = placement_find(pool, rounded, idx, &offset, &claimed);
-        if (b && !claimed && attempt == 0 && others_pending(pool, idx) && fenced_run_fits(pool, rounded, idx)) {
+        if (b && !claimed && stage == 0 && others_pending(pool, idx) && fenced_run_fits(pool, rounded, idx)) {
             bool progress;
             asked = true;
-            if ((s = streams_learn(pool, false, &progress)) != NF_OK) return s;
+            if ((s = streams_learn(pool, false, idx, &progress)) != NF_OK) return s;
             if (progress) b = placement_find(pool, rounded, idx, &offset, &claimed);
         }
         if (b) {
@@ -546,10 +548,15 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
             *ptr_out = (void *)(uintptr_t)b->addr;
             return NF_OK;
         }
-        if (attempt == 2) break;
-        if (attempt == 0 && asked) continue; /* asked already: next, wait */
+        if (stage == 2) break;
         bool progress;
-        if ((s = streams_learn(pool, attempt == 1, &progress)) != NF_OK) return s;
+        if (stage == 0 && !asked) {
+            stage = 1;
+            if ((s = streams_learn(pool, false, idx, &progress)) != NF_OK) return s;
+            if (progress) continue; /* place again with what was learnt */
+        }
+        stage = 2;
+        if ((s = streams_learn(pool, true, idx, &progress)) != NF_OK) return s;
         if (!progress) break;
     }
     report_out_of_memory(pool, rounded, "no placement fits under the capacity");

@@ -11,3 +11,6 @@ build/nofrag replay --min-capacity traces/*.csv.gz
 echo
 echo "== cap of 1.02 x peak live =="
 build/nofrag replay --capacity-factor 1.02 traces/*.csv.gz
+echo
+echo "== cap of 1.02 x peak live, memory reused across streams (the PyTorch front end's default; only traces with several streams change) =="
+build/nofrag replay --reuse-across-streams --capacity-factor 1.02 traces/*.csv.gz

@@ -4,6 +4,8 @@
 #   gpu/run-all.sh              everything
 #   gpu/run-all.sh record       also record new traces (needs workloads.py in .rec/)
 #   ONLY="hooks multi" gpu/run-all.sh   only those sections (see `want` below)
+# No section reads traces/long/ (20 MiB): where the tree is shipped to a GPU machine under a size
+# limit (the repository is about 65 MiB), leave it behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}

@@ -185,6 +185,15 @@ class EnableTest(StandInTorchCase):
         self.assertTrue(nt.active_settings()["reuse_across_streams"])  # every use is heard
         L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
 
+    def test_reuse_across_streams_can_be_turned_off_where_the_callback_is_set(self):
+        torch, calls = fake_torch(record_stream_setter=True)
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        self.assertIsNone(nt.active_settings())  # before enable()
+        nt.enable(reuse_across_streams=False)
+        self.assertIn("record_stream_fn", calls)  # declarations still reach nofrag
+        self.assertFalse(nt.active_settings()["reuse_across_streams"])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -222,6 +222,37 @@ static void other_stream_waits_when_nothing_else_fits(void) {
     test_pool_close(pool, be);
 }
 
+/* The same with 63 other streams known first, so the requester and the freeing stream both share
+ * fence bit 63: the requester's own work then counts (the pool cannot tell it from the other
+ * stream's), and waiting must cover it too, not only the other stream. */
+static void waiting_covers_the_requester_past_62_streams(void) {
+    test_pool_spec spec = {.gran = GRAN, .virtual_bytes = 5 * GRAN, .log = test_log};
+    nf_backend *be;
+    nf_pool *pool = test_pool(&spec, &be);
+    void *p, *a, *b, *c;
+    uintptr_t base = 0;
+    for (uintptr_t i = 0; i < 63; i++) {
+        CHECK_OK(nf_alloc(pool, 512, (void *)(0x1000 + i), &p));
+        if (!base) base = (uintptr_t)p;
+        CHECK_OK(nf_free(pool, p, (void *)(0x1000 + i)));
+    }
+    CHECK_OK(nf_alloc(pool, 512, T, &c)); /* T: stream 63 */
+    nf_host_stream_submit(be, T);
+    /* a takes all the rest but half a page: T's request fits nowhere else. */
+    uint64_t rest = 5 * GRAN - ((uintptr_t)c + 512 - base);
+    CHECK_OK(nf_alloc(pool, rest - GRAN / 2, S, &a)); /* S: stream 64 */
+    nf_host_stream_submit(be, S);
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_alloc(pool, GRAN, T, &b));
+    CHECK(b == a);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.num_alloc_failures == 0 && st.calls_event_sync == 2);
+    CHECK_OK(nf_free(pool, b, T));
+    CHECK_OK(nf_free(pool, c, T));
+    test_pool_close(pool, be);
+}
+
 static void fenced_neighbours_merge_once_known_done(void) {
     nf_backend *be;
     nf_pool *pool = make(&be, 0);
@@ -251,6 +282,7 @@ static void fenced_neighbours_merge_once_known_done(void) {
 
 int main(void) {
     other_stream_waits_when_nothing_else_fits();
+    waiting_covers_the_requester_past_62_streams();
     fenced_neighbours_merge_once_known_done();
     across_streams_reuse_waits_on_device();
     pending_page_for_other_stream_under_cap(false);

@@ -449,7 +449,9 @@ static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) 
 
 /* Asks the backend about every stream with frees whose completion is not yet known; with
  * wait == true, waits for them, except for stream `requester` (asked only: its own work comes
- * first on it anyway, pool_fence_known_done). *progress says whether anything new was learnt. */
+ * first on it anyway, pool_fence_known_done; but a stream past 62 shares its fence bit with the
+ * others past it, so its own work counts and is waited for). *progress says whether anything new
+ * was learnt. */
 static nf_status streams_poll(nf_pool *pool, bool wait, uint32_t requester, bool *progress) {
     *progress = false;
     if (!(pool->backend->caps & NF_BACKEND_CAP_EVENTS)) return NF_OK;
@@ -458,7 +460,7 @@ static nf_status streams_poll(nf_pool *pool, bool wait, uint32_t requester, bool
         if (st->done_seq >= pool->free_seq) continue;
         uint64_t before = st->done_seq;
         bool done;
-        nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait && i != requester, &done);
+        nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait && (i != requester || i >= 63), &done);
         if (s != NF_OK) return s;
         if (st->done_seq != before) *progress = true;
     }

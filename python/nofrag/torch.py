@@ -22,7 +22,8 @@ Settings (argument, else environment variable, else default):
                                                  that work on the GPU (1/0). Default: on where this
                                                  PyTorch lets nofrag hear every stream use declared
                                                  in C++ (the allocator's record-stream callback,
-                                                 which NCCL's collectives use), else off. Off, memory
+                                                 which NCCL's collectives use), else off (turned
+                                                 on there anyway: a RuntimeWarning). Off, memory
                                                  crosses streams only once all their work is done:
                                                  safe even for uses never declared, but FSDP holds
                                                  more and its steps wait (README, "Streams")
@@ -128,6 +129,12 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
         # callback brings NCCL's. Without it, FSDP's losses went NaN in 3 of 5 runs with reuse on
         # (gpu/fsdp_repeat.sh; docs/placement.md, last section), so the slower rule stays.
         s["reuse_across_streams"] = hooked
+    elif s["reuse_across_streams"] and not hooked:
+        import warnings
+        warnings.warn("nofrag: reuse_across_streams is on, but this PyTorch has no record-stream callback "
+                      "setter, so stream uses declared in C++ (NCCL's collectives) go unheard; FSDP training "
+                      "went NaN that way. Turn it off unless no such stream touches your tensors.",
+                      RuntimeWarning, stacklevel=2)
     check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], int(s["peer_access"]),
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")

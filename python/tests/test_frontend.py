@@ -185,6 +185,14 @@ class EnableTest(StandInTorchCase):
         self.assertTrue(nt.active_settings()["reuse_across_streams"])  # every use is heard
         L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
 
+    def test_reuse_across_streams_without_the_callback_warns(self):
+        torch, calls = fake_torch()
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        with self.assertWarnsRegex(RuntimeWarning, "record-stream callback"):
+            nt.enable(reuse_across_streams=True)
+        self.assertTrue(nt.active_settings()["reuse_across_streams"])  # as asked
+
     def test_reuse_across_streams_can_be_turned_off_where_the_callback_is_set(self):
         torch, calls = fake_torch(record_stream_setter=True)
         self.use_torch(torch)

@@ -27,6 +27,10 @@ Jobs:
                      random crops of 256..640 pixels a side with a batch that keeps pixels per
                      batch about constant; an evaluation pass on 2 images of 1024 x 1024 every
                      5 steps.
+  llama_accum_ckpt   A small Llama (8 layers, 1024 wide, vocabulary 32,000; random weights), AdamW,
+                     bf16 autocast, gradient checkpointing; each step accumulates 4 micro-batches
+                     of 4 sequences of a random length 128..1024. Gradient accumulation with
+                     checkpointing on another architecture than GPT-2.
 """
 import gzip
 import json
@@ -173,8 +177,28 @@ def deeplab_segment(steps, dev, mark, results=None):
                 keep(results, model(x)["out"].argmax(dim=1).sum())
 
 
+def llama_accum_ckpt(steps, dev, mark, results=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                      num_key_value_heads=16, vocab_size=32000, max_position_embeddings=1024, use_cache=False)
+    model = LlamaForCausalLM(cfg).to(dev)
+    model.gradient_checkpointing_enable()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        for _ in range(4):
+            x = torch.randint(0, cfg.vocab_size, (4, random.randint(128, 1024)), device=dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=x, labels=x).loss / 4
+            loss.backward()
+            keep(results, loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

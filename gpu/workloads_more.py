@@ -59,6 +59,18 @@ def train_step(opt, compute_loss, results):
     keep(results, loss)
 
 
+def images(batch, side, dev):
+    """A batch of random square images, channels-last."""
+    return torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
+
+
+def multiscale_images(sides, ref_side, ref_batch, min_batch, dev):
+    """Random images at a side drawn from `sides`, as many as keep the pixels of the batch about
+    those of ref_batch images of ref_side (at least min_batch), as multi-scale training does."""
+    side = random.choice(sides)
+    return images(max(min_batch, int(ref_batch * (ref_side / side) ** 2)), side, dev)
+
+
 def resnet_multiscale(steps, dev, mark, results=None):
     import torchvision
     model = torchvision.models.resnet50().to(dev, memory_format=torch.channels_last)
@@ -66,16 +78,14 @@ def resnet_multiscale(steps, dev, mark, results=None):
     for step in range(steps):
         mark(step)
         model.train()
-        side = random.choice(range(128, 321, 32))
-        batch = max(8, int(96 * (224 / side) ** 2))
-        x = torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (batch,), device=dev)
+        x = multiscale_images(range(128, 321, 32), 224, 96, 8, dev)
+        y = torch.randint(0, 1000, (x.shape[0],), device=dev)
         train_step(opt, lambda: torch.nn.functional.cross_entropy(model(x), y), results)
         if step % 8 == 7:
             model.eval()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 for _ in range(2):
-                    x = torch.randn(128, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
+                    x = images(128, 224, dev)
                     keep(results, model(x).argmax(dim=1).sum())
 
 
@@ -165,15 +175,13 @@ def deeplab_segment(steps, dev, mark, results=None):
     for step in range(steps):
         mark(step)
         model.train()
-        side = random.choice(range(256, 641, 32))
-        batch = max(2, int(16 * (384 / side) ** 2))
-        x = torch.randn(batch, 3, side, side, device=dev).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 21, (batch, side, side), device=dev)
+        x = multiscale_images(range(256, 641, 32), 384, 16, 2, dev)
+        y = torch.randint(0, 21, (x.shape[0], *x.shape[2:]), device=dev)
         train_step(opt, lambda: torch.nn.functional.cross_entropy(model(x)["out"], y), results)
         if step % 5 == 4:
             model.eval()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                x = torch.randn(2, 3, 1024, 1024, device=dev).to(memory_format=torch.channels_last)
+                x = images(2, 1024, dev)
                 keep(results, model(x)["out"].argmax(dim=1).sum())
 
 

@@ -130,7 +130,7 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
  * allocator (FSDP's gradients, made on its reduce-scatter stream, are read by the optimizer on the
  * compute stream), relying on PyTorch's own allocator never giving a stream's freed memory to
  * another stream. A stream past 62 shares mask bit 63 with the others past it (fence_only_own
-never calls a fence its own alone), so its own work is waited for as well. */
+ * never calls a fence its own alone), so its own work is waited for as well. */
 bool pool_fence_known_done(const nf_pool *pool, uint64_t mask, uint64_t seq, uint32_t idx) {
     if (fence_only_own(mask, idx)) return true;
     const uint64_t *after = idx < 63 ? pool->streams[idx].ordered_after : NULL;

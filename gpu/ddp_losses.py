@@ -1,9 +1,11 @@
 """DDP or FSDP under torchrun with nofrag in every process: a small GPT-2 trained for 30 steps on
 all GPUs of the machine, deterministic; rank 0 writes the losses. Run once per allocator and
 compare with compare_losses.py. FSDP shards each transformer block (its all-gathers run on a
-stream of their own, so blocks cross streams).
+stream of their own, so blocks cross streams). fsdp2 does the same with PyTorch's per-parameter
+sharding (`fully_shard`), which orders its streams with events and keeps collective buffers alive
+itself instead of calling record_stream: a different way for memory to cross streams.
 
-usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag|record OUT.json [ddp|fsdp] [STEPS]
+usage: torchrun --nproc_per_node=N gpu/ddp_losses.py native|nofrag|record OUT.json [ddp|fsdp|fsdp2] [STEPS]
 record: PyTorch's allocator, and each rank records its allocations with nofrag.record into
 OUT_rankR.csv.gz / .steps (OUT.json less ".json"), for `nofrag replay`.
 """
@@ -16,8 +18,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 mode, out_path = sys.argv[1], sys.argv[2]
 wrapper = sys.argv[3] if len(sys.argv) > 3 else "ddp"
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 30
-if wrapper not in ("ddp", "fsdp"):
-    raise SystemExit("the wrapper is ddp or fsdp")
+if wrapper not in ("ddp", "fsdp", "fsdp2"):
+    raise SystemExit("the wrapper is ddp, fsdp or fsdp2")
 if mode not in ("native", "nofrag", "record"):
     raise SystemExit("the mode is native, nofrag or record")
 here = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +52,15 @@ cfg = GPT2Config(n_layer=4, n_embd=512, n_head=8, n_positions=512)
 cfg._attn_implementation = "eager"
 if wrapper == "ddp":
     model = torch.nn.parallel.DistributedDataParallel(GPT2LMHeadModel(cfg).cuda(), device_ids=[local])
+elif wrapper == "fsdp2":
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # PyTorch before 2.6 kept it here
+        from torch.distributed._composable.fsdp import fully_shard
+    model = GPT2LMHeadModel(cfg).cuda()
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
 else:
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy

@@ -3,20 +3,24 @@
 # nofrag's setting give PyTorch's losses every time? Rare cross-stream races show as a run whose
 # losses differ (or NaN), so one run proves little.
 #   gpu/fsdp_repeat.sh [RUNS] [VARIANT...]
+#   WRAPPER=fsdp2 gpu/fsdp_repeat.sh ...   PyTorch's per-parameter FSDP (fully_shard) instead
 # Variants: default (nofrag's defaults: reuse across streams where the record-stream callback is
 # set), noacross (NOFRAG_REUSE_ACROSS_STREAMS=0), across (=1), across_nocb (=1 with PyTorch's C++
 # record-stream callback left unset: NCCL's stream uses unheard; expected to fail at times, so its
-# runs are shown, not counted).
+# runs are shown, not counted), avoid_rs (nofrag's defaults with TORCH_NCCL_AVOID_RECORD_STREAMS=1:
+# NCCL keeps collective tensors alive until the work is waited for instead of calling
+# record_stream, so those uses never reach the allocator at all).
 # Writes $OUT/fsdp_repeat/ (default gpu-results/) and prints one line per run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-4}; shift || true
 variants=${*:-default noacross across_nocb}
-dir=${OUT:-gpu-results}/fsdp_repeat
+wrapper=${WRAPPER:-fsdp}
+dir=${OUT:-gpu-results}/fsdp_repeat${WRAPPER:+_$WRAPPER}
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY=${NOFRAG_LIBRARY:-$PWD/build-gpu/libnofrag.so}
 gpus=$(nvidia-smi -L | wc -l)
-launch() { torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py "$@" fsdp 2>&1 | grep -E "Error|error" | tail -3; }
+launch() { torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py "$@" "$wrapper" 2>&1 | grep -E "Error|error" | tail -3; }
 launch native "$dir/native.json"
 for v in $variants; do
   for i in $(seq 1 "$runs"); do
@@ -24,6 +28,7 @@ for v in $variants; do
       default) launch nofrag "$dir/${v}_$i.json" ;;
       noacross) NOFRAG_REUSE_ACROSS_STREAMS=0 launch nofrag "$dir/${v}_$i.json" ;;
       across) NOFRAG_REUSE_ACROSS_STREAMS=1 launch nofrag "$dir/${v}_$i.json" ;;
+      avoid_rs) TORCH_NCCL_AVOID_RECORD_STREAMS=1 launch nofrag "$dir/${v}_$i.json" ;;
       across_nocb) DDP_LOSSES_SKIP_RECORD_STREAM_CALLBACK=1 NOFRAG_REUSE_ACROSS_STREAMS=1 launch nofrag "$dir/${v}_$i.json" ;;
       *) echo "unknown variant $v"; exit 2 ;;
     esac

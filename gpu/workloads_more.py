@@ -31,6 +31,14 @@ Jobs:
                      bf16 autocast, gradient checkpointing; each step accumulates 4 micro-batches
                      of 4 sequences of a random length 128..1024. Gradient accumulation with
                      checkpointing on another architecture than GPT-2.
+  llama_bigvocab_accum  A small Llama with a Llama-3-sized vocabulary (6 layers, 512 wide, vocabulary
+                     128,256; random weights), AdamW, bf16 autocast, gradient checkpointing; each
+                     step accumulates 4 micro-batches of 2 sequences of a random length 256..2048,
+                     so the logits and their float32 copies dwarf the rest of the step.
+  moe_varlen         A decoder of 6 layers, 768 wide, each feed-forward a mixture of 8 experts
+                     with top-2 routing (written here in plain PyTorch), AdamW, bf16 autocast;
+                     batch 8 of a random length 128..1024. The tokens each expert gets change in
+                     every layer of every step, so every expert's activations change size.
 """
 import gzip
 import json
@@ -205,8 +213,76 @@ def llama_accum_ckpt(steps, dev, mark, results=None):
         opt.zero_grad(set_to_none=True)
 
 
+def llama_bigvocab_accum(steps, dev, mark, results=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=2048, use_cache=False)
+    model = LlamaForCausalLM(cfg).to(dev)
+    model.gradient_checkpointing_enable()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        for _ in range(4):
+            x = torch.randint(0, cfg.vocab_size, (2, random.randint(256, 2048)), device=dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=x, labels=x).loss / 4
+            loss.backward()
+            keep(results, loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+class MoeLayer(torch.nn.Module):
+    """Pre-norm attention, then a top-2 mixture of experts: each expert runs on the tokens routed
+    to it, gathered into a batch of their own, and its output is added back weighted by the gate."""
+
+    def __init__(self, width, heads, experts):
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.router = torch.nn.Linear(width, experts, bias=False)
+        self.experts = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+            for _ in range(experts))
+
+    def forward(self, x, mask):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        tokens = self.norm2(x).reshape(-1, x.shape[-1])
+        gates, chosen = torch.topk(torch.softmax(self.router(tokens).float(), dim=-1), 2, dim=-1)
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.nonzero(chosen == e, as_tuple=True)
+            if rows.numel():
+                out.index_add_(0, rows, expert(tokens[rows]) * gates[rows, slot].unsqueeze(1).to(tokens.dtype))
+        return x + out.reshape(x.shape)
+
+
+def moe_varlen(steps, dev, mark, results=None):
+    vocab, width = 32000, 768
+    embed = torch.nn.Embedding(vocab, width).to(dev)
+    layers = torch.nn.ModuleList(MoeLayer(width, 12, 8) for _ in range(6)).to(dev)
+    head = torch.nn.Linear(width, vocab, bias=False).to(dev)
+    params = [*embed.parameters(), *layers.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def compute_loss(x):
+        mask = torch.triu(torch.full((x.shape[1], x.shape[1]), float("-inf"), device=dev), diagonal=1)
+        h = embed(x)
+        for layer in layers:
+            h = layer(h, mask)
+        logits = head(h)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), x[:, 1:].reshape(-1))
+
+    for step in range(steps):
+        mark(step)
+        x = torch.randint(0, vocab, (8, random.randint(128, 1024)), device=dev)
+        train_step(opt, lambda: compute_loss(x), results)
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

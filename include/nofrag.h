@@ -69,7 +69,8 @@ typedef struct nf_backend nf_backend; /* see nofrag_backend.h */
 typedef struct nf_pool nf_pool;
 
 typedef struct nf_config {
-    /* Physical cap in bytes: the pool never holds more physical memory than this. When a request
+    /* Physical cap in bytes: the pool never holds more physical memory than this (whole pages:
+     * a cap that is not a multiple of the page size allows the pages below it). When a request
      * cannot be met under it the pool reclaims idle pages first, and only then fails. 0 means no
      * cap: the pool then grows to about 2% above the largest live total seen so far and serves
      * further requests from idle pages, so physical memory still follows the live peak. */
@@ -117,7 +118,7 @@ nf_config nf_config_default(void);
 /* Creates a pool over `backend`, reserving its virtual range at once (one backend call).
  * The backend must outlive the pool; the pool does not destroy it.
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
- * of range (alignment not a power of two or < 256, virtual_bytes < capacity, page_bytes not a
+ * of range (alignment not a power of two or < 256, capacity below one page, virtual_bytes < capacity, page_bytes not a
  * power-of-two multiple of the backend's granularity, alignment > page size); NF_ERR_BACKEND iff
  * the reservation fails; NF_ERR_NO_MEMORY_HOST iff bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */
@@ -265,9 +266,10 @@ nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
  * O(1); thread-safe. */
 nf_status nf_step_mark(nf_pool *pool);
 
-/* Changes the physical cap of a live pool. Lowering it below what is held trims idle pages; if live
- * blocks still need more, the cap applies to future growth. 0 removes the cap, but never beyond
- * the reserved address space. O(pages); thread-safe. */
+/* Changes the physical cap of a live pool, in whole pages rounded down like nf_config.capacity.
+ * Lowering it below what is held trims idle pages; if live blocks still need more, the cap applies
+ * to future growth. 0 removes the cap, but never beyond the reserved address space.
+ * NF_ERR_INVALID_ARG for a cap under one page (or pool NULL). O(pages); thread-safe. */
 nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity);
 
 #pragma GCC visibility pop

@@ -46,6 +46,10 @@ int main(void) {
     bad = cfg;
     bad.virtual_bytes = cfg.capacity / 2;
     CHECK_STATUS(nf_pool_create(&bad, be, &pool), NF_ERR_INVALID_ARG);
+    /* A cap under one page could hold nothing (and rounding it to 0 pages would mean no cap). */
+    bad = cfg;
+    bad.capacity = be->granularity - 1;
+    CHECK_STATUS(nf_pool_create(&bad, be, &pool), NF_ERR_INVALID_ARG);
     /* Page sizes: a power-of-two multiple of the backend's granularity, or 0. */
     bad = cfg;
     bad.page_bytes = 3 * be->granularity;

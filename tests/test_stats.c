@@ -254,6 +254,20 @@ int main(void) {
     CHECK_OK(nf_pool_check(pool));
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.reserved_bytes.current == G);
+    /* A cap is a budget in whole pages, rounded down: 2.5 pages allow 2, a third page fails, and
+     * the stats report the 2 pages. Under one page is refused, the cap left as it was. */
+    CHECK_OK(nf_pool_set_capacity(pool, 2 * G + G / 2));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.capacity_bytes == 2 * G);
+    void *r[2];
+    CHECK_OK(nf_alloc(pool, G, NULL, &r[0])); /* with p[2]'s page: 2 pages busy */
+    CHECK_STATUS(nf_alloc(pool, G, NULL, &r[1]), NF_ERR_OUT_OF_MEMORY);
+    CHECK_STATUS(nf_pool_set_capacity(pool, G - 1), NF_ERR_INVALID_ARG);
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.capacity_bytes == 2 * G && st.reserved_bytes.peak <= 6 * G);
+    CHECK(st.reserved_bytes.current <= 2 * G);
+    CHECK_OK(nf_free(pool, r[0], NULL));
+    CHECK_OK(nf_pool_check(pool));
     CHECK_OK(nf_pool_set_capacity(pool, 0)); /* no cap */
     CHECK_OK(nf_alloc(pool, 10 * G, NULL, &q));
     CHECK_OK(nf_pool_check(pool));

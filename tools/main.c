@@ -21,8 +21,10 @@ static const char USAGE[] =
     "with an optional NAME.steps sidecar) through a nofrag pool on the host backend.\n"
     "\n"
     "options:\n"
-    "  --capacity BYTES        physical cap (suffixes K, M, G, T: powers of 1024)\n"
-    "  --capacity-factor F     physical cap of F x the trace's peak live bytes (F >= 1)\n"
+    "  --capacity BYTES        physical cap (suffixes K, M, G, T: powers of 1024), in whole pages\n"
+    "                          rounded down: a budget never exceeded\n"
+    "  --capacity-factor F     physical cap of F x the trace's peak live bytes (F >= 1), rounded\n"
+    "                          up to whole pages\n"
     "  --min-capacity          also search the smallest cap under which the trace completes\n"
     "  --hold-near-live        under the cap, grow only to about 2% above the live peak so far\n"
     "                          (nf_config.hold_near_live: a cap that is a safety limit, like the\n"
@@ -209,6 +211,9 @@ static int cmd_replay(int argc, char **argv) {
     if (gran < 4096 || (gran & (gran - 1))) return usage_error("%s", "--granularity must be a power of two >= 4K");
     if (c.opts.page_bytes && ((c.opts.page_bytes & (c.opts.page_bytes - 1)) || c.opts.page_bytes < gran))
         return usage_error("%s", "--page-size must be a power of two, at least the granularity");
+    uint64_t pool_page = c.opts.page_bytes ? c.opts.page_bytes : gran;
+    if (c.capacity && c.capacity < pool_page)
+        return usage_error("%s", "--capacity must be at least one page (the page size, 2M unless --granularity or --page-size say otherwise)");
     c.opts.progress = isatty(2);
     if (layout_path) {
         if (argc - first_trace != 1) return usage_error("%s", "--layout-log takes one trace");
@@ -230,8 +235,11 @@ static int cmd_replay(int argc, char **argv) {
         }
         replay_options o = c.opts;
         o.capacity = c.capacity;
+        /* F x peak live, rounded up to whole pool pages: at least F x the peak (an explicit
+         * --capacity is a budget instead, which the pool rounds down). */
+        uint64_t page = c.opts.page_bytes ? c.opts.page_bytes : gran;
         if (c.capacity_factor)
-            o.capacity = (uint64_t)ceil((double)t.peak_live * c.capacity_factor / (double)gran) * gran;
+            o.capacity = (uint64_t)ceil((double)t.peak_live * c.capacity_factor / (double)page) * page;
         replay_result r;
         uint64_t min_cap = 0;
         if (replay_run(&t, &o, &r, err, sizeof err) ||

@@ -365,7 +365,9 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     if (align < 256 || (align & (align - 1)) || unit == 0 || (unit & (unit - 1)) || (gran & (gran - 1)) ||
         gran % unit || align > gran)
         return NF_ERR_INVALID_ARG;
-    uint64_t capacity = config->capacity ? round_up(config->capacity, gran) : 0;
+    /* Whole pages only, rounded down: the cap is a budget the pool must never exceed. */
+    uint64_t capacity = config->capacity / gran * gran;
+    if (config->capacity && !capacity) return NF_ERR_INVALID_ARG; /* under one page: nothing fits */
     uint64_t virtual_bytes = config->virtual_bytes;
     if (!virtual_bytes)
         virtual_bytes = capacity ? capacity * VIRTUAL_PER_CAPACITY : DEFAULT_VIRTUAL_NO_CAP;
@@ -654,8 +656,9 @@ nf_status nf_step_mark(nf_pool *pool) {
 
 nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     if (!pool) return NF_ERR_INVALID_ARG;
+    uint64_t cap_pages = capacity / pool->gran; /* whole pages, rounded down, as in nf_pool_create */
+    if (capacity && !cap_pages) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
-    uint64_t cap_pages = round_up(capacity, pool->gran) / pool->gran;
     if (cap_pages > pool->page_count) cap_pages = 0;
     pool->cap_pages = cap_pages;
     uint64_t released = 0;

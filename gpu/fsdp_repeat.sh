@@ -4,6 +4,8 @@
 # losses differ (or NaN), so one run proves little.
 #   gpu/fsdp_repeat.sh [RUNS] [VARIANT...]
 #   WRAPPER=fsdp2 gpu/fsdp_repeat.sh ...   PyTorch's per-parameter FSDP (fully_shard) instead
+#   NOFRAG_CAPACITY=BYTES gpu/fsdp_repeat.sh ...   every rank's pool under that cap (a tight cap
+#   makes pages move under live collectives and the host wait for other streams)
 # Variants: default (nofrag's defaults: reuse across streams where the record-stream callback is
 # set), noacross (NOFRAG_REUSE_ACROSS_STREAMS=0), across (=1), across_nocb (=1 with PyTorch's C++
 # record-stream callback left unset: NCCL's stream uses unheard; expected to fail at times, so its
@@ -16,11 +18,15 @@ cd "$(dirname "$0")/.."
 runs=${1:-4}; shift || true
 variants=${*:-default noacross across_nocb}
 wrapper=${WRAPPER:-fsdp}
-dir=${OUT:-gpu-results}/fsdp_repeat${WRAPPER:+_$WRAPPER}
+dir=${OUT:-gpu-results}/fsdp_repeat${WRAPPER:+_$WRAPPER}${NOFRAG_CAPACITY:+_cap}
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY=${NOFRAG_LIBRARY:-$PWD/build-gpu/libnofrag.so}
 gpus=$(nvidia-smi -L | wc -l)
-launch() { torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py "$@" "$wrapper" 2>&1 | grep -E "Error|error" | tail -3; }
+# Each run's whole output goes to NAME.log beside its JSON; its error lines are shown.
+launch() {
+  torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py "$@" "$wrapper" >"${2%.json}.log" 2>&1 ||
+    { echo "${2##*/}: failed, see ${2%.json}.log"; grep -E "Error|error" "${2%.json}.log" | grep -v "error_file\|errors.html" | tail -3; }
+}
 launch native "$dir/native.json"
 for v in $variants; do
   for i in $(seq 1 "$runs"); do
@@ -46,8 +52,10 @@ for v in variants:
         last = float.fromhex(r["losses"][-1])
         held = " ".join(f'{s["overhead_ratio"]:.3f}x' for s in r["stats"])
         ms = r["stats"][0]["seconds_per_step"] * 1e3
+        per_rank = lambda key: "/".join(str(s.get(key, "-")) for s in r["stats"])
         print(f"{name:18s} identical {str(same):5s} final loss {last:.6f}{' NaN' if math.isnan(last) else ''}"
-              f"  held {held}  {ms:.1f} ms/step")
+              f"  held {held}  {ms:.1f} ms/step  moves {per_rank('num_remaps')}  device waits "
+              f"{per_rank('calls_stream_wait')}  host waits {per_rank('calls_event_sync')}  OOMs {per_rank('num_ooms')}")
         bad += (not same) and v != "across_nocb"
 print(f"native final loss {float.fromhex(base['losses'][-1]):.6f}, {base['stats'][0]['seconds_per_step']*1e3:.1f} ms/step")
 sys.exit(1 if bad else 0)

@@ -102,6 +102,11 @@ nf_status nf_backend_host_create(bool real_memory, uint64_t granularity, nf_back
 nf_status nf_host_stream_submit(nf_backend *backend, void *stream);
 /* Simulates `stream` finishing all work queued so far. */
 nf_status nf_host_stream_complete(nf_backend *backend, void *stream);
+/* Simulates `stream` finishing its first `submissions` submissions (counted from its first
+ * nf_host_stream_submit; more than were made means all), in stream order: a stream_wait queued
+ * among them is met first by running the stream waited for up to its event. Already finished work
+ * stays finished. The replayer's --stream-lag runs each stream this way, behind the host. */
+nf_status nf_host_stream_complete_upto(nf_backend *backend, void *stream, uint64_t submissions);
 /* Called whenever a simulated stream's completed work advances (nf_host_stream_complete, or the
  * pool waiting on an event): tests run their deferred "kernels" there. completed counts the
  * submissions on that stream that have now finished. */

@@ -5,7 +5,10 @@ Before the pool asked other streams before paying for pages (and merged what tha
 trace held 1.035x and moved 76 pages a step. Also: the same trace with every event on one stream
 holds no more than 1.5 points less, so the streams themselves cost little. And with reuse across
 streams (the PyTorch front end's default), the same trace at 1.02x moves fewer pages than
-without, fails nothing, and the JSON says which way it ran."""
+without, fails nothing, and the JSON says which way it ran. With --stream-lag (each stream's work
+done 64 events after it was queued, as on a GPU running behind the host), the pool must learn and
+wait as it would there: host waits under the slower rule, device-side waits (and no failure at
+1.02x) with reuse across streams; with no lag, neither."""
 import gzip
 import json
 import os
@@ -37,6 +40,23 @@ check(across["failed_allocs"] == 0, f"reuse across streams, 1.02x cap: {across['
 check(across["remaps_per_step"] < capped["remaps_per_step"],
       f"reuse across streams, 1.02x cap: {across['remaps_per_step']} page moves a step, "
       f"fewer than {capped['remaps_per_step']} without")
+
+check(capped["stream_lag"] == 0 and capped["calls_per_step"]["event_sync"] == 0
+      and across["calls_per_step"]["stream_wait"] == 0, "no lag: the work is done when asked, no wait")
+lagged = replay(trace, "--stream-lag", "64", "--capacity-factor", "1.02")
+check(lagged["stream_lag"] == 64, "the JSON gives the lag")
+check(lagged["calls_per_step"]["event_sync"] > 0, f"lag 64, slower rule: host waits ({lagged['calls_per_step']})")
+lagged_across = replay(trace, "--stream-lag", "64", "--reuse-across-streams", "--capacity-factor", "1.02")
+check(lagged_across["calls_per_step"]["stream_wait"] > 0,
+      f"lag 64, reuse across streams: device-side waits ({lagged_across['calls_per_step']})")
+check(lagged_across["failed_allocs"] == 0, f"lag 64, reuse across streams: {lagged_across['failed_allocs']} failed")
+check(lagged_across["remaps_per_step"] <= lagged["remaps_per_step"],
+      f"lag 64: reuse across streams moves {lagged_across['remaps_per_step']} pages a step, "
+      f"the slower rule {lagged['remaps_per_step']}")
+res = subprocess.run([nofrag, "replay", "--stream-lag", "-1", trace], capture_output=True, text=True)
+check(res.returncode != 0 and "number of events" in res.stderr, "a negative lag is refused")
+res = subprocess.run([nofrag, "replay", "--cuda", "0", "--stream-lag", "8", trace], capture_output=True, text=True)
+check(res.returncode != 0 and "host backend only" in res.stderr, "a lag on the CUDA backend is refused")
 
 with tempfile.TemporaryDirectory() as tmp:
     one = os.path.join(tmp, "one_stream.csv.gz")

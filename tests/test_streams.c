@@ -260,7 +260,52 @@ static void fenced_neighbours_merge_once_known_done(void) {
     test_pool_close(pool, be);
 }
 
+static int count_free_blocks(void *user, const nf_block_info *block) {
+    if (!block->live) ++*(int *)user;
+    return 0;
+}
+
+/* Under a cap, free neighbours fenced by different streams merge at once (the merged block keeps
+ * both fences): without a cap they stay apart while a fence is pending (the case above), and
+ * setting a cap later merges them then. Either way a stream gets the merged block only once both
+ * streams' work is known done. */
+static void fenced_neighbours_merge_under_a_cap(bool cap_at_start) {
+    nf_backend *be;
+    nf_pool *pool = make(&be, cap_at_start ? 8 : 0);
+    void *a, *b, *c, *d;
+    CHECK_OK(nf_alloc(pool, GRAN / 2, S, &a));
+    CHECK_OK(nf_alloc(pool, GRAN / 2, T, &b));
+    CHECK_OK(nf_alloc(pool, GRAN, S, &c)); /* keeps a and b apart from the space above */
+    nf_host_stream_submit(be, S);
+    nf_host_stream_submit(be, T);
+    CHECK_OK(nf_free(pool, a, S));
+    CHECK_OK(nf_free(pool, b, T));
+    int free_blocks = 0;
+    CHECK_OK(nf_pool_walk(pool, count_free_blocks, &free_blocks));
+    CHECK(free_blocks == (cap_at_start ? 2 : 3)); /* a + b merged (or not), and the space above c */
+    if (!cap_at_start) {
+        CHECK_OK(nf_pool_set_capacity(pool, 8 * GRAN));
+        free_blocks = 0;
+        CHECK_OK(nf_pool_walk(pool, count_free_blocks, &free_blocks));
+        CHECK(free_blocks == 2);
+    }
+    CHECK_OK(nf_pool_check(pool));
+    /* S's kernel is done, T's is not: the merged block waits for T's, so S gets its page-sized
+     * request from the host's wait or elsewhere, never from a and b while T's kernel runs. */
+    nf_host_stream_complete(be, S);
+    CHECK_OK(nf_alloc(pool, GRAN, S, &d));
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(d != a || st.num_event_waits >= 1);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_free(pool, d, S));
+    CHECK_OK(nf_free(pool, c, S));
+    test_pool_close(pool, be);
+}
+
 int main(void) {
+    fenced_neighbours_merge_under_a_cap(true);
+    fenced_neighbours_merge_under_a_cap(false);
     other_stream_waits_when_nothing_else_fits(0);
     other_stream_waits_when_nothing_else_fits(63);
     fenced_neighbours_merge_once_known_done();

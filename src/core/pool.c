@@ -171,11 +171,20 @@ bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
-    /* A free block fenced by some streams does not absorb one fenced by others, nor an unfenced
-     * one: the merged block would make other streams wait for memory they could use now. While
-     * the pool has seen a single stream there is no other stream to wait, so everything merges.
-     * (A free block with fence_seq == 0 has fence_mask == 0, so equal masks cover two unfenced.) */
-    return !a->live && !b->live && (pool->stream_count <= 1 || pool->order_on_device || a->fence_mask == b->fence_mask);
+    /* Without a budget, a free block fenced by some streams does not absorb one fenced by others,
+     * nor an unfenced one: the merged block would make other streams wait on the host for memory
+     * they could use now, and fresh memory is there for them. Under a cap that is a budget (not
+     * hold_near_live's device limit) everything merges, the merged block carrying both fences: a
+     * stream that finds only fenced memory then waits for it on the host, where keeping the
+     * pieces apart sent its request beyond them onto pages that had to move, spreading the layout
+     * until allocations failed (FSDP2 on two H200s at 1.024x its live peak: 2 of 7 runs out of
+     * memory before, 0 of 5 after, at the price of more host waits; docs/placement.md). While the
+     * pool has seen a single stream, or orders streams on the device, nobody waits on the host
+     * for a fence, so everything merges too. (fence_seq == 0 has fence_mask == 0: equal masks
+     * cover two unfenced blocks.) */
+    return !a->live && !b->live &&
+           (pool->stream_count <= 1 || pool->order_on_device || (pool->cap_pages && !pool->config.hold_near_live) ||
+            a->fence_mask == b->fence_mask);
 }
 
 /* The block's fence mask, or 0 when all its streams' work is already known to be done. */
@@ -665,6 +674,7 @@ nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     nf_status s = NF_OK;
     if (cap_pages && pool->phys_count > cap_pages) s = pages_trim(pool, cap_pages, &released);
     else pool->cap_slack = 0;
+    blocks_merge_known_done(pool); /* a budget lets differently fenced free neighbours merge (I2) */
     pthread_mutex_unlock(&pool->lock);
     return s;
 }

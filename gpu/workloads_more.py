@@ -193,10 +193,12 @@ def deeplab_segment(steps, dev, mark, results=None):
                 keep(results, model(x)["out"].argmax(dim=1).sum())
 
 
-def llama_accum_ckpt(steps, dev, mark, results=None):
+def llama_accumulation(steps, dev, mark, results, batch, lengths, **config):
+    """A Llama of the given config (random weights) trained with gradient checkpointing, AdamW and
+    bf16 autocast; each step accumulates 4 micro-batches of `batch` sequences of a random length
+    drawn from `lengths` (lo, hi)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, max_position_embeddings=1024, use_cache=False)
+    cfg = LlamaConfig(use_cache=False, **config)
     model = LlamaForCausalLM(cfg).to(dev)
     model.gradient_checkpointing_enable()
     model.train()
@@ -204,33 +206,25 @@ def llama_accum_ckpt(steps, dev, mark, results=None):
     for step in range(steps):
         mark(step)
         for _ in range(4):
-            x = torch.randint(0, cfg.vocab_size, (4, random.randint(128, 1024)), device=dev)
+            x = torch.randint(0, cfg.vocab_size, (batch, random.randint(*lengths)), device=dev)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = model(input_ids=x, labels=x).loss / 4
             loss.backward()
             keep(results, loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+
+def llama_accum_ckpt(steps, dev, mark, results=None):
+    llama_accumulation(steps, dev, mark, results, 4, (128, 1024), hidden_size=1024, intermediate_size=2816,
+                       num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16, vocab_size=32000,
+                       max_position_embeddings=1024)
 
 
 def llama_bigvocab_accum(steps, dev, mark, results=None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=2048, use_cache=False)
-    model = LlamaForCausalLM(cfg).to(dev)
-    model.gradient_checkpointing_enable()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for step in range(steps):
-        mark(step)
-        for _ in range(4):
-            x = torch.randint(0, cfg.vocab_size, (2, random.randint(256, 2048)), device=dev)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(input_ids=x, labels=x).loss / 4
-            loss.backward()
-            keep(results, loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    llama_accumulation(steps, dev, mark, results, 2, (256, 2048), hidden_size=512, intermediate_size=1408,
+                       num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8, vocab_size=128256,
+                       max_position_embeddings=2048)
 
 
 class MoeLayer(torch.nn.Module):

@@ -265,14 +265,19 @@ static int count_free_blocks(void *user, const nf_block_info *block) {
     return 0;
 }
 
-/* Under a cap, free neighbours fenced by different streams merge at once (the merged block keeps
- * both fences): without a cap they stay apart while a fence is pending (the case above), and
- * setting a cap later merges them then. Either way a stream gets the merged block only once both
- * streams' work is known done. */
-static void fenced_neighbours_merge_under_a_cap(bool cap_at_start) {
+/* Under a tight budget (a cap within 10% of the live peak so far), free neighbours fenced by
+ * different streams merge at once (the merged block keeps both fences); without a cap, or under a
+ * loose one, they stay apart while a fence is pending (the case above); setting a tight cap later
+ * merges them then. Either way a stream gets the merged block only once both streams' work is
+ * known done. */
+enum { BUDGET_NONE, BUDGET_TIGHT_AT_START, BUDGET_TIGHT_LATER, BUDGET_LOOSE };
+static void fenced_neighbours_merge_under_a_tight_budget(int budget) {
     nf_backend *be;
-    nf_pool *pool = make(&be, cap_at_start ? 8 : 0);
-    void *a, *b, *c, *d;
+    nf_pool *pool = make(&be, budget == BUDGET_TIGHT_AT_START ? 4 : budget == BUDGET_LOOSE ? 64 : 0);
+    void *a, *b, *c, *d, *big;
+    /* A live peak of 3.75 pages: a 4-page cap is within 10% of it, a 64-page one is not. */
+    CHECK_OK(nf_alloc(pool, 4 * GRAN - GRAN / 4, S, &big));
+    CHECK_OK(nf_free(pool, big, S));
     CHECK_OK(nf_alloc(pool, GRAN / 2, S, &a));
     CHECK_OK(nf_alloc(pool, GRAN / 2, T, &b));
     CHECK_OK(nf_alloc(pool, GRAN, S, &c)); /* keeps a and b apart from the space above */
@@ -282,16 +287,17 @@ static void fenced_neighbours_merge_under_a_cap(bool cap_at_start) {
     CHECK_OK(nf_free(pool, b, T));
     int free_blocks = 0;
     CHECK_OK(nf_pool_walk(pool, count_free_blocks, &free_blocks));
-    CHECK(free_blocks == (cap_at_start ? 2 : 3)); /* a + b merged (or not), and the space above c */
-    if (!cap_at_start) {
-        CHECK_OK(nf_pool_set_capacity(pool, 8 * GRAN));
+    /* a + b merged or not, and the space above c */
+    CHECK(free_blocks == (budget == BUDGET_TIGHT_AT_START ? 2 : 3));
+    if (budget == BUDGET_TIGHT_LATER) {
+        CHECK_OK(nf_pool_set_capacity(pool, 4 * GRAN));
         free_blocks = 0;
         CHECK_OK(nf_pool_walk(pool, count_free_blocks, &free_blocks));
         CHECK(free_blocks == 2);
     }
     CHECK_OK(nf_pool_check(pool));
-    /* S's kernel is done, T's is not: the merged block waits for T's, so S gets its page-sized
-     * request from the host's wait or elsewhere, never from a and b while T's kernel runs. */
+    /* S's kernel is done, T's is not: S never gets a and b while T's kernel may use b, so it gets
+     * its page-sized request after the host waited for T, or elsewhere. */
     nf_host_stream_complete(be, S);
     CHECK_OK(nf_alloc(pool, GRAN, S, &d));
     nf_stats st;
@@ -304,8 +310,10 @@ static void fenced_neighbours_merge_under_a_cap(bool cap_at_start) {
 }
 
 int main(void) {
-    fenced_neighbours_merge_under_a_cap(true);
-    fenced_neighbours_merge_under_a_cap(false);
+    fenced_neighbours_merge_under_a_tight_budget(BUDGET_NONE);
+    fenced_neighbours_merge_under_a_tight_budget(BUDGET_TIGHT_AT_START);
+    fenced_neighbours_merge_under_a_tight_budget(BUDGET_TIGHT_LATER);
+    fenced_neighbours_merge_under_a_tight_budget(BUDGET_LOOSE);
     other_stream_waits_when_nothing_else_fits(0);
     other_stream_waits_when_nothing_else_fits(63);
     fenced_neighbours_merge_once_known_done();

@@ -171,20 +171,35 @@ bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
 }
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
-    /* Without a budget, a free block fenced by some streams does not absorb one fenced by others,
-     * nor an unfenced one: the merged block would make other streams wait on the host for memory
-     * they could use now, and fresh memory is there for them. Under a cap that is a budget (not
-     * hold_near_live's device limit) everything merges, the merged block carrying both fences: a
-     * stream that finds only fenced memory then waits for it on the host, where keeping the
-     * pieces apart sent its request beyond them onto pages that had to move, spreading the layout
-     * until allocations failed (FSDP2 on two H200s at 1.024x its live peak: 2 of 7 runs out of
-     * memory before, 0 of 5 after, at the price of more host waits; docs/placement.md). While the
-     * pool has seen a single stream, or orders streams on the device, nobody waits on the host
-     * for a fence, so everything merges too. (fence_seq == 0 has fence_mask == 0: equal masks
-     * cover two unfenced blocks.) */
+    /* A free block fenced by some streams does not absorb one fenced by others, nor an unfenced
+     * one: the merged block would make other streams wait on the host for memory they could use
+     * now, and fresh memory is there for them. Under a tight budget (budget_tight: a cap set as a
+     * budget, within 10% of the live peak so far) everything merges, the merged block carrying
+     * both fences: a stream that finds only fenced memory then waits for it on the host, where
+     * keeping the pieces apart sent its request beyond them onto pages that had to move,
+     * spreading the layout until allocations failed (FSDP2 on two H200s at 1.024x its live peak:
+     * 2 of 7 runs out of memory before, 0 of 5 after, with more host waits). Under a looser budget
+     * merging cost more page moves and host waits than it saved (bench_stream_waits); see
+     * docs/placement.md. While the pool has seen a single stream, or orders streams on the
+     * device, nobody waits on the host for a fence, so everything merges too. (fence_seq == 0 has
+     * fence_mask == 0: equal masks cover two unfenced blocks.) */
     return !a->live && !b->live &&
-           (pool->stream_count <= 1 || pool->order_on_device || (pool->cap_pages && !pool->config.hold_near_live) ||
-            a->fence_mask == b->fence_mask);
+           (pool->stream_count <= 1 || pool->order_on_device || pool->budget_tight || a->fence_mask == b->fence_mask);
+}
+
+static void blocks_merge_known_done(nf_pool *pool);
+
+/* Recomputes budget_tight: a cap that is a budget within BUDGET_TIGHT_PERCENT of the live peak
+ * so far. When it turns on, merges the free neighbours that makes mergeable (I2). */
+static void budget_check(nf_pool *pool) {
+    uint64_t peak = pool->stats.allocated_bytes.peak;
+    bool tight = pool->cap_pages && !pool->config.hold_near_live &&
+                 pool->cap_pages * pool->gran / (100 + BUDGET_TIGHT_PERCENT) <= peak / 100;
+    if (tight && !pool->budget_tight) {
+        pool->budget_tight = true;
+        blocks_merge_known_done(pool);
+    }
+    pool->budget_tight = tight;
 }
 
 /* The block's fence mask, or 0 when all its streams' work is already known to be done. */
@@ -518,6 +533,10 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
         return NF_ERR_OUT_OF_MEMORY;
     }
     uint64_t rounded = round_up(size, align);
+    if (pool->stats.allocated_bytes.peak != pool->budget_peak_seen) {
+        pool->budget_peak_seen = pool->stats.allocated_bytes.peak;
+        budget_check(pool);
+    }
     uint32_t idx;
     nf_status s = stream_index(pool, stream, &idx);
     if (s != NF_OK) return s;
@@ -674,7 +693,7 @@ nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     nf_status s = NF_OK;
     if (cap_pages && pool->phys_count > cap_pages) s = pages_trim(pool, cap_pages, &released);
     else pool->cap_slack = 0;
-    blocks_merge_known_done(pool); /* a budget lets differently fenced free neighbours merge (I2) */
+    budget_check(pool);
     pthread_mutex_unlock(&pool->lock);
     return s;
 }

@@ -37,6 +37,7 @@
 #include "nofrag_backend.h"
 
 #define NF_NO_PAGE (-1)
+#define BUDGET_TIGHT_PERCENT 10 /* see budget_tight */
 #define NO_STREAM UINT32_MAX /* stream_idx of a block no stream has touched */
 
 static inline uint64_t stream_bit(uint32_t idx) { return 1ull << (idx < 63 ? idx : 63); }
@@ -185,6 +186,11 @@ struct nf_pool {
     uint64_t free_seq; /* incremented by every free */
     /* config.reuse_across_streams and a backend that can make a stream wait on the device */
     bool order_on_device;
+    /* A cap set as a budget (not hold_near_live's device limit) within BUDGET_TIGHT_PERCENT of
+     * the live peak so far: differently fenced free neighbours then merge at once
+     * (blocks_mergeable, budget_check in pool.c). */
+    bool budget_tight;
+    uint64_t budget_peak_seen; /* the live peak budget_check last saw */
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double
      * free even after its block has merged into a larger free block. */

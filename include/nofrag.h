@@ -106,7 +106,9 @@ typedef struct nf_config {
      * another stream at once: the requesting stream is made to wait on the device for that work
      * (the backend's stream_wait, cuStreamWaitEvent: no host wait). Without it such memory serves
      * other streams only once that work is known to be done, or after the host waits for it, and
-     * meanwhile requests go to other memory (more held with several streams: FSDP, prefetching).
+     * meanwhile requests go to other memory (more held with several streams: FSDP, prefetching);
+     * under a capacity within 10% of the live peak, such memory is kept whole and the host waits
+     * for it instead (no failure where spreading ran out of pages, but more host waits).
      * The price: the requesting stream's next work starts after the other stream's work queued
      * before the free. Only where the backend has NF_BACKEND_CAP_STREAM_WAIT. */
     bool reuse_across_streams;

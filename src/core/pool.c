@@ -178,7 +178,7 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
      * both fences: a stream that finds only fenced memory then waits for it on the host, where
      * keeping the pieces apart sent its request beyond them onto pages that had to move,
      * spreading the layout until allocations failed (FSDP2 on two H200s at 1.024x its live peak:
-     * 2 of 7 runs out of memory before, 0 of 5 after, with more host waits). Under a looser budget
+     * 2 of 7 runs failed before, out of memory where logged; 0 of 5 after, with more host waits). Under a looser budget
      * merging cost more page moves and host waits than it saved (bench_stream_waits); see
      * docs/placement.md. While the pool has seen a single stream, or orders streams on the
      * device, nobody waits on the host for a fence, so everything merges too. (fence_seq == 0 has

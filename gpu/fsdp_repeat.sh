@@ -6,6 +6,9 @@
 #   WRAPPER=fsdp2 gpu/fsdp_repeat.sh ...   PyTorch's per-parameter FSDP (fully_shard) instead
 #   NOFRAG_CAPACITY=BYTES gpu/fsdp_repeat.sh ...   every rank's pool under that cap (a tight cap
 #   makes pages move under live collectives and the host wait for other streams)
+#   CAP_FACTOR=1.02 gpu/fsdp_repeat.sh ...   the same, the cap being that factor times the largest
+#   per-rank peak of PyTorch's own run (the session's tight-cap check:
+#   WRAPPER=fsdp2 CAP_FACTOR=1.02 gpu/fsdp_repeat.sh 5 default noacross)
 # Variants: default (nofrag's defaults: reuse across streams where the record-stream callback is
 # set), noacross (NOFRAG_REUSE_ACROSS_STREAMS=0), across (=1), across_nocb (=1 with PyTorch's C++
 # record-stream callback left unset: NCCL's stream uses unheard; expected to fail at times, so its
@@ -18,7 +21,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-4}; shift || true
 variants=${*:-default noacross across_nocb}
 wrapper=${WRAPPER:-fsdp}
-dir=${OUT:-gpu-results}/fsdp_repeat${WRAPPER:+_$WRAPPER}${NOFRAG_CAPACITY:+_cap}
+dir=${OUT:-gpu-results}/fsdp_repeat${WRAPPER:+_$WRAPPER}${NOFRAG_CAPACITY:+_cap}${CAP_FACTOR:+_cap$CAP_FACTOR}
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1 NOFRAG_LIBRARY=${NOFRAG_LIBRARY:-$PWD/build-gpu/libnofrag.so}
 gpus=$(nvidia-smi -L | wc -l)
@@ -28,6 +31,13 @@ launch() {
     { echo "${2##*/}: failed, see ${2%.json}.log"; grep -E "Error|error" "${2%.json}.log" | grep -v "error_file\|errors.html" | tail -3; }
 }
 launch native "$dir/native.json"
+if [ -n "${CAP_FACTOR:-}" ]; then
+  NOFRAG_CAPACITY=$(python3 -c 'import json, sys
+peak = max(s["allocated_bytes.all.peak"] for s in json.load(open(sys.argv[1]))["stats"])
+print(int(float(sys.argv[2]) * peak))' "$dir/native.json" "$CAP_FACTOR") || exit 1
+  export NOFRAG_CAPACITY
+  echo "cap: $CAP_FACTOR x PyTorch's largest per-rank peak = $NOFRAG_CAPACITY bytes"
+fi
 for v in $variants; do
   for i in $(seq 1 "$runs"); do
     case $v in

@@ -264,9 +264,11 @@ static int cmd_replay(int argc, char **argv) {
             print_json(&c, &t, &r, o.capacity, min_cap);
         } else {
             if (!header_done) {
-                printf("cap: %s; per-step figures average the steps after step %d; driver time is "
-                       "estimated from measured H200 call costs\n",
+                printf("cap: %s; reuse across streams: %s; stream lag: %llu events; per-step figures "
+                       "average the steps after step %d; driver time is estimated from measured H200 "
+                       "call costs\n",
                        c.capacity ? "fixed" : c.capacity_factor ? "factor x peak live" : "none",
+                       c.opts.reuse_across_streams ? "on" : "off", (unsigned long long)c.opts.stream_lag,
                        REPLAY_WARMUP_STEPS);
                 print_table_header(&c);
                 header_done = true;

@@ -173,8 +173,8 @@ bool pool_block_usable_by(const nf_pool *pool, const block *b, uint32_t idx) {
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
     /* A free block fenced by some streams does not absorb one fenced by others, nor an unfenced
      * one: the merged block would make other streams wait on the host for memory they could use
-     * now, and fresh memory is there for them. Under a tight budget (budget_tight: a cap set as a
-     * budget, within 10% of the live peak so far) everything merges, the merged block carrying
+     * now, and fresh memory is there for them. Under a tight cap (budget_tight: within 10% of the
+     * live peak so far) everything merges, the merged block carrying
      * both fences: a stream that finds only fenced memory then waits for it on the host, where
      * keeping the pieces apart sent its request beyond them onto pages that had to move,
      * spreading the layout until allocations failed (FSDP2 on two H200s at 1.024x its live peak:
@@ -189,12 +189,12 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
 
 static void blocks_merge_known_done(nf_pool *pool);
 
-/* Recomputes budget_tight: a cap that is a budget within BUDGET_TIGHT_PERCENT of the live peak
- * so far. When it turns on, merges the free neighbours that makes mergeable (I2). */
+/* Recomputes budget_tight: a cap within BUDGET_TIGHT_PERCENT of the live peak so far (a budget,
+ * or hold_near_live's device limit once the job nearly fills the device). When it turns on,
+ * merges the free neighbours that makes mergeable (I2). */
 static void budget_check(nf_pool *pool) {
     uint64_t peak = pool->stats.allocated_bytes.peak;
-    bool tight = pool->cap_pages && !pool->config.hold_near_live &&
-                 pool->cap_pages * pool->gran / (100 + BUDGET_TIGHT_PERCENT) <= peak / 100;
+    bool tight = pool->cap_pages && pool->cap_pages * pool->gran / (100 + BUDGET_TIGHT_PERCENT) <= peak / 100;
     if (tight && !pool->budget_tight) {
         pool->budget_tight = true;
         blocks_merge_known_done(pool);

@@ -186,9 +186,8 @@ struct nf_pool {
     uint64_t free_seq; /* incremented by every free */
     /* config.reuse_across_streams and a backend that can make a stream wait on the device */
     bool order_on_device;
-    /* A cap set as a budget (not hold_near_live's device limit) within BUDGET_TIGHT_PERCENT of
-     * the live peak so far: differently fenced free neighbours then merge at once
-     * (blocks_mergeable, budget_check in pool.c). */
+    /* A cap within BUDGET_TIGHT_PERCENT of the live peak so far: differently fenced free
+     * neighbours then merge at once (blocks_mergeable, budget_check in pool.c). */
     bool budget_tight;
     uint64_t budget_peak_seen; /* the live peak budget_check last saw */
 

@@ -1,5 +1,5 @@
 /* Randomized, seeded operation sequences with nf_pool_check after every operation, across caps,
- * granularities, streams, trims and step marks. */
+ * granularities, streams, trims, cap changes and step marks. */
 #include <string.h>
 
 #include "check.h"
@@ -50,6 +50,13 @@ static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, i
             if (rng_below(&rng, 3) == 0) nf_host_stream_submit(backend, fs);
         } else if (r < 98) {
             CHECK_OK(nf_trim(pool, rng_below(&rng, cap_pages + 1) * gran, NULL));
+            /* With a cap, sometimes move it within [1, cap_pages] pages and forget the live peak:
+             * whether the cap is within 10% of the live peak (free neighbours fenced by different
+             * streams merge) then turns on and off, and the invariants must hold either way. */
+            if (cap_pages && rng_below(&rng, 2)) {
+                CHECK_OK(nf_pool_set_capacity(pool, (1 + rng_below(&rng, cap_pages)) * gran));
+                if (rng_below(&rng, 2)) CHECK_OK(nf_stats_reset_peaks(pool));
+            }
         } else if (r < 99) {
             CHECK_OK(nf_step_mark(pool));
         } else {

@@ -266,19 +266,18 @@ static int count_free_blocks(void *user, const nf_block_info *block) {
 }
 
 /* Under a tight cap (within 10% of the live peak so far: a budget, or hold_near_live's device
- * limit), free neighbours fenced by different streams merge at once (the merged block keeps both fences); without a cap, or under a
- * loose one, they stay apart while a fence is pending (the case above); setting a tight cap later
- * merges them then. Either way a stream gets the merged block only once both streams' work is
- * known done. */
+ * limit), free neighbours fenced by different streams merge at once (the merged block keeps both
+ * fences); without a cap, or under a loose one, they stay apart while a fence is pending (the case
+ * above); setting a tight cap later merges them then. Either way a stream gets the merged block
+ * only once both streams' work is known done. */
 enum { BUDGET_NONE, BUDGET_TIGHT_AT_START, BUDGET_TIGHT_LATER, BUDGET_LOOSE, DEVICE_LIMIT_TIGHT };
 static void fenced_neighbours_merge_under_a_tight_budget(int budget) {
     nf_backend *be;
     /* DEVICE_LIMIT_TIGHT: hold_near_live's cap (the device's limit), which the job nearly fills. */
+    bool tight_at_start = budget == BUDGET_TIGHT_AT_START || budget == DEVICE_LIMIT_TIGHT;
+    uint64_t cap_pages = tight_at_start ? 4 : budget == BUDGET_LOOSE ? 64 : 0;
     test_pool_spec spec = {.gran = GRAN, .virtual_bytes = 64 * GRAN, .log = test_log,
-                           .hold_near_live = budget == DEVICE_LIMIT_TIGHT,
-                           .capacity = (budget == BUDGET_TIGHT_AT_START || budget == DEVICE_LIMIT_TIGHT ? 4
-                                        : budget == BUDGET_LOOSE                                   ? 64
-                                                                                                   : 0) * GRAN};
+                           .hold_near_live = budget == DEVICE_LIMIT_TIGHT, .capacity = cap_pages * GRAN};
     nf_pool *pool = test_pool(&spec, &be);
     void *a, *b, *c, *d, *big;
     /* A live peak of 3.75 pages: a 4-page cap is within 10% of it, a 64-page one is not. */
@@ -294,7 +293,7 @@ static void fenced_neighbours_merge_under_a_tight_budget(int budget) {
     int free_blocks = 0;
     CHECK_OK(nf_pool_walk(pool, count_free_blocks, &free_blocks));
     /* a + b merged or not, and the space above c */
-    CHECK(free_blocks == (budget == BUDGET_TIGHT_AT_START || budget == DEVICE_LIMIT_TIGHT ? 2 : 3));
+    CHECK(free_blocks == (tight_at_start ? 2 : 3));
     if (budget == BUDGET_TIGHT_LATER) {
         CHECK_OK(nf_pool_set_capacity(pool, 4 * GRAN));
         free_blocks = 0;

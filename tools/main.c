@@ -224,7 +224,8 @@ static int cmd_replay(int argc, char **argv) {
         return usage_error("%s", "--page-size must be a power of two, at least the granularity");
     uint64_t pool_page = c.opts.page_bytes ? c.opts.page_bytes : gran;
     if (c.capacity && c.capacity < pool_page)
-        return usage_error("%s", "--capacity must be at least one page (the page size, 2M unless --granularity or --page-size say otherwise)");
+        return usage_error("%s", "--capacity must be at least one page (2M unless --granularity or "
+                                 "--page-size say otherwise)");
     c.opts.progress = isatty(2);
     if (layout_path) {
         if (argc - first_trace != 1) return usage_error("%s", "--layout-log takes one trace");
@@ -248,9 +249,8 @@ static int cmd_replay(int argc, char **argv) {
         o.capacity = c.capacity;
         /* F x peak live, rounded up to whole pool pages: at least F x the peak (an explicit
          * --capacity is a budget instead, which the pool rounds down). */
-        uint64_t page = c.opts.page_bytes ? c.opts.page_bytes : gran;
         if (c.capacity_factor)
-            o.capacity = (uint64_t)ceil((double)t.peak_live * c.capacity_factor / (double)page) * page;
+            o.capacity = (uint64_t)ceil((double)t.peak_live * c.capacity_factor / (double)pool_page) * pool_page;
         replay_result r;
         uint64_t min_cap = 0;
         if (replay_run(&t, &o, &r, err, sizeof err) ||

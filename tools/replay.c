@@ -140,23 +140,15 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
      * new event comes, the oldest entry's stream completes up to that count. */
     lag_entry *lag_ring = opts->stream_lag ? calloc(opts->stream_lag, sizeof *lag_ring) : NULL;
     uint64_t *lag_queued = opts->stream_lag ? calloc(t->stream_count ? t->stream_count : 1, sizeof *lag_queued) : NULL;
-    if (opts->stream_lag && (!lag_ring || !lag_queued)) {
-        snprintf(err, err_size, "out of memory");
-        free(lag_ring);
-        free(lag_queued);
-        free(ptrs);
-        free(streams);
-        nf_pool_destroy(pool);
-        nf_backend_destroy(backend);
-        return -1;
-    }
     if (opts->per_step) {
         r->step_slots = t->step_count + 1;
         r->steps = calloc(r->step_slots, sizeof *r->steps);
     }
-    if (!ptrs || !streams || (opts->per_step && !r->steps)) {
+    if (!ptrs || !streams || (opts->per_step && !r->steps) || (opts->stream_lag && (!lag_ring || !lag_queued))) {
         snprintf(err, err_size, "out of memory");
         replay_result_free(r);
+        free(lag_ring);
+        free(lag_queued);
         free(ptrs);
         free(streams);
         nf_pool_destroy(pool);

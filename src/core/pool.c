@@ -174,15 +174,15 @@ bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b) {
     /* A free block fenced by some streams does not absorb one fenced by others, nor an unfenced
      * one: the merged block would make other streams wait on the host for memory they could use
      * now, and fresh memory is there for them. Under a tight cap (budget_tight: within 10% of the
-     * live peak so far) everything merges, the merged block carrying
-     * both fences: a stream that finds only fenced memory then waits for it on the host, where
-     * keeping the pieces apart sent its request beyond them onto pages that had to move,
-     * spreading the layout until allocations failed (FSDP2 on two H200s at 1.024x its live peak:
-     * 2 of 7 runs failed before, out of memory where logged; 0 of 5 after, with more host waits). Under a looser budget
-     * merging cost more page moves and host waits than it saved (bench_stream_waits); see
-     * docs/placement.md. While the pool has seen a single stream, or orders streams on the
-     * device, nobody waits on the host for a fence, so everything merges too. (fence_seq == 0 has
-     * fence_mask == 0: equal masks cover two unfenced blocks.) */
+     * live peak so far) everything merges, the merged block carrying both fences: a stream that
+     * finds only fenced memory then waits for it on the host, where keeping the pieces apart sent
+     * its request beyond them onto pages that had to move, spreading the layout until allocations
+     * failed (FSDP2 on two H200s at 1.024x its live peak: 2 of 7 runs failed before, out of memory
+     * where logged; 0 of 5 after, with more host waits). Under a looser budget merging cost more
+     * page moves and host waits than it saved (bench_stream_waits); see docs/placement.md. While
+     * the pool has seen a single stream, or orders streams on the device, nobody waits on the host
+     * for a fence, so everything merges too. (fence_seq == 0 has fence_mask == 0: equal masks
+     * cover two unfenced blocks.) */
     return !a->live && !b->live &&
            (pool->stream_count <= 1 || pool->order_on_device || pool->budget_tight || a->fence_mask == b->fence_mask);
 }
@@ -191,15 +191,13 @@ static void blocks_merge_known_done(nf_pool *pool);
 
 /* Recomputes budget_tight: a cap within BUDGET_TIGHT_PERCENT of the live peak so far (a budget,
  * or hold_near_live's device limit once the job nearly fills the device). When it turns on,
- * merges the free neighbours that makes mergeable (I2). */
+ * merges the free neighbours that makes mergeable (I2). Called when the cap changes and when the
+ * live peak rises. O(1) unless it turns on. */
 static void budget_check(nf_pool *pool) {
-    uint64_t peak = pool->stats.allocated_bytes.peak;
-    bool tight = pool->cap_pages && pool->cap_pages * pool->gran / (100 + BUDGET_TIGHT_PERCENT) <= peak / 100;
-    if (tight && !pool->budget_tight) {
-        pool->budget_tight = true;
-        blocks_merge_known_done(pool);
-    }
-    pool->budget_tight = tight;
+    bool was_tight = pool->budget_tight;
+    pool->budget_tight = pool->cap_pages && pool->cap_pages * pool->gran * 100 <=
+                                                pool->stats.allocated_bytes.peak * (100 + BUDGET_TIGHT_PERCENT);
+    if (pool->budget_tight && !was_tight) blocks_merge_known_done(pool);
 }
 
 /* The block's fence mask, or 0 when all its streams' work is already known to be done. */
@@ -315,6 +313,7 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
     b->fence_seq = 0;
     b->fence_mask = stream_bit(idx);
     gauge_add(&pool->stats.allocated_bytes, size);
+    if (pool->stats.allocated_bytes.current == pool->stats.allocated_bytes.peak) budget_check(pool); /* a new peak */
     gauge_add(&pool->stats.allocation, 1);
     uint64_t end = b->addr + size - pool->base;
     if (end > pool->stats.virtual_span_bytes.current)
@@ -335,7 +334,8 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
 
 /* Merges every pair of free neighbours that what the pool now knows allows: free blocks fenced
  * differently stay apart while a fence is pending (blocks_mergeable), and merge once both fences
- * are known done. Runs when the pool learns that (streams_poll found progress). O(blocks). */
+ * are known done or the cap turns tight. Runs when the pool learns either (streams_poll found
+ * progress, budget_check). O(blocks). */
 static void blocks_merge_known_done(nf_pool *pool) {
     for (block *b = pool->first; b; b = b->next) {
         uint64_t fence, mask;
@@ -533,10 +533,6 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
         return NF_ERR_OUT_OF_MEMORY;
     }
     uint64_t rounded = round_up(size, align);
-    if (pool->stats.allocated_bytes.peak != pool->budget_peak_seen) {
-        pool->budget_peak_seen = pool->stats.allocated_bytes.peak;
-        budget_check(pool);
-    }
     uint32_t idx;
     nf_status s = stream_index(pool, stream, &idx);
     if (s != NF_OK) return s;

@@ -189,7 +189,6 @@ struct nf_pool {
     /* A cap within BUDGET_TIGHT_PERCENT of the live peak so far: differently fenced free
      * neighbours then merge at once (blocks_mergeable, budget_check in pool.c). */
     bool budget_tight;
-    uint64_t budget_peak_seen; /* the live peak budget_check last saw */
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double
      * free even after its block has merged into a larger free block. */

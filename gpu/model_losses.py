@@ -35,6 +35,8 @@ torch.backends.cudnn.benchmark = False
 results = []
 start = time.time()
 step_starts = []
+FIRST_COUNTED_STEP = 4  # per-step figures average the steps after step 3, as `nofrag replay` does
+counted_from = {}
 
 
 def step_hook(step):
@@ -44,6 +46,9 @@ def step_hook(step):
     step_starts.append(time.time())
     if mode == "nofrag" and step:
         nofrag.step()
+    if mode == "nofrag" and step == FIRST_COUNTED_STEP:
+        st = nofrag.stats()
+        counted_from.update(num_remaps=st["num_remaps"], backend_calls=st["backend_calls"])
 
 
 workloads_more.JOBS[job](steps, torch.device("cuda"), step_hook, results)
@@ -55,6 +60,11 @@ result = {"job": job, "mode": mode, "steps": steps, "seconds": round(time.time()
 result["result_count"] = len(result["losses"])
 result["stats"] = allocator_stats(mode)
 result["stats"]["median_step_seconds"] = round(durations[len(durations) // 2], 5) if durations else None
+if counted_from:
+    counted_steps = steps - FIRST_COUNTED_STEP
+    for key in ("num_remaps", "backend_calls"):
+        result["stats"][key + "_per_step_after_step_3"] = round(
+            (result["stats"][key] - counted_from[key]) / counted_steps, 2)
 with open(out_path, "w") as f:
     json.dump(result, f)
 print(job, mode, f"{result['result_count']} results, last {float.fromhex(result['losses'][-1])}",

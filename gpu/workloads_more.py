@@ -39,6 +39,13 @@ Jobs:
                      with top-2 routing (written here in plain PyTorch), AdamW, bf16 autocast;
                      batch 8 of a random length 128..1024. The tokens each expert gets change in
                      every layer of every step, so every expert's activations change size.
+  gpt2_accum_eager   The shared recording's gpt2_accum_ckpt job (GPT-2 124M, gradient
+                     checkpointing, AdamW, bf16 autocast, 4 micro-batches of 4 sequences of a
+                     random length 64..1024 a step) with eager attention, whose backward is
+                     deterministic, so gpu/model_losses.py can compare its losses.
+  gpt2_train_eval_eager  Likewise the shared gpt2_train_eval job (batch 8 of length 64..1024; every 10
+                     steps an evaluation of 3 batches of 16 x 256..1024 and a copy of the weights
+                     to the host, as a checkpoint does), with eager attention.
 """
 import gzip
 import json
@@ -119,16 +126,21 @@ def t5_seq2seq(steps, dev, mark, results=None):
                 keep(results, out.sum())
 
 
-def gpt2_prefetch(steps, dev, mark, results=None):
+def gpt2_eager(dev, **extra):
+    """GPT-2 124M (random weights) with eager attention: deterministic backward."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
-    cfg._attn_implementation = "eager"  # deterministic backward, so gpu/model_losses.py can compare
-    model = GPT2LMHeadModel(cfg).to(dev)
+    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, **extra)
+    cfg._attn_implementation = "eager"
+    return GPT2LMHeadModel(cfg).to(dev), cfg.vocab_size
+
+
+def gpt2_prefetch(steps, dev, mark, results=None):
+    model, vocab = gpt2_eager(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     copy_stream = torch.cuda.Stream()
 
     def prefetch():
-        cpu = torch.randint(0, cfg.vocab_size, (8, random.randint(64, 1024))).pin_memory()
+        cpu = torch.randint(0, vocab, (8, random.randint(64, 1024))).pin_memory()
         with torch.cuda.stream(copy_stream):
             return cpu.to(dev, non_blocking=True)
 
@@ -275,8 +287,43 @@ def moe_varlen(steps, dev, mark, results=None):
         train_step(opt, lambda: compute_loss(x), results)
 
 
+def gpt2_accum_eager(steps, dev, mark, results=None):
+    model, vocab = gpt2_eager(dev, use_cache=False)
+    model.gradient_checkpointing_enable()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        for _ in range(4):
+            x = torch.randint(0, vocab, (4, random.randint(64, 1024)), device=dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=x, labels=x).loss / 4
+            loss.backward()
+            keep(results, loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def gpt2_train_eval_eager(steps, dev, mark, results=None):
+    model, vocab = gpt2_eager(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        x = torch.randint(0, vocab, (8, random.randint(64, 1024)), device=dev)
+        train_step(opt, lambda: model(input_ids=x, labels=x).loss, results)
+        if step % 10 == 9:
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                for _ in range(3):
+                    x = torch.randint(0, vocab, (16, random.randint(256, 1024)), device=dev)
+                    keep(results, model(input_ids=x, labels=x).loss)
+            checkpoint = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            del checkpoint
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

@@ -4,6 +4,7 @@
 # losses differ (or NaN), so one run proves little.
 #   gpu/fsdp_repeat.sh [RUNS] [VARIANT...]
 #   WRAPPER=fsdp2 gpu/fsdp_repeat.sh ...   PyTorch's per-parameter FSDP (fully_shard) instead
+#   WRAPPER=tp gpu/fsdp_repeat.sh ...      tensor parallelism instead (gpu/ddp_losses.py's tp)
 #   NOFRAG_CAPACITY=BYTES gpu/fsdp_repeat.sh ...   every rank's pool under that cap (a tight cap
 #   makes pages move under live collectives and the host wait for other streams)
 #   CAP_FACTOR=1.02 gpu/fsdp_repeat.sh ...   the same, the cap being that factor times the largest

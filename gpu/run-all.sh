@@ -160,6 +160,14 @@ if [ "$gpus" -ge 2 ]; then
   NOFRAG_REUSE_ACROSS_STREAMS=0 torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag \
     "$OUT/fsdp_nofrag_noacross.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
   python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag_noacross.json" || status=1
+  step "FSDP2 and tensor parallelism under torchrun on $gpus GPUs: native vs nofrag losses"
+  for wrapper in fsdp2 tp; do
+    for mode in native nofrag; do
+      torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py $mode "$OUT/${wrapper}_$mode.json" $wrapper \
+        2>&1 | grep -E "final loss|Error" | tail -2
+    done
+    python3 gpu/compare_losses.py "$OUT/${wrapper}_native.json" "$OUT/${wrapper}_nofrag.json" || status=1
+  done
   python3 gpu/memory_table.py native="$OUT/fsdp_native.json" nofrag="$OUT/fsdp_nofrag.json" \
     "nofrag, no reuse across streams=$OUT/fsdp_nofrag_noacross.json" ddp_native="$OUT/ddp_native.json" \
     ddp_nofrag="$OUT/ddp_nofrag.json" | tee "$OUT/fsdp_streams.txt"

@@ -473,6 +473,11 @@ static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) 
              (unsigned long long)largest_free_block(pool));
 }
 
+/* Whether stream i has frees whose work is not known done. */
+static bool stream_frees_pending(const nf_pool *pool, uint32_t i) {
+    return pool->streams[i].done_seq < pool->free_seq;
+}
+
 /* Asks the backend about every stream with frees whose completion is not yet known; with
  * wait == true, waits for them, except for stream `requester` (asked only: its own work comes
  * first on it anyway, pool_fence_known_done; but a stream past 62 shares its fence bit with the
@@ -482,8 +487,8 @@ static nf_status streams_poll(nf_pool *pool, bool wait, uint32_t requester, bool
     *progress = false;
     if (!(pool->backend->caps & NF_BACKEND_CAP_EVENTS)) return NF_OK;
     for (uint32_t i = 0; i < pool->stream_count; i++) {
+        if (!stream_frees_pending(pool, i)) continue;
         stream_state *st = &pool->streams[i];
-        if (st->done_seq >= pool->free_seq) continue;
         uint64_t before = st->done_seq;
         bool done;
         nf_status s = pool_stream_reach(pool, i, pool->free_seq, wait && (i != requester || i >= 63), &done);
@@ -496,7 +501,7 @@ static nf_status streams_poll(nf_pool *pool, bool wait, uint32_t requester, bool
 /* Whether a stream other than idx has frees whose work is not known done. */
 static bool others_pending(const nf_pool *pool, uint32_t idx) {
     for (uint32_t i = 0; i < pool->stream_count; i++)
-        if (i != idx && pool->streams[i].done_seq < pool->free_seq) return true;
+        if (i != idx && stream_frees_pending(pool, i)) return true;
     return false;
 }
 

@@ -82,6 +82,19 @@ def live_peaks_by_step(path):
     return peaks
 
 
+def floor_calls(path, page_size=2 << 20, held_factor=1.03):
+    """(steps, live peak to step 3, final live peak, floor calls a step) of a trace."""
+    peaks = live_peaks_by_step(path)
+    if len(peaks) <= WARMUP_STEPS:  # the replay averages over the whole trace then
+        window, early = 1, 0
+    else:  # the replay's window starts where step WARMUP_STEPS (0-based) does
+        window, early = len(peaks) - WARMUP_STEPS, peaks[WARMUP_STEPS - 1]
+    final = peaks[-1]
+    pages_needed = math.ceil(final / page_size)
+    pages_held_early = math.floor(held_factor * early / page_size)
+    return len(peaks), early, final, 2 * max(0, pages_needed - pages_held_early) / window
+
+
 def nofrag_calls(path, replay):
     """nofrag's calls a step after step 3 without a cap (nofrag replay --json), or None."""
     if not replay:
@@ -108,24 +121,16 @@ def main():
         print(f"{'trace':34s} {'steps':>5s} {'live to step 3':>14s} {'final live':>10s} "
               f"{'floor calls/step':>16s} {'nofrag calls/step':>17s}")
     for path in args.traces:
-        peaks = live_peaks_by_step(path)
+        steps, early, final, floor = floor_calls(path, args.page_size, args.held_factor)
         name = os.path.basename(path).split(".")[0]
-        if len(peaks) <= WARMUP_STEPS:  # the replay averages over the whole trace then
-            window, early = 1, 0
-        else:  # the replay's window starts where step WARMUP_STEPS (0-based) does
-            window, early = len(peaks) - WARMUP_STEPS, peaks[WARMUP_STEPS - 1]
-        final = peaks[-1]
-        pages_needed = math.ceil(final / args.page_size)
-        pages_held_early = math.floor(args.held_factor * early / args.page_size)
-        floor = 2 * max(0, pages_needed - pages_held_early) / window
         ours = nofrag_calls(path, args.nofrag)
         if args.json:
-            print(json.dumps({"trace": name, "steps": len(peaks), "live_peak_to_step3": early,
+            print(json.dumps({"trace": name, "steps": steps, "live_peak_to_step3": early,
                               "live_peak": final, "floor_calls_per_step": round(floor, 3),
                               "nofrag_calls_per_step": ours}))
         else:
             gib = 1 << 30
-            print(f"{name:34s} {len(peaks):5d} {early / gib:11.3f} GiB {final / gib:6.3f} GiB "
+            print(f"{name:34s} {steps:5d} {early / gib:11.3f} GiB {final / gib:6.3f} GiB "
                   f"{floor:16.1f} {'-' if ours is None else f'{ours:17.1f}'}")
 
 

@@ -14,3 +14,6 @@ build/nofrag replay --capacity-factor 1.02 traces/*.csv.gz
 echo
 echo "== cap of 1.02 x peak live, memory reused across streams (the PyTorch front end's default; only traces with several streams change) =="
 build/nofrag replay --reuse-across-streams --capacity-factor 1.02 traces/*.csv.gz
+echo
+echo "== issue 3's goals, trace by trace (C API defaults) =="
+python3 bench/placement_goals.py --nofrag build/nofrag traces/*.csv.gz

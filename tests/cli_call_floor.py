@@ -9,26 +9,10 @@ import subprocess
 import sys
 import tempfile
 
-from checks import check, finish
+from checks import check, finish, write_stepped_trace
 
 nofrag, script = sys.argv[1], sys.argv[2]
 MIB = 1 << 20
-
-
-def write_trace(directory, name, step_sizes):
-    """One block a step, allocated and freed; step k's block has step_sizes[k] bytes."""
-    path = os.path.join(directory, name + ".csv")
-    rows, starts = [], []
-    for k, size in enumerate(step_sizes):
-        starts.append(len(rows))
-        ptr = hex(0x10000000 + k * 0x4000000)
-        rows.append(f"1,09:00:00.{2 * k + 1:06d},allocate,{ptr},{size},0")
-        rows.append(f"1,09:00:00.{2 * k + 2:06d},free,{ptr},{size},0")
-    with open(path, "w") as f:
-        f.write("Thread,Time,Action,Pointer,Size,Stream\n" + "\n".join(rows) + "\n")
-    with open(os.path.join(directory, name + ".steps"), "w") as f:
-        f.write("\n".join(map(str, starts)) + "\n")
-    return path
 
 
 def run(*args):
@@ -41,8 +25,8 @@ with tempfile.TemporaryDirectory() as d:
     # Live peak 10 MiB in the first three steps, 20 MiB in the last three. When the fourth step
     # starts a pool may hold floor(1.03 x 5) = 5 pages; it needs 10, so 5 are created and mapped
     # later: 10 calls over the 3 steps after step 3 (the fourth step's own rise counts).
-    rising = write_trace(d, "rising", [10 * MIB] * 3 + [20 * MIB] * 3)
-    flat = write_trace(d, "flat", [20 * MIB] * 3 + [10 * MIB] * 3)
+    rising = write_stepped_trace(d, "rising", [10 * MIB] * 3 + [20 * MIB] * 3)
+    flat = write_stepped_trace(d, "flat", [20 * MIB] * 3 + [10 * MIB] * 3)
     out = run(rising, flat)
     check(len(out) == 2, "one line a trace")
     if len(out) == 2:

@@ -1,0 +1,105 @@
+"""Issue 3's goals, trace by trace: replays each trace without a cap and at a 1.02x cap and says
+which goal it meets, beside the floor of calls any one-handle-per-page policy must make
+(bench/call_floor.py).
+
+usage: python3 bench/placement_goals.py [--nofrag BIN] [--reuse-across-streams] [--json] TRACE...
+
+The goals, averaged over the steps after step 3 (`nofrag replay --json`):
+  fail   at --capacity-factor 1.02, no failed allocation;
+  moves  at --capacity-factor 1.02, at most 10 page remaps a step;
+  held   without a cap, peak physical memory at most 1.03x the live peak;
+  calls  without a cap, fewer than 1 backend call a step.
+A "calls" miss where the floor is 1 or more cannot be helped by placement: the job's live peak
+rises after step 3 by more pages than a pool may hold in advance. Prints a table and the count of
+traces meeting each goal; with --json, one object per trace instead. Exits 0 either way (a
+report, not a test); 2 on bad input.
+"""
+import argparse
+import concurrent.futures
+import functools
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import call_floor  # noqa: E402
+
+CAP_FACTOR = 1.02
+MAX_MOVES = 10.0
+MAX_HELD = 1.03
+MAX_CALLS = 1.0  # strictly fewer
+PAGE_BYTES = 2 << 20  # the replay's default page, which the floor assumes
+
+
+def replay(binary, path, extra):
+    res = subprocess.run([binary, "replay", "--json", *extra, path], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{path}: nofrag replay failed: {res.stderr.strip()}")
+    return json.loads(res.stdout.splitlines()[0])
+
+
+def measure(binary, path, streams=False):
+    extra = ["--reuse-across-streams"] if streams else []
+    free = replay(binary, path, extra)
+    capped = replay(binary, path, extra + ["--capacity-factor", str(CAP_FACTOR)])
+    floor = call_floor.floor_calls(path, PAGE_BYTES, MAX_HELD)[3]
+    row = {
+        "trace": os.path.basename(path).split(".")[0],
+        "failed_at_cap": capped["failed_allocs"],
+        "moves_per_step_at_cap": capped["remaps_per_step"],
+        "held_over_live": free["peak_mapped_bytes"] / free["peak_live_bytes"] if free["peak_live_bytes"] else 1.0,
+        "calls_per_step": free["driver_calls_per_step"],
+        "floor_calls_per_step": floor,
+    }
+    row["met"] = {
+        "fail": row["failed_at_cap"] == 0,
+        "moves": row["moves_per_step_at_cap"] <= MAX_MOVES,
+        "held": row["held_over_live"] <= MAX_HELD,
+        "calls": row["calls_per_step"] < MAX_CALLS,
+    }
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("traces", nargs="+")
+    ap.add_argument("--nofrag", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "nofrag"))
+    ap.add_argument("--reuse-across-streams", action="store_true",
+                    help="replay as the PyTorch front end runs jobs with several streams")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not os.access(args.nofrag, os.X_OK):
+        ap.error(f"no nofrag binary at {args.nofrag} (build it, or pass --nofrag)")
+    for path in args.traces:
+        if not os.path.isfile(path):
+            ap.error(f"no such trace: {path}")
+    # Processes, not threads: the floor reads each trace in Python.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        rows = list(pool.map(functools.partial(measure, args.nofrag, streams=args.reuse_across_streams), args.traces))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    mark = {True: "yes", False: "NO"}
+    print(f"{'trace':30s} {'failed':>6s} {'moves/step':>10s} {'held/live':>9s} {'calls/step':>10s} "
+          f"{'floor':>6s}  goals met: fail moves held calls")
+    for r in rows:
+        m = r["met"]
+        print(f"{r['trace']:30s} {r['failed_at_cap']:6d} {r['moves_per_step_at_cap']:10.1f} {r['held_over_live']:9.4f} "
+              f"{r['calls_per_step']:10.1f} {r['floor_calls_per_step']:6.1f}  "
+              f"{mark[m['fail']]:>4s} {mark[m['moves']]:>5s} {mark[m['held']]:>4s} {mark[m['calls']]:>5s}")
+    n = len(rows)
+    for goal, text in (("fail", f"no failed allocation at {CAP_FACTOR}x"),
+                       ("moves", f"at most {MAX_MOVES:g} moves a step at {CAP_FACTOR}x"),
+                       ("held", f"held at most {MAX_HELD}x live without a cap"),
+                       ("calls", f"fewer than {MAX_CALLS:g} call a step without a cap")):
+        print(f"{text}: {sum(r['met'][goal] for r in rows)} of {n}")
+    out_of_reach = sum(not r["met"]["calls"] and r["floor_calls_per_step"] >= MAX_CALLS for r in rows)
+    print(f"  of the calls misses, {out_of_reach} have a floor of {MAX_CALLS:g} or more (no one-handle-per-page"
+          f" policy can meet them)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

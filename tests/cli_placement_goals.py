@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""bench/placement_goals.py on small stepped traces written here and on a bundled one: its figures
+must be the replay's own (without a cap and at 1.02x), its floor call_floor.py's, each goal's
+verdict must follow from them, the summary must count the verdicts, and bad input must be
+refused."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from checks import check, finish, write_stepped_trace
+
+nofrag, script, bundled = sys.argv[1], sys.argv[2], sys.argv[3]
+floor_script = os.path.join(os.path.dirname(script), "call_floor.py")
+MIB = 1 << 20
+
+
+def run(*args):
+    return subprocess.run([sys.executable, script, "--nofrag", nofrag, *args], capture_output=True, text=True)
+
+
+def replay(path, *extra):
+    out = subprocess.run([nofrag, "replay", "--json", *extra, path], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[0])
+
+
+with tempfile.TemporaryDirectory() as d:
+    # flat: the live peak is reached in step 0, so nothing is created after step 3 (0 calls, floor
+    # 0). rising: the peak doubles in step 3, so every policy makes calls after it (floor 10/3).
+    flat = write_stepped_trace(d, "flat", [20 * MIB] * 3 + [10 * MIB] * 3)
+    rising = write_stepped_trace(d, "rising", [10 * MIB] * 3 + [20 * MIB] * 3)
+    res = run("--json", flat, rising, bundled)
+    check(res.returncode == 0, f"placement_goals.py ran: {res.stderr.strip()}")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    check(len(rows) == 3, "one line a trace")
+    for row, path in zip(rows, (flat, rising, bundled)):
+        free, capped = replay(path), replay(path, "--capacity-factor", "1.02")
+        name = row["trace"]
+        check(row["calls_per_step"] == free["driver_calls_per_step"], f"{name}: calls a step are the replay's")
+        check(abs(row["held_over_live"] - free["peak_mapped_bytes"] / free["peak_live_bytes"]) < 1e-9,
+              f"{name}: held / live is the replay's")
+        check(row["moves_per_step_at_cap"] == capped["remaps_per_step"] and row["failed_at_cap"] == capped["failed_allocs"],
+              f"{name}: moves and failures at 1.02x are the replay's")
+        floor = json.loads(subprocess.run([sys.executable, floor_script, "--nofrag", "", "--json", path],
+                                          capture_output=True, text=True, check=True).stdout)
+        check(abs(row["floor_calls_per_step"] - floor["floor_calls_per_step"]) < 0.001, f"{name}: floor is call_floor.py's")
+        met = row["met"]
+        check(met == {"fail": row["failed_at_cap"] == 0, "moves": row["moves_per_step_at_cap"] <= 10,
+                      "held": row["held_over_live"] <= 1.03, "calls": row["calls_per_step"] < 1},
+              f"{name}: verdicts follow from the figures ({met})")
+    if len(rows) == 3:
+        check(rows[0]["met"]["calls"] and rows[0]["floor_calls_per_step"] == 0, "flat: no call after step 3")
+        check(not rows[1]["met"]["calls"] and rows[1]["floor_calls_per_step"] >= 1,
+              f"rising: calls after step 3, out of any policy's reach ({rows[1]['floor_calls_per_step']})")
+    # The table's summary counts the verdicts.
+    text = run(flat, rising).stdout
+    check("fewer than 1 call a step without a cap: 1 of 2" in text, "summary: calls met on 1 of 2")
+    check("no failed allocation at 1.02x: 2 of 2" in text, "summary: no failure on 2 of 2")
+    check("of the calls misses, 1 have a floor" in text, "summary: the rising trace's miss is out of reach")
+    # Bad input: a missing trace, a missing binary.
+    res = run(os.path.join(d, "missing.csv"))
+    check(res.returncode == 2 and "no such trace" in res.stderr, "a missing trace is refused")
+    res = subprocess.run([sys.executable, script, "--nofrag", os.path.join(d, "none"), flat], capture_output=True, text=True)
+    check(res.returncode == 2 and "no nofrag binary" in res.stderr, "a missing binary is refused")
+finish()

@@ -205,26 +205,30 @@ def deeplab_segment(steps, dev, mark, results=None):
                 keep(results, model(x)["out"].argmax(dim=1).sum())
 
 
-def llama_accumulation(steps, dev, mark, results, batch, lengths, **config):
-    """A Llama of the given config (random weights) trained with gradient checkpointing, AdamW and
-    bf16 autocast; each step accumulates 4 micro-batches of `batch` sequences of a random length
-    drawn from `lengths` (lo, hi)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(use_cache=False, **config)
-    model = LlamaForCausalLM(cfg).to(dev)
+def train_accumulating(model, vocab, steps, mark, results, batch, lengths, dev):
+    """Trains a causal language model with gradient checkpointing, AdamW and bf16 autocast; each
+    step accumulates 4 micro-batches of `batch` sequences of a random length drawn from `lengths`
+    (lo, hi)."""
     model.gradient_checkpointing_enable()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for step in range(steps):
         mark(step)
         for _ in range(4):
-            x = torch.randint(0, cfg.vocab_size, (batch, random.randint(*lengths)), device=dev)
+            x = torch.randint(0, vocab, (batch, random.randint(*lengths)), device=dev)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = model(input_ids=x, labels=x).loss / 4
             loss.backward()
             keep(results, loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+
+def llama_accumulation(steps, dev, mark, results, batch, lengths, **config):
+    """A Llama of the given config (random weights), trained by train_accumulating."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(use_cache=False, **config)
+    train_accumulating(LlamaForCausalLM(cfg).to(dev), cfg.vocab_size, steps, mark, results, batch, lengths, dev)
 
 
 def llama_accum_ckpt(steps, dev, mark, results=None):
@@ -289,19 +293,7 @@ def moe_varlen(steps, dev, mark, results=None):
 
 def gpt2_accum_eager(steps, dev, mark, results=None):
     model, vocab = gpt2_eager(dev, use_cache=False)
-    model.gradient_checkpointing_enable()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for step in range(steps):
-        mark(step)
-        for _ in range(4):
-            x = torch.randint(0, vocab, (4, random.randint(64, 1024)), device=dev)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(input_ids=x, labels=x).loss / 4
-            loss.backward()
-            keep(results, loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    train_accumulating(model, vocab, steps, mark, results, 4, (64, 1024), dev)
 
 
 def gpt2_train_eval_eager(steps, dev, mark, results=None):

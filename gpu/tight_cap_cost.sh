@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What a tight cap costs a real job on the GPU: the same deterministic run under PyTorch's
 # allocator, under nofrag with the PyTorch front end's defaults (no budget), and under nofrag capped
-# at CAP_FACTOR (default 1.02) x PyTorch's allocated peak, in turn (native, default, cap, native,
-# ...) so that drift of the machine falls on all three. Prints, per job, the median step time of
-# every run (steps after step 3), nofrag's page moves and backend calls a step after step 3 under
-# the cap, held / live, and whether every loss was identical. The default runs tell what nofrag
+# at CAP_FACTOR (default 1.02) x PyTorch's allocated peak, in turn (native, default, cap, then
+# cap, default, native, ...) so that drift of the machine falls on all three alike. Prints, per
+# job, the median step time of every run (steps after step 3), nofrag's page moves and backend
+# calls a step after step 3 under the cap, held / live, and whether every loss was identical. The default runs tell what nofrag
 # costs without a budget; the capped ones, what the tight cap adds.
 #   gpu/tight_cap_cost.sh JOB[:STEPS] ...        jobs of gpu/workloads_more.py (24 steps unless given)
 #   ROUNDS=2 CAP_FACTOR=1.02 RUN_TIMEOUT=600 gpu/tight_cap_cost.sh gpt2_accum_eager:30 llama_accum_ckpt
@@ -28,17 +28,24 @@ for spec in "$@"; do
   job=${spec%%:*}
   steps=24
   [[ $spec == *:* ]] && steps=${spec##*:}
-  cap=
-  for r in $(seq 1 "$rounds"); do
-    run native "$dir/${job}_native_$r.json" "$job" "$steps"
-    if [ -z "$cap" ]; then
-      cap=$(python3 -c 'import json, sys
+  # PyTorch's run first, for the cap; then each round in turn, the order reversed every other
+  # round (native, default, cap; cap, default, native; ...) so that a machine growing faster or
+  # slower over the call does not favour whichever mode comes first.
+  run native "$dir/${job}_native_1.json" "$job" "$steps"
+  cap=$(python3 -c 'import json, sys
 print(int(float(sys.argv[2]) * json.load(open(sys.argv[1]))["stats"]["allocated_bytes.all.peak"]))' \
-        "$dir/${job}_native_1.json" "$factor") || { status=1; continue 2; }
-      echo "$job: cap $factor x PyTorch's allocated peak = $cap bytes"
-    fi
-    run nofrag "$dir/${job}_default_$r.json" "$job" "$steps"
-    NOFRAG_CAPACITY=$cap run nofrag "$dir/${job}_cap_$r.json" "$job" "$steps"
+    "$dir/${job}_native_1.json" "$factor") || { status=1; continue; }
+  echo "$job: cap $factor x PyTorch's allocated peak = $cap bytes"
+  for r in $(seq 1 "$rounds"); do
+    modes="native default cap"
+    ((r % 2 == 0)) && modes="cap default native"
+    for m in $modes; do
+      case $m in
+        native) ((r > 1)) && run native "$dir/${job}_native_$r.json" "$job" "$steps" ;;
+        default) run nofrag "$dir/${job}_default_$r.json" "$job" "$steps" ;;
+        cap) NOFRAG_CAPACITY=$cap run nofrag "$dir/${job}_cap_$r.json" "$job" "$steps" ;;
+      esac
+    done
   done
   python3 gpu/compare_losses.py "$dir/${job}_native_1.json" "$dir/${job}"_native_*.json \
     "$dir/${job}"_default_*.json "$dir/${job}"_cap_*.json || status=1

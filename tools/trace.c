@@ -45,8 +45,11 @@ typedef struct loader {
     uint64_t sizes_capacity;
 } loader;
 
+/* Writes "PATH:LINE: message" into the loader's error buffer ("PATH: message" for line 0: an
+ * error about the whole file). */
 static int fail(loader *ld, const char *fmt, ...) {
-    int n = snprintf(ld->err, ld->err_size, "%s:%llu: ", ld->path, (unsigned long long)ld->line);
+    int n = ld->line ? snprintf(ld->err, ld->err_size, "%s:%llu: ", ld->path, (unsigned long long)ld->line)
+                     : snprintf(ld->err, ld->err_size, "%s: ", ld->path);
     va_list ap;
     va_start(ap, fmt);
     if (n >= 0 && (size_t)n < ld->err_size) vsnprintf(ld->err + n, ld->err_size - (size_t)n, fmt, ap);

@@ -2,6 +2,7 @@
  * The nofrag command line: `nofrag replay TRACE...` runs allocation traces through a nofrag pool
  * on the host backend and reports memory held, driver calls and fragmentation.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -59,9 +60,11 @@ static int usage_error(const char *fmt, const char *arg) {
 static int parse_bytes(const char *s, uint64_t *out) {
     errno = 0;
     char *end;
-    if (!*s || *s == '-') return -1;
+    /* Decimal digits only: strtod would also take "nan", "inf" and hexadecimal. */
+    if (!isdigit((unsigned char)*s) && !(*s == '.' && isdigit((unsigned char)s[1]))) return -1;
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) return -1;
     double v = strtod(s, &end);
-    if (errno || end == s || v < 0) return -1;
+    if (errno || end == s || !(v >= 0)) return -1;
     double mult = 1;
     switch (*end) {
     case 'K': case 'k': mult = 1024.0; end++; break;

@@ -10,11 +10,17 @@ _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_bytes(text):
-    """'12G', '512MiB', '1048576' -> bytes. Raises ValueError with the text on anything else."""
+    """'12G', '512MiB', '1048576' -> bytes. Raises ValueError with the text on anything else, and
+    on counts of 2**64 or more, which the library's 64-bit sizes cannot hold (ctypes would wrap
+    them silently into a small number)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
     if not m:
         raise ValueError(f"not a byte count: {text!r} (examples: 12G, 512MiB, 1048576)")
-    return int(float(m.group(1)) * _SUFFIXES[m.group(2).lower()])
+    number, unit = m.group(1), _SUFFIXES[m.group(2).lower()]
+    value = int(number) * unit if "." not in number else int(float(number) * unit)
+    if value >= 1 << 64:
+        raise ValueError(f"byte count too large: {text!r} (at most 2**64 - 1 bytes)")
+    return value
 
 
 def library_path():

@@ -55,7 +55,8 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(nofrag.parse_bytes("512MiB"), 512 << 20)
         self.assertEqual(nofrag.parse_bytes("1.5k"), 1536)
         self.assertEqual(nofrag.parse_bytes(4096), 4096)
-        for bad in ("", "-1G", "12X", "G", "1e9"):
+        self.assertEqual(nofrag.parse_bytes("18446744073709551615"), (1 << 64) - 1)  # exact, not via float
+        for bad in ("", "-1G", "12X", "G", "1e9", "18446744073709551616", "16777216T", "99999999999999999999"):
             with self.assertRaises(ValueError):
                 nofrag.parse_bytes(bad)
 

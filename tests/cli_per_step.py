@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """`nofrag replay --json --per-step` on a stepped trace: the per-step series must add up to the
 totals the replay reports, and the window averages must be the mean of the steps after step 3.
-With a third argument (bench/step_windows.py): its per-window figures must be the means of the
+A trace name that needs escaping must come out as valid JSON. With a third argument
+(bench/step_windows.py): its per-window figures must be the means of the
 steps in each window, and it must refuse input without per-step figures."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 from checks import check, finish
 
@@ -47,6 +50,20 @@ for extra in ([], ["--capacity-factor", "1.02"]):
     check(d["failed_allocs"] == 0, "no failed allocation")
     if windows_script:
         check_windows(out, d, 10)
+
+# A trace whose file name holds a quote, a backslash and a tab: the JSON must still parse, with
+# the name as it is.
+with tempfile.TemporaryDirectory() as d:
+    odd_name = 'odd "name\\\tx'
+    odd = os.path.join(d, odd_name + ".csv")
+    with open(odd, "w") as f:
+        f.write("Thread,Time,Action,Pointer,Size,Stream\n1,09:00:00.000001,allocate,0x10000000,4096,0\n")
+    res = subprocess.run([nofrag, "replay", "--json", "--per-step", odd], capture_output=True, text=True)
+    try:
+        parsed = json.loads(res.stdout.splitlines()[0])
+    except (ValueError, IndexError):
+        parsed = {}
+    check(parsed.get("trace") == odd_name, f"a trace name with a quote, a backslash and a tab is escaped ({res.stdout[:80]!r})")
 
 bad = subprocess.run([nofrag, "replay", "--per-step", trace], capture_output=True, text=True)
 check(bad.returncode == 2 and "--per-step needs --json" in bad.stderr, "--per-step without --json is refused")

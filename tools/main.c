@@ -110,49 +110,98 @@ static void print_row(const cli *c, const trace *t, const replay_result *r, uint
     printf("\n");
 }
 
+/* JSON output, one member at a time: json_open starts an object, each json_* call adds a member
+ * (a comma before all but the first), json_close ends it. */
+static const char *json_sep;
+static void json_open(void) {
+    putchar('{');
+    json_sep = "";
+}
+static void json_key(const char *name) {
+    printf("%s\"%s\":", json_sep, name);
+    json_sep = ",";
+}
+static void json_close(void) {
+    putchar('}');
+    json_sep = ",";
+}
+static void json_u64(const char *name, uint64_t v) {
+    json_key(name);
+    printf("%llu", (unsigned long long)v);
+}
+static void json_num(const char *name, const char *fmt, double v) {
+    json_key(name);
+    printf(fmt, v);
+}
+static void json_bool(const char *name, bool v) {
+    json_key(name);
+    fputs(v ? "true" : "false", stdout);
+}
+/* A string member, escaped: a trace's name comes from a file name, which may hold any character. */
+static void json_str(const char *name, const char *v) {
+    json_key(name);
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
 static void print_json(const cli *c, const trace *t, const replay_result *r, uint64_t capacity,
                        uint64_t min_cap) {
     const nf_stats *s = &r->stats;
-    printf("{\"trace\":\"%s\",\"events\":%llu,\"steps\":%u,\"capacity_bytes\":%llu,\"hold_near_live\":%s,\"reuse_across_streams\":%s,"
-           "\"stream_lag\":%llu,\"page_bytes\":%llu,\"peak_live_bytes\":%llu,\"peak_mapped_bytes\":%llu,\"peak_virtual_mapped_bytes\":%llu,"
-           "\"overhead_ratio\":%.6f,\"virtual_span_bytes\":%llu,\"failed_allocs\":%llu,"
-           "\"remaps_per_step\":%.3f,\"driver_calls_per_step\":%.3f,\"est_driver_us_per_step\":%.1f,"
-           "\"est_driver_us_total\":%.1f,\"backend_calls\":%llu,\"remaps\":%llu,"
-           "\"replay_seconds\":%.4f,\"events_per_second\":%.0f",
-           t->name, (unsigned long long)r->events, t->step_count, (unsigned long long)capacity,
-           c->opts.hold_near_live ? "true" : "false", c->opts.reuse_across_streams ? "true" : "false",
-           (unsigned long long)c->opts.stream_lag, (unsigned long long)s->granularity_bytes, (unsigned long long)t->peak_live,
-           (unsigned long long)s->reserved_bytes.peak, (unsigned long long)s->mapped_bytes.peak,
-           t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
-           (unsigned long long)s->virtual_span_bytes.peak, (unsigned long long)r->failed_allocs,
-           r->remaps_per_step, r->driver_calls_per_step, r->est_driver_us_per_step,
-           r->est_driver_us_total, (unsigned long long)s->backend_calls,
-           (unsigned long long)s->num_remaps, r->seconds,
-           r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
+    json_open();
+    json_str("trace", t->name);
+    json_u64("events", r->events);
+    json_u64("steps", t->step_count);
+    json_u64("capacity_bytes", capacity);
+    json_bool("hold_near_live", c->opts.hold_near_live);
+    json_bool("reuse_across_streams", c->opts.reuse_across_streams);
+    json_u64("stream_lag", c->opts.stream_lag);
+    json_u64("page_bytes", s->granularity_bytes);
+    json_u64("peak_live_bytes", t->peak_live);
+    json_u64("peak_mapped_bytes", s->reserved_bytes.peak);
+    json_u64("peak_virtual_mapped_bytes", s->mapped_bytes.peak);
+    json_num("overhead_ratio", "%.6f", t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0);
+    json_u64("virtual_span_bytes", s->virtual_span_bytes.peak);
+    json_u64("failed_allocs", r->failed_allocs);
+    json_num("remaps_per_step", "%.3f", r->remaps_per_step);
+    json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
+    json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
+    json_num("est_driver_us_total", "%.1f", r->est_driver_us_total);
+    json_u64("backend_calls", s->backend_calls);
+    json_u64("remaps", s->num_remaps);
+    json_num("replay_seconds", "%.4f", r->seconds);
+    json_num("events_per_second", "%.0f", r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
     /* Each backend primitive per step over the same window, so a reader can see what the calls are. */
-    printf(",\"calls_per_step\":{");
-    const char *sep = "";
-#define NF_X_CALL_JSON(name, desc)                                                                 \
-    if (strncmp(#name, "calls_", 6) == 0) {                                                        \
-        printf("%s\"%s\":%.3f", sep, #name + 6, (double)r->window.name / r->window_steps);          \
-        sep = ",";                                                                                 \
-    }
+    json_key("calls_per_step");
+    json_open();
+#define NF_X_CALL_JSON(name, desc) \
+    if (strncmp(#name, "calls_", 6) == 0) json_num(#name + 6, "%.3f", (double)r->window.name / r->window_steps);
     NF_STATS_COUNTERS(NF_X_CALL_JSON)
 #undef NF_X_CALL_JSON
-    printf("}");
+    json_close();
     if (r->step_slots) {
-        /* One array per figure, as the per-trace figures are: step_calls, step_remaps, step_driver_us. */
-        printf(",\"step_calls\":[");
-        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%llu", i ? "," : "", (unsigned long long)r->steps[i].calls);
-        printf("],\"step_remaps\":[");
-        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%llu", i ? "," : "", (unsigned long long)r->steps[i].remaps);
-        printf("],\"step_driver_us\":[");
-        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%.1f", i ? "," : "", r->steps[i].driver_us);
-        printf("]");
+        /* One array per figure, as the per-trace figures are: step_calls, step_remaps, step_driver_us
+         * (step_slots > 0, so each opens with its first element). */
+        json_key("step_calls");
+        for (uint32_t i = 0; i < r->step_slots; i++)
+            printf("%s%llu", i ? "," : "[", (unsigned long long)r->steps[i].calls);
+        putchar(']');
+        json_key("step_remaps");
+        for (uint32_t i = 0; i < r->step_slots; i++)
+            printf("%s%llu", i ? "," : "[", (unsigned long long)r->steps[i].remaps);
+        putchar(']');
+        json_key("step_driver_us");
+        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%.1f", i ? "," : "[", r->steps[i].driver_us);
+        putchar(']');
     }
-    if (c->min_capacity)
-        printf(",\"min_capacity_bytes\":%llu,\"min_capacity_ratio\":%.6f", (unsigned long long)min_cap,
-               (double)min_cap / (double)t->peak_live);
+    if (c->min_capacity) {
+        json_u64("min_capacity_bytes", min_cap);
+        json_num("min_capacity_ratio", "%.6f", (double)min_cap / (double)t->peak_live);
+    }
     printf("}\n");
 }
 

@@ -35,7 +35,9 @@ def read_log(path):
         for line in f:
             p = line.split()
             if p[0] == "#":
-                fields = dict(zip(p[4::2], p[5::2]))
+                # "# nofrag layout log: trace NAME base B page_bytes P capacity_pages C": read from
+                # the end, since NAME (a file name) may hold spaces.
+                fields = dict(zip(p[-6::2], p[-5::2]))
                 page, cap, base = int(fields["page_bytes"]), int(fields["capacity_pages"]), int(fields["base"])
             elif p[0] == "A":
                 addr, size = int(p[1]) - base, int(p[2])

@@ -78,8 +78,9 @@ typedef struct nf_config {
     /* Virtual address space to reserve, bytes. 0: 4 x capacity, or 1 TiB when there is no cap.
      * Address space is cheap; a generous range lets placement avoid moving pages. */
     uint64_t virtual_bytes;
-    /* Every block's address and size are multiples of this. Power of two, >= 256. Default 512
-     * (PyTorch's block rounding). */
+    /* Every block's address and size are multiples of this. Power of two, >= 256; 0 means the
+     * default, 512 (PyTorch's block rounding), so a zero-initialised config is a valid one (no
+     * cap, 1 TiB of address space, no log). */
     uint64_t alignment;
     nf_log_fn log;       /* may be NULL: messages are dropped */
     void *log_user;      /* passed to log */
@@ -120,7 +121,7 @@ nf_config nf_config_default(void);
 /* Creates a pool over `backend`, reserving its virtual range at once (one backend call).
  * The backend must outlive the pool; the pool does not destroy it.
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
- * of range (alignment not a power of two or < 256, capacity below one page, virtual_bytes < capacity, page_bytes not a
+ * of range (alignment not 0 and not a power of two >= 256, capacity below one page, virtual_bytes < capacity, page_bytes not a
  * power-of-two multiple of the backend's granularity, alignment > page size); NF_ERR_BACKEND iff
  * the reservation fails; NF_ERR_NO_MEMORY_HOST iff bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */

@@ -36,6 +36,17 @@ int main(void) {
     CHECK(other == NULL);
     CHECK_STATUS(nf_backend_host_create(false, 0, NULL), NF_ERR_INVALID_ARG);
 
+    /* A zero-initialised config is valid: alignment 0 means the default, 512 bytes. */
+    nf_config zero = {0};
+    REQUIRE(nf_pool_create(&zero, be, &pool) == NF_OK);
+    void *first, *second;
+    CHECK_OK(nf_alloc(pool, 1, NULL, &first));
+    CHECK_OK(nf_alloc(pool, 1, NULL, &second));
+    uintptr_t x = (uintptr_t)first, y = (uintptr_t)second;
+    CHECK(x % 512 == 0 && y % 512 == 0 && (y > x ? y - x : x - y) == 512);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_pool_destroy(pool));
+
     /* Bad config values. */
     nf_config bad = cfg;
     bad.alignment = 100;

@@ -15,13 +15,14 @@
 enum { BLOCKS_PER_SLAB = 1024 };
 static const uint64_t DEFAULT_VIRTUAL_NO_CAP = 1ull << 40; /* 1 TiB */
 static const uint64_t VIRTUAL_PER_CAPACITY = 4;
+static const uint64_t DEFAULT_ALIGNMENT = 512; /* PyTorch's block rounding */
 
 const char *nf_version(void) { return NF_VERSION_STRING; }
 
 nf_config nf_config_default(void) {
     nf_config c;
     memset(&c, 0, sizeof c);
-    c.alignment = 512;
+    c.alignment = DEFAULT_ALIGNMENT;
     c.log_level = NF_LOG_WARN;
     return c;
 }
@@ -383,7 +384,7 @@ static void pool_free_host_memory(nf_pool *pool) {
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out) {
     if (!config || !backend || !pool_out) return NF_ERR_INVALID_ARG;
     *pool_out = NULL;
-    uint64_t align = config->alignment;
+    uint64_t align = config->alignment ? config->alignment : DEFAULT_ALIGNMENT;
     uint64_t unit = backend->granularity;
     uint64_t gran = config->page_bytes ? config->page_bytes : unit;
     if (align < 256 || (align & (align - 1)) || unit == 0 || (unit & (unit - 1)) || (gran & (gran - 1)) ||
@@ -401,6 +402,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     nf_pool *pool = calloc(1, sizeof *pool);
     if (!pool) return NF_ERR_NO_MEMORY_HOST;
     pool->config = *config;
+    pool->config.alignment = align;
     pool->backend = backend;
     pool->gran = gran;
     pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);

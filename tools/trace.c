@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* zlib reads gzip and plain files alike. Without it (a build machine lacking zlib's headers) plain
  * CSV still works through stdio, and a gzip file gets a clear error. */
@@ -379,7 +380,13 @@ int trace_load(const char *path, trace *out, char *err, size_t err_size) {
     uint64_t *step_rows;
     uint32_t step_rows_count;
     if (load_steps(path, &step_rows, &step_rows_count, err, err_size)) return -1;
-    gzFile gz = gzopen(path, "rb");
+    gzFile gz = NULL;
+    struct stat st;
+    errno = 0;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        errno = EISDIR; /* gzopen would take it and read it as an empty file */
+    else
+        gz = gzopen(path, "rb");
     if (!gz) {
         snprintf(err, err_size, "%s: %s", path, errno ? strerror(errno) : "cannot open");
         free(step_rows);

@@ -121,9 +121,10 @@ nf_config nf_config_default(void);
 /* Creates a pool over `backend`, reserving its virtual range at once (one backend call).
  * The backend must outlive the pool; the pool does not destroy it.
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
- * of range (alignment not 0 and not a power of two >= 256, capacity below one page, virtual_bytes < capacity, page_bytes not a
- * power-of-two multiple of the backend's granularity, alignment > page size); NF_ERR_BACKEND iff
- * the reservation fails; NF_ERR_NO_MEMORY_HOST iff bookkeeping memory cannot be had.
+ * of range (alignment neither 0 nor a power of two >= 256, capacity below one page,
+ * virtual_bytes < capacity, page_bytes not a power-of-two multiple of the backend's granularity,
+ * alignment > page size); NF_ERR_BACKEND iff the reservation fails; NF_ERR_NO_MEMORY_HOST iff
+ * bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out);
 

@@ -6,8 +6,9 @@ usage: python3 bench/call_floor.py [--page-size BYTES] [--held-factor F] TRACE.c
 Issue 3 asks for fewer than one backend call a step after step 3 without a cap, while peak
 physical memory stays within 1.03x the peak live bytes. A pool that does not know the future can
 hold at most F x (the live peak so far) when the fourth step starts (the replay's averages cover
-the steps after step 3) without risking that bound (the job's live peak may never rise again). Every physical page it needs beyond that, to hold the
-job's final live peak, is created and mapped later: with one driver handle per page, at least
+the steps after step 3) without risking that bound (the job's live peak may never rise again).
+Every physical page it needs beyond that, to hold the job's final live peak, is created and mapped
+later: with one driver handle per page, at least
 two calls (cuMemCreate, cuMemMap) each. So
 
     floor calls a step = 2 x max(0, ceil(final peak / page) - floor(F x peak to step 3 / page))
@@ -31,6 +32,7 @@ import sys
 
 WARMUP_STEPS = 3  # the replay's REPLAY_WARMUP_STEPS: averages start after step 3
 ALIGN = 512
+HEADER = "Thread,Time,Action,Pointer,Size,Stream"  # an RMM CSV log's first line
 
 
 def open_trace(path):
@@ -51,16 +53,14 @@ def step_starts(path):
 
 
 def live_peaks_by_step(path):
-    """The running maximum of live bytes at the end of each step (index k: steps 0..k), and the
-    number of steps."""
+    """The running maximum of live bytes at the end of each step (index k: steps 0..k)."""
     starts = step_starts(path)
-    ends = starts[1:] + [math.inf]
     live, peak, sizes = 0, 0, {}
     peaks = []
     step = -1  # rows before the first step mark count towards step 0
     with open_trace(path) as f:
         header = f.readline().strip()
-        if header != "Thread,Time,Action,Pointer,Size,Stream":
+        if header != HEADER:
             raise SystemExit(f"{path}: not an RMM CSV log (header {header!r})")
         for row, line in enumerate(f):
             while step + 1 < len(starts) and row >= starts[step + 1]:

@@ -1,7 +1,7 @@
 """Writes a copy of a trace with every allocation's size multiplied by a factor: the same job's
 pattern of blocks at another scale (a smaller model or batch), to see how the figures depend on
 the job's size. The 2 MiB page stays what it is, so the smaller the job, the larger the share of
-partly used pages (docs/placement.md, "Smaller jobs").
+partly used pages (docs/placement.md, "Smaller and larger jobs").
 
 usage: python3 bench/scale_trace.py TRACE FACTOR OUT.csv[.gz]
 
@@ -14,9 +14,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from call_floor import open_trace, steps_path  # noqa: E402
-
-HEADER = "Thread,Time,Action,Pointer,Size,Stream"
+from call_floor import HEADER, open_trace, steps_path  # noqa: E402
 
 
 def main():

@@ -1,6 +1,8 @@
 """The Python twin of tests/check.h for the command-line tests: check() counts, finish() prints
 "N passed, N failed" and exits non-zero on any failure."""
+import json
 import os
+import subprocess
 import sys
 
 passed = failed = 0
@@ -35,3 +37,10 @@ def write_stepped_trace(directory, name, step_sizes):
     with open(os.path.join(directory, name + ".steps"), "w") as f:
         f.write("\n".join(map(str, starts)) + "\n")
     return path
+
+
+def replay_json(nofrag, path, *options):
+    """`nofrag replay --json OPTIONS PATH`: the trace's object (raises if the replay fails)."""
+    out = subprocess.run([nofrag, "replay", "--json", *options, path], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.splitlines()[0])

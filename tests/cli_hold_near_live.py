@@ -2,19 +2,16 @@
 """`nofrag replay --hold-near-live` on a real trace: under a cap far above the live peak (the PyTorch
 front end's default, the device's free memory) every figure equals the uncapped replay's, while the
 same cap without the option fills with pages; the option is refused without a cap."""
-import json
 import subprocess
 import sys
 
-from checks import check, finish
+from checks import check, finish, replay_json
 
 nofrag, trace = sys.argv[1], sys.argv[2]
 
 
 def replay(*options):
-    out = subprocess.run([nofrag, "replay", "--json", *options, trace], check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out)
+    return replay_json(nofrag, trace, *options)
 
 
 free = replay()

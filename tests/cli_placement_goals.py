@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 
-from checks import check, finish, write_stepped_trace
+from checks import check, finish, replay_json, write_stepped_trace
 
 nofrag, script, bundled = sys.argv[1], sys.argv[2], sys.argv[3]
 floor_script = os.path.join(os.path.dirname(script), "call_floor.py")
@@ -21,8 +21,7 @@ def run(*args):
 
 
 def replay(path, *extra):
-    out = subprocess.run([nofrag, "replay", "--json", *extra, path], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.splitlines()[0])
+    return replay_json(nofrag, path, *extra)
 
 
 with tempfile.TemporaryDirectory() as d:

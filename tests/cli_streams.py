@@ -10,21 +10,18 @@ done 64 events after it was queued, as on a GPU running behind the host), the po
 wait as it would there: host waits under the slower rule, device-side waits (and no failure at
 1.02x) with reuse across streams; with no lag, neither."""
 import gzip
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
-from checks import check, finish
+from checks import check, finish, replay_json
 
 nofrag, trace = sys.argv[1], sys.argv[2]
 
 
 def replay(path, *options):
-    out = subprocess.run([nofrag, "replay", "--json", *options, path], check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out)
+    return replay_json(nofrag, path, *options)
 
 
 free = replay(trace)

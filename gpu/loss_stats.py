@@ -4,8 +4,8 @@ import torch
 
 
 def allocator_stats(mode):
-    """Peaks of the run's allocator; under nofrag also its remaps, calls and cap, after checking every
-    pool's invariants (nofrag.check_pools raises if one is broken)."""
+    """Peaks of the run's allocator; under nofrag also its remaps, calls, the time spent in those calls
+    and cap, after checking every pool's invariants (nofrag.check_pools raises if one is broken)."""
     if mode != "nofrag":
         return {"allocated_bytes.all.peak": torch.cuda.max_memory_allocated(),
                 "reserved_bytes.all.peak": torch.cuda.max_memory_reserved()}
@@ -14,4 +14,5 @@ def allocator_stats(mode):
     nofrag.check_pools()
     return {k: st[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps",
                                "backend_calls", "num_ooms", "overhead_ratio", "capacity_bytes",
-                               "calls_event_sync", "calls_stream_wait")}
+                               "calls_event_sync", "calls_stream_wait", "backend_ns",
+                               "event_wait_ns")}

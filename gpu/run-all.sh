@@ -75,6 +75,38 @@ step "driver call cost by size (gpu/vmm_cost.cu: 1-256 pages per call)"
 build-gpu/gpu/gpu_vmm_cost | tee "$OUT/vmm_cost.jsonl" | tail -2
 
 fi
+if want cost; then
+step "the cost model against the driver: CUDA replays, driver time a step after step 3, estimated vs measured"
+[ -n "${traces+set}" ] || traces=(traces/*.csv.gz)
+for t in "${traces[@]}"; do
+  for cap in "" "--capacity-factor 1.02"; do
+    # shellcheck disable=SC2086 # cap: zero or two words
+    build-gpu/nofrag replay --json --cuda 0 $cap "$t" || echo "{\"trace\": \"$t\", \"failed\": true}"
+  done
+done >"$OUT/replay_cost.jsonl"
+python3 - "$OUT/replay_cost.jsonl" <<'PY' || status=1
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(f'{"trace":24s} {"no cap: est":>12s} {"measured us":>12s} {"1.02x: est":>12s} {"measured us":>12s}'
+      "  remaps a step at 1.02x")
+est = measured = 0.0
+bad = 0
+for nocap, cap in zip(rows[::2], rows[1::2]):
+    if nocap.get("failed") or cap.get("failed"):
+        bad += 1
+        print(nocap["trace"], "replay failed")
+        continue
+    print(f'{nocap["trace"]:24s} {nocap["est_driver_us_per_step"]:12.1f} {nocap["backend_us_per_step"]:12.1f}'
+          f' {cap["est_driver_us_per_step"]:12.1f} {cap["backend_us_per_step"]:12.1f}  {cap["remaps_per_step"]:.1f}')
+    for r in (nocap, cap):
+        est += r["est_driver_us_total"]
+        measured += r["backend_us_total"]
+print(f"all replays: estimated {est / 1e3:.1f} ms, measured {measured / 1e3:.1f} ms of driver time"
+      f" (measured / estimated {measured / est if est else 0:.2f})")
+sys.exit(1 if bad else 0)
+PY
+
+fi
 if want replay8m; then
 step "8 MiB pages: host replay vs CUDA replay (peak mapped)"
 for t in "${traces[@]:0:2}"; do

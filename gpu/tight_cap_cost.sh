@@ -4,8 +4,9 @@
 # at CAP_FACTOR (default 1.02) x PyTorch's allocated peak, in turn (native, default, cap, then
 # cap, default, native, ...) so that drift of the machine falls on all three alike. Prints, per
 # job, the median step time of every run (steps after step 3), nofrag's page moves and backend
-# calls a step after step 3 under the cap, held / live, and whether every loss was identical. The default runs tell what nofrag
-# costs without a budget; the capped ones, what the tight cap adds.
+# calls a step after step 3 under the cap, held / live, the time a step spent inside nofrag's driver
+# calls (measured on the host, host waits in brackets), and whether every loss was identical. The
+# default runs tell what nofrag costs without a budget; the capped ones, what the tight cap adds.
 #   gpu/tight_cap_cost.sh JOB[:STEPS] ...        jobs of gpu/workloads_more.py (24 steps unless given)
 #   ROUNDS=2 CAP_FACTOR=1.02 RUN_TIMEOUT=600 gpu/tight_cap_cost.sh gpt2_accum_eager:30 llama_accum_ckpt
 # Writes $OUT/tight_cap_cost/ (default gpu-results/). Needs build-gpu/libnofrag.so (gpu/run-all.sh
@@ -53,8 +54,19 @@ done
 python3 - "$dir" "$@" <<'PY'
 import glob, json, os, sys
 d = sys.argv[1]
+
+
+def driver_ms(run):
+    """Time a step after step 3 spent inside nofrag's backend calls, and the host waits among it."""
+    st = run["stats"]
+    if "backend_ns_per_step_after_step_3" not in st:
+        return "-"
+    return f'{st["backend_ns_per_step_after_step_3"] / 1e6:.2f} ({st["event_wait_ns_per_step_after_step_3"] / 1e6:.2f})'
+
+
 print("job | ms a step, each run: native / nofrag default / nofrag at the cap | mean vs native: default, cap"
-      " | at the cap: moves a step, calls a step, held / live")
+      " | at the cap: moves a step, calls a step, held / live"
+      " | ms a step inside nofrag's driver calls (measured; host waits), each run: default / cap")
 for spec in sys.argv[2:]:
     job = spec.split(":")[0]
     runs = {m: [json.load(open(p)) for p in sorted(glob.glob(os.path.join(d, f"{job}_{m}_*.json")))]
@@ -68,6 +80,7 @@ for spec in sys.argv[2:]:
     print(f'{job} | {" / ".join(", ".join(f"{x:.1f}" for x in ms[m]) for m in ms)}'
           f' | {mean["default"] / mean["native"]:.3f}, {mean["cap"] / mean["native"]:.3f}'
           f' | {s.get("num_remaps_per_step_after_step_3")}, {s.get("backend_calls_per_step_after_step_3")}'
-          f', {s["reserved_bytes.all.peak"] / s["allocated_bytes.all.peak"]:.4f}')
+          f', {s["reserved_bytes.all.peak"] / s["allocated_bytes.all.peak"]:.4f}'
+          f' | {" / ".join(", ".join(driver_ms(r) for r in runs[m]) for m in ("default", "cap"))}')
 PY
 exit $status

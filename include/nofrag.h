@@ -204,9 +204,11 @@ typedef struct nf_gauge {
     X(calls_event_query, "backend calls: query an event")                                   \
     X(calls_event_sync, "backend calls: wait for an event")                                 \
     X(calls_event_release, "backend calls: destroy an event")                               \
-    X(calls_stream_wait, "backend calls: order a stream after another's work, no host wait")
+    X(calls_stream_wait, "backend calls: order a stream after another's work, no host wait") \
+    X(backend_ns, "nanoseconds spent inside backend calls (host monotonic clock, waits included)") \
+    X(event_wait_ns, "nanoseconds of backend_ns the host spent waiting for streams' work")
 
-#define NF_STATS_VERSION 2
+#define NF_STATS_VERSION 3
 
 typedef struct nf_stats {
     uint32_t size;    /* sizeof(nf_stats), set by nf_stats_get */

@@ -48,6 +48,10 @@ for extra in ([], ["--capacity-factor", "1.02"]):
     per_kind = d["calls_per_step"]
     check(abs(sum(per_kind.values()) - d["driver_calls_per_step"]) < 0.01, "primitives add up to calls per step")
     check(d["failed_allocs"] == 0, "no failed allocation")
+    # The backend's measured time: some for the calls made, the window's share within the total.
+    check(d["backend_us_total"] > 0, f"backend time measured ({d['backend_us_total']} us)")
+    check(d["backend_us_per_step"] * len(window) <= d["backend_us_total"] + 0.1 * len(window),
+          "the window's backend time is within the total")
     if windows_script:
         check_windows(out, d, 10)
 

@@ -1,5 +1,6 @@
 /* Statistics, the walker, trim and capacity changes, on layouts whose figures are known. */
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 
@@ -178,7 +179,63 @@ static void idle_page_without_pending_work_first(void) {
     test_pool_close(pool, be);
 }
 
+/* The wrapped host backend of backend_time_is_measured: a map takes at least 1 ms, an event sync
+ * (a host wait for a stream's work) at least 3 ms, as slow driver calls would. */
+enum { SLOW_MAP_NS = 1000000, SLOW_SYNC_NS = 3000000 };
+static nf_backend *slow_inner;
+static void sleep_ns(long ns) {
+    struct timespec t = {0, ns};
+    while (nanosleep(&t, &t) != 0) {}
+}
+static int slow_map(void *c, uint64_t va, uint64_t n, uint64_t h) {
+    sleep_ns(SLOW_MAP_NS);
+    return slow_inner->map(c, va, n, h);
+}
+static int slow_event_sync(void *c, uint64_t e) {
+    sleep_ns(SLOW_SYNC_NS);
+    return slow_inner->event_sync(c, e);
+}
+
+/* backend_ns counts the time spent inside backend calls, event_wait_ns the part spent waiting for
+ * streams: each at least what the slow calls took, the waits within the total. */
+static void backend_time_is_measured(void) {
+    REQUIRE(nf_backend_host_create(false, G, &slow_inner) == NF_OK);
+    nf_backend slow = *slow_inner;
+    slow.map = slow_map;
+    slow.event_sync = slow_event_sync;
+    nf_config cfg = nf_config_default();
+    cfg.capacity = 2 * G;
+    cfg.virtual_bytes = 64 * G;
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, &slow, &pool) == NF_OK);
+    void *a = (void *)1, *b = (void *)2; /* streams */
+    void *x, *y;
+    nf_stats st;
+    CHECK_OK(nf_alloc(pool, 2 * G, a, &x));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.calls_map >= 1 && st.backend_ns >= st.calls_map * SLOW_MAP_NS);
+    CHECK(st.calls_event_sync == 0 && st.event_wait_ns == 0);
+    /* Stream a's work on x is still running when x is freed; under the cap stream b can only have
+     * x's pages, after the host waits for that work. */
+    CHECK_OK(nf_host_stream_submit(slow_inner, a));
+    CHECK_OK(nf_free(pool, x, a));
+    CHECK_OK(nf_alloc(pool, 2 * G, b, &y));
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(st.calls_event_sync >= 1 && st.event_wait_ns >= st.calls_event_sync * SLOW_SYNC_NS);
+    CHECK(st.backend_ns >= st.event_wait_ns + st.calls_map * SLOW_MAP_NS);
+    char json[8192];
+    CHECK_OK(nf_stats_to_json(&st, json, sizeof json, NULL));
+    CHECK(strstr(json, "\"backend_ns\":") != NULL && strstr(json, "\"event_wait_ns\":") != NULL);
+    CHECK_OK(nf_free(pool, y, b));
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_pool_destroy(pool));
+    CHECK(nf_host_all_released(slow_inner));
+    nf_backend_destroy(slow_inner);
+}
+
 int main(void) {
+    backend_time_is_measured();
     conflict_run_unmapped_in_one_call();
     idle_page_without_pending_work_first();
     tight_cap_places_at_the_end();

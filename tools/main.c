@@ -171,6 +171,10 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
     json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
     json_num("est_driver_us_total", "%.1f", r->est_driver_us_total);
+    /* Measured beside the estimate: the backend's own time (on CUDA the driver's, as a job pays
+     * it; on the host backend only the simulation's bookkeeping). */
+    json_num("backend_us_per_step", "%.1f", (double)r->window.backend_ns / 1e3 / r->window_steps);
+    json_num("backend_us_total", "%.1f", (double)s->backend_ns / 1e3);
     json_u64("backend_calls", s->backend_calls);
     json_u64("remaps", s->num_remaps);
     json_num("replay_seconds", "%.4f", r->seconds);

@@ -1,5 +1,24 @@
 #include "backend_calls.h"
 
+#include <time.h>
+
+/* The host's monotonic clock, for the time spent inside backend calls: the counts say how many
+ * calls a job made, this says what they cost it on the calling thread (docs/cost-model.md has
+ * what each kind of call costs on a GPU; this is what they cost here, waits included). */
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* rc = the backend call `call`, its duration added to the pool's backend_ns. */
+#define TIMED(pool, rc, call)                                                                      \
+    do {                                                                                           \
+        uint64_t start_ns_ = now_ns();                                                             \
+        (rc) = (call);                                                                             \
+        (pool)->stats.backend_ns += now_ns() - start_ns_;                                          \
+    } while (0)
+
 static nf_status failed(nf_pool *pool, const char *call, uint64_t arg, int code) {
     pool_log(pool, NF_LOG_ERROR, "backend %s: %s(0x%llx) failed: %s (%d)", pool->backend->name, call,
              (unsigned long long)arg, pool->backend->error_name(pool->backend->ctx, code), code);
@@ -8,55 +27,64 @@ static nf_status failed(nf_pool *pool, const char *call, uint64_t arg, int code)
 
 nf_status call_reserve(nf_pool *pool, uint64_t bytes, uint64_t *base_out) {
     pool->stats.calls_reserve++;
-    int rc = pool->backend->reserve(pool->backend->ctx, bytes, base_out);
+    int rc;
+    TIMED(pool, rc, pool->backend->reserve(pool->backend->ctx, bytes, base_out));
     return rc ? failed(pool, "reserve", bytes, rc) : NF_OK;
 }
 
 nf_status call_unreserve(nf_pool *pool, uint64_t base, uint64_t bytes) {
     pool->stats.calls_unreserve++;
-    int rc = pool->backend->unreserve(pool->backend->ctx, base, bytes);
+    int rc;
+    TIMED(pool, rc, pool->backend->unreserve(pool->backend->ctx, base, bytes));
     return rc ? failed(pool, "unreserve", base, rc) : NF_OK;
 }
 
 nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out) {
     pool->stats.calls_page_create++;
-    int rc = pool->backend->page_create(pool->backend->ctx, pages * pool->backend_pages, handle_out);
+    int rc;
+    TIMED(pool, rc, pool->backend->page_create(pool->backend->ctx, pages * pool->backend_pages, handle_out));
     return rc ? failed(pool, "page_create", pages * pool->gran, rc) : NF_OK;
 }
 
 nf_status call_page_release(nf_pool *pool, uint64_t handle) {
     pool->stats.calls_page_release++;
-    int rc = pool->backend->page_release(pool->backend->ctx, handle);
+    int rc;
+    TIMED(pool, rc, pool->backend->page_release(pool->backend->ctx, handle));
     return rc ? failed(pool, "page_release", handle, rc) : NF_OK;
 }
 
 nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle) {
     pool->stats.calls_map++;
-    int rc = pool->backend->map(pool->backend->ctx, va, pages * pool->backend_pages, handle);
+    int rc;
+    TIMED(pool, rc, pool->backend->map(pool->backend->ctx, va, pages * pool->backend_pages, handle));
     return rc ? failed(pool, "map", va, rc) : NF_OK;
 }
 
 nf_status call_unmap(nf_pool *pool, uint64_t va, uint64_t pages) {
     pool->stats.calls_unmap++;
-    int rc = pool->backend->unmap(pool->backend->ctx, va, pages * pool->backend_pages);
+    int rc;
+    TIMED(pool, rc, pool->backend->unmap(pool->backend->ctx, va, pages * pool->backend_pages));
     return rc ? failed(pool, "unmap", va, rc) : NF_OK;
 }
 
 nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages) {
     pool->stats.calls_set_access++;
-    int rc = pool->backend->set_access(pool->backend->ctx, va, pages * pool->backend_pages);
+    int rc;
+    TIMED(pool, rc, pool->backend->set_access(pool->backend->ctx, va, pages * pool->backend_pages));
     return rc ? failed(pool, "set_access", va, rc) : NF_OK;
 }
 
 nf_status call_event_record(nf_pool *pool, void *stream, uint64_t *event_out) {
     pool->stats.calls_event_record++;
-    int rc = pool->backend->event_record(pool->backend->ctx, stream, event_out);
+    int rc;
+    TIMED(pool, rc, pool->backend->event_record(pool->backend->ctx, stream, event_out));
     return rc ? failed(pool, "event_record", (uint64_t)(uintptr_t)stream, rc) : NF_OK;
 }
 
 nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out) {
     pool->stats.calls_event_query++;
-    int rc = pool->backend->event_query(pool->backend->ctx, event);
+    int rc;
+    TIMED(pool, rc, pool->backend->event_query(pool->backend->ctx, event));
     if (rc == NF_BACKEND_EVENT_PENDING) {
         *done_out = false;
         return NF_OK;
@@ -68,18 +96,23 @@ nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out) {
 nf_status call_event_sync(nf_pool *pool, uint64_t event) {
     pool->stats.calls_event_sync++;
     pool->stats.num_event_waits++;
-    int rc = pool->backend->event_sync(pool->backend->ctx, event);
+    uint64_t before_ns = pool->stats.backend_ns;
+    int rc;
+    TIMED(pool, rc, pool->backend->event_sync(pool->backend->ctx, event));
+    pool->stats.event_wait_ns += pool->stats.backend_ns - before_ns;
     return rc ? failed(pool, "event_sync", event, rc) : NF_OK;
 }
 
 nf_status call_stream_wait(nf_pool *pool, void *stream, uint64_t event) {
     pool->stats.calls_stream_wait++;
-    int rc = pool->backend->stream_wait(pool->backend->ctx, stream, event);
+    int rc;
+    TIMED(pool, rc, pool->backend->stream_wait(pool->backend->ctx, stream, event));
     return rc ? failed(pool, "stream_wait", (uint64_t)(uintptr_t)stream, rc) : NF_OK;
 }
 
 nf_status call_event_release(nf_pool *pool, uint64_t event) {
     pool->stats.calls_event_release++;
-    int rc = pool->backend->event_release(pool->backend->ctx, event);
+    int rc;
+    TIMED(pool, rc, pool->backend->event_release(pool->backend->ctx, event));
     return rc ? failed(pool, "event_release", event, rc) : NF_OK;
 }

@@ -43,6 +43,8 @@ with tempfile.TemporaryDirectory() as d:
               f"{name}: moves and failures at 1.02x are the replay's")
         check(abs(row["moves_per_step_per_gib"] - capped["remaps_per_step"] * (1 << 30) / capped["peak_live_bytes"]) < 1e-9,
               f"{name}: moves per GiB of live peak")
+        check(abs(row["driver_ms_per_step_at_cap"] - capped["est_driver_us_per_step"] / 1000) < 1e-9,
+              f"{name}: driver time a step at 1.02x is the replay's estimate")
         floor = json.loads(subprocess.run([sys.executable, floor_script, "--nofrag", "", "--json", path],
                                           capture_output=True, text=True, check=True).stdout)
         check(abs(row["floor_calls_per_step"] - floor["floor_calls_per_step"]) < 0.001, f"{name}: floor is call_floor.py's")

@@ -46,6 +46,13 @@ Jobs:
   gpt2_train_eval_eager  Likewise the shared gpt2_train_eval job (batch 8 of length 64..1024; every 10
                      steps an evaluation of 3 batches of 16 x 256..1024 and a copy of the weights
                      to the host, as a checkpoint does), with eager attention.
+  gpt2_small_accum_ckpt, llama_small_accum_ckpt, gpt2_small_train_eval
+                     Small jobs (about 1 GiB live): a GPT-2 of 6 layers, 512 wide, and a Llama of
+                     4 layers, 512 wide (vocabulary 32,000), trained as gpt2_accum_ckpt /
+                     llama_accum_ckpt are with micro-batches of 2 sequences, and as
+                     gpt2_train_eval is with batches of 2 (evaluation: 3 batches of 4 x
+                     256..1024). A 2 MiB page is a larger share of such a job: do the placement
+                     figures hold when it is small?
 """
 import gzip
 import json
@@ -314,8 +321,44 @@ def gpt2_train_eval_eager(steps, dev, mark, results=None):
             del checkpoint
 
 
+def gpt2_small(dev):
+    """A GPT-2 of 6 layers, 512 wide (about 45M parameters with its 50,257-token vocabulary)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=6, n_embd=512, n_head=8, n_positions=1024, use_cache=False)
+    return GPT2LMHeadModel(cfg).to(dev), cfg.vocab_size
+
+
+def gpt2_small_accum_ckpt(steps, dev, mark, results=None):
+    model, vocab = gpt2_small(dev)
+    train_accumulating(model, vocab, steps, mark, results, 2, (64, 1024), dev)
+
+
+def llama_small_accum_ckpt(steps, dev, mark, results=None):
+    llama_accumulation(steps, dev, mark, results, 2, (128, 1024), hidden_size=512, intermediate_size=1408,
+                       num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8, vocab_size=32000,
+                       max_position_embeddings=1024)
+
+
+def gpt2_small_train_eval(steps, dev, mark, results=None):
+    model, vocab = gpt2_small(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        x = torch.randint(0, vocab, (2, random.randint(64, 1024)), device=dev)
+        train_step(opt, lambda: model(input_ids=x, labels=x).loss, results)
+        if step % 10 == 9:
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                for _ in range(3):
+                    x = torch.randint(0, vocab, (4, random.randint(256, 1024)), device=dev)
+                    keep(results, model(input_ids=x, labels=x).loss)
+            checkpoint = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            del checkpoint
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

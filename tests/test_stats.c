@@ -82,6 +82,44 @@ static void tight_cap_places_at_the_end(void) {
     test_pool_close(pool, be);
 }
 
+/* Under a tight budget a request smaller than a page goes to a place whose pages hold live blocks
+ * already, passing over the good-fit place on an idle page; without a budget, good fit decides.
+ * Layout, in pages: A 0-1.5, hole 1.5-2.75, C 2.75-3.0, hole 3.0-4.0 (page 3 idle), D 4.0-5.0. */
+static void tight_budget_fills_busy_pages(void) {
+    for (int tight = 0; tight < 2; tight++) {
+        nf_backend *be;
+        nf_pool *pool = test_host_pool(G, tight ? 5 * G : 0, 32 * G, test_log, &be);
+        char *a, *b, *c, *e, *d, *r;
+        CHECK_OK(nf_alloc(pool, 3 * G / 2, NULL, (void **)&a));
+        CHECK_OK(nf_alloc(pool, 5 * G / 4, NULL, (void **)&b));
+        CHECK_OK(nf_alloc(pool, G / 4, NULL, (void **)&c));
+        CHECK_OK(nf_alloc(pool, G, NULL, (void **)&e));
+        CHECK_OK(nf_alloc(pool, G, NULL, (void **)&d));
+        CHECK(e == a + 3 * G && d == a + 4 * G);
+        CHECK_OK(nf_free(pool, b, NULL));
+        CHECK_OK(nf_free(pool, e, NULL));
+        nf_stats before, after;
+        CHECK_OK(nf_stats_get(pool, &before));
+        CHECK(before.idle_bytes.current == G); /* page 3 */
+        CHECK_OK(nf_alloc(pool, G / 4, NULL, (void **)&r));
+        CHECK_OK(nf_stats_get(pool, &after));
+        if (tight) {
+            CHECK(r == a + 3 * G / 2);                      /* on page 1, busy through A */
+            CHECK(after.idle_bytes.current == G);           /* page 3 still idle: nothing newly busy */
+        } else {
+            CHECK(r == a + 3 * G);                          /* good fit: the smaller hole, page 3 */
+            CHECK(after.idle_bytes.current == 0);
+        }
+        CHECK(after.reserved_bytes.current == before.reserved_bytes.current);
+        CHECK_OK(nf_pool_check(pool));
+        CHECK_OK(nf_free(pool, r, NULL));
+        CHECK_OK(nf_free(pool, a, NULL));
+        CHECK_OK(nf_free(pool, c, NULL));
+        CHECK_OK(nf_free(pool, d, NULL));
+        test_pool_close(pool, be);
+    }
+}
+
 /* Runs the same steps of random blocks (some kept across steps) through `pool`, checking the
  * invariants after every operation; *peak_out receives the live peak. */
 static void random_steps(nf_pool *pool, uint64_t seed, uint64_t *peak_out) {
@@ -239,6 +277,7 @@ int main(void) {
     conflict_run_unmapped_in_one_call();
     idle_page_without_pending_work_first();
     tight_cap_places_at_the_end();
+    tight_budget_fills_busy_pages();
     hold_near_live_follows_the_live_peak();
     nf_backend *be;
     nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, test_log, &be);

@@ -17,6 +17,14 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
 /* Pages that a block on [addr, addr + size) would make busy: those needing a physical page mapped
  * plus idle ones it would claim in place. *cost_out receives the first count (pages_cost). */
 uint64_t pages_newly_busy(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost_out);
+
+/* Whether every page of [addr, addr + size) holds a live block already (pages_newly_busy == 0 and
+ * nothing to map): O(pages of the range), no side effect. */
+static inline bool pages_all_busy(const nf_pool *pool, uint64_t addr, uint64_t size) {
+    for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++)
+        if (!pool->pages[v].live_blocks) return false;
+    return true;
+}
 /* How many more pages may become busy under the cap (headroom plus idle pages); UINT64_MAX
  * without a cap. A range fits when pages_newly_busy <= pages_spare. */
 uint64_t pages_spare(const nf_pool *pool);

@@ -303,22 +303,29 @@ def gpt2_accum_eager(steps, dev, mark, results=None):
     train_accumulating(model, vocab, steps, mark, results, 4, (64, 1024), dev)
 
 
-def gpt2_train_eval_eager(steps, dev, mark, results=None):
-    model, vocab = gpt2_eager(dev)
+def train_with_evaluation(model, vocab, steps, mark, results, batch, eval_batch, dev):
+    """Trains a causal language model (AdamW, bf16 autocast) on `batch` sequences of length
+    64..1024 a step; every 10 steps evaluates 3 batches of `eval_batch` x 256..1024 and copies the
+    weights to the host, as a checkpoint does."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for step in range(steps):
         mark(step)
         model.train()
-        x = torch.randint(0, vocab, (8, random.randint(64, 1024)), device=dev)
+        x = torch.randint(0, vocab, (batch, random.randint(64, 1024)), device=dev)
         train_step(opt, lambda: model(input_ids=x, labels=x).loss, results)
         if step % 10 == 9:
             model.eval()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 for _ in range(3):
-                    x = torch.randint(0, vocab, (16, random.randint(256, 1024)), device=dev)
+                    x = torch.randint(0, vocab, (eval_batch, random.randint(256, 1024)), device=dev)
                     keep(results, model(input_ids=x, labels=x).loss)
             checkpoint = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
             del checkpoint
+
+
+def gpt2_train_eval_eager(steps, dev, mark, results=None):
+    model, vocab = gpt2_eager(dev)
+    train_with_evaluation(model, vocab, steps, mark, results, 8, 16, dev)
 
 
 def gpt2_small(dev):
@@ -341,20 +348,7 @@ def llama_small_accum_ckpt(steps, dev, mark, results=None):
 
 def gpt2_small_train_eval(steps, dev, mark, results=None):
     model, vocab = gpt2_small(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for step in range(steps):
-        mark(step)
-        model.train()
-        x = torch.randint(0, vocab, (2, random.randint(64, 1024)), device=dev)
-        train_step(opt, lambda: model(input_ids=x, labels=x).loss, results)
-        if step % 10 == 9:
-            model.eval()
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                for _ in range(3):
-                    x = torch.randint(0, vocab, (4, random.randint(256, 1024)), device=dev)
-                    keep(results, model(input_ids=x, labels=x).loss)
-            checkpoint = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-            del checkpoint
+    train_with_evaluation(model, vocab, steps, mark, results, 2, 4, dev)
 
 
 # One line: gpu/record.sh finds job names here by grep.

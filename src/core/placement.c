@@ -3,7 +3,7 @@
  *
  * 0. First, under a tight budget (budget_tight: a cap within 10% of the live peak so
  *    far), a request smaller than a page takes the first of the first FILL_CANDIDATES candidates
- *    in good-fit order whose pages all hold live blocks already (fill_busy_pages): it costs no
+ *    in good-fit order whose pages all hold live blocks already (on_busy_pages): it costs no
  *    physical page at all. Sub-page holes between live blocks are where a tight cap's spare pages
  *    go (docs/placement.md, "Filling busy pages under a tight budget"): the smallest cap that
  *    completes fell on the gradient-accumulation recordings (llama_small_accum_ckpt 1.0204x ->
@@ -85,36 +85,28 @@ static inline block *good_fit(nf_pool *pool, uint64_t size, uint32_t idx, bool w
     return NULL;
 }
 
-/* The first candidate in good-fit order whose pages need no mapping; NULL if none among the
- * first CANDIDATES_MAX usable ones. */
-static block *free_of_cost(nf_pool *pool, uint64_t size, uint32_t idx) {
+/* What a candidate place must offer: no page to map, or no page newly busy. */
+typedef bool (*place_test)(nf_pool *pool, uint64_t addr, uint64_t size);
+
+static bool needs_no_mapping(nf_pool *pool, uint64_t addr, uint64_t size) {
+    return pages_cost(pool, addr, size) == 0;
+}
+
+static bool on_busy_pages(nf_pool *pool, uint64_t addr, uint64_t size) {
+    return pages_all_busy(pool, addr, size);
+}
+
+/* The first candidate in good-fit order that passes `test` at its front; NULL if none among the
+ * first `limit` that stream idx may use. */
+static block *first_passing(nf_pool *pool, uint64_t size, uint32_t idx, int limit, place_test test) {
     uint32_t fl, sl;
     index_bin_of(size, &fl, &sl);
     int seen = 0;
     for (;;) {
         for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next) {
             if (b->size < size || !pool_block_usable_by(pool, b, idx)) continue;
-            if (pages_cost(pool, b->addr, size) == 0) return b;
-            if (++seen == CANDIDATES_MAX) return NULL;
-        }
-        bin_next(&fl, &sl);
-        if (!index_next_bin(&pool->index, fl, sl, &fl, &sl)) return NULL;
-    }
-}
-
-/* The first of the first FILL_CANDIDATES candidates in good-fit order that stream idx may use and
- * on which `size` bytes make no page newly busy: every page it covers holds a live block already.
- * NULL if none. */
-static block *fill_busy_pages(nf_pool *pool, uint64_t size, uint32_t idx) {
-    uint32_t fl, sl;
-    index_bin_of(size, &fl, &sl);
-    int seen = 0;
-    for (;;) {
-        for (block *b = pool->index.bins[fl][sl]; b; b = b->free_next) {
-            if (b->size < size) continue;
-            /* The page test first: it reads one or two pages, the stream test every stream. */
-            if (pages_all_busy(pool, b->addr, size) && pool_block_usable_by(pool, b, idx)) return b;
-            if (++seen == FILL_CANDIDATES) return NULL;
+            if (test(pool, b->addr, size)) return b;
+            if (++seen == limit) return NULL;
         }
         bin_next(&fl, &sl);
         if (!index_next_bin(&pool->index, fl, sl, &fl, &sl)) return NULL;
@@ -164,7 +156,7 @@ block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offs
     if (pool->budget_tight && size < pool->gran && (pool->stream_count <= 1 || pool->order_on_device)) {
         /* Step 0. Its pages hold live blocks already: claiming them in place only counts the
          * block (and tells the caller nothing needs mapping, so it asks no stream). */
-        block *busy_place = fill_busy_pages(pool, size, idx);
+        block *busy_place = first_passing(pool, size, idx, FILL_CANDIDATES, on_busy_pages);
         if (busy_place && pages_claim_in_place(pool, busy_place->addr, size, idx)) {
             *claimed_out = true;
             return busy_place;
@@ -182,6 +174,6 @@ block *placement_find(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t *offs
     choice = good_fit(pool, size, idx, true, &cost);
     if (!choice) return pool->cap_pages ? tightest_fit(pool, size, idx, offset_out) : NULL;
     if (cost == 0) return choice;
-    block *free_place = free_of_cost(pool, size, idx);
+    block *free_place = first_passing(pool, size, idx, CANDIDATES_MAX, needs_no_mapping);
     return free_place ? free_place : choice;
 }

@@ -149,6 +149,21 @@ static void json_str(const char *name, const char *v) {
     putchar('"');
 }
 
+/* The per-step figures (--per-step): one JSON array per figure, as the per-trace figures are. */
+static double step_calls(const replay_step *s) { return (double)s->calls; }
+static double step_remaps(const replay_step *s) { return (double)s->remaps; }
+static double step_driver_us(const replay_step *s) { return s->driver_us; }
+
+static void json_step_array(const char *name, const replay_result *r, double (*figure)(const replay_step *),
+                            const char *fmt) {
+    json_key(name);
+    for (uint32_t i = 0; i < r->step_slots; i++) {
+        putchar(i ? ',' : '[');
+        printf(fmt, figure(&r->steps[i]));
+    }
+    putchar(']');
+}
+
 static void print_json(const cli *c, const trace *t, const replay_result *r, uint64_t capacity,
                        uint64_t min_cap) {
     const nf_stats *s = &r->stats;
@@ -188,19 +203,9 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
 #undef NF_X_CALL_JSON
     json_close();
     if (r->step_slots) {
-        /* One array per figure, as the per-trace figures are: step_calls, step_remaps, step_driver_us
-         * (step_slots > 0, so each opens with its first element). */
-        json_key("step_calls");
-        for (uint32_t i = 0; i < r->step_slots; i++)
-            printf("%s%llu", i ? "," : "[", (unsigned long long)r->steps[i].calls);
-        putchar(']');
-        json_key("step_remaps");
-        for (uint32_t i = 0; i < r->step_slots; i++)
-            printf("%s%llu", i ? "," : "[", (unsigned long long)r->steps[i].remaps);
-        putchar(']');
-        json_key("step_driver_us");
-        for (uint32_t i = 0; i < r->step_slots; i++) printf("%s%.1f", i ? "," : "[", r->steps[i].driver_us);
-        putchar(']');
+        json_step_array("step_calls", r, step_calls, "%.0f");
+        json_step_array("step_remaps", r, step_remaps, "%.0f");
+        json_step_array("step_driver_us", r, step_driver_us, "%.1f");
     }
     if (c->min_capacity) {
         json_u64("min_capacity_bytes", min_cap);

@@ -36,6 +36,7 @@ results = []
 start = time.time()
 step_starts = []
 FIRST_COUNTED_STEP = 4  # per-step figures average the steps after step 3, as `nofrag replay` does
+PER_STEP_KEYS = ("num_remaps", "backend_calls", "backend_ns", "event_wait_ns")  # nofrag counters averaged so
 counted_from = {}
 
 
@@ -48,8 +49,7 @@ def step_hook(step):
         nofrag.step()
     if mode == "nofrag" and step == FIRST_COUNTED_STEP:
         st = nofrag.stats()
-        counted_from.update(num_remaps=st["num_remaps"], backend_calls=st["backend_calls"],
-                            backend_ns=st["backend_ns"], event_wait_ns=st["event_wait_ns"])
+        counted_from.update({key: st[key] for key in PER_STEP_KEYS})
 
 
 workloads_more.JOBS[job](steps, torch.device("cuda"), step_hook, results)
@@ -63,7 +63,7 @@ result["stats"] = allocator_stats(mode)
 result["stats"]["median_step_seconds"] = round(durations[len(durations) // 2], 5) if durations else None
 if counted_from:
     counted_steps = steps - FIRST_COUNTED_STEP
-    for key in ("num_remaps", "backend_calls", "backend_ns", "event_wait_ns"):
+    for key in PER_STEP_KEYS:
         result["stats"][key + "_per_step_after_step_3"] = round(
             (result["stats"][key] - counted_from[key]) / counted_steps, 2)
 with open(out_path, "w") as f:

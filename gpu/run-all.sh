@@ -39,8 +39,8 @@ compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30
 grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck_across.log" || status=1
 
 fi
-if want replay; then
-step "bundled traces: host replay vs CUDA replay (peak mapped)"
+# The bundled traces, for the replay, cost and replay8m sections (set here so that any of them
+# runs alone under ONLY): gunzipped copies where this build has no zlib.
 traces=(traces/*.csv.gz)
 if ! build-gpu/nofrag replay --json traces/vit_fixed.csv.gz >/dev/null 2>&1; then
   echo "(this build has no zlib: replaying gunzipped copies)"
@@ -51,6 +51,9 @@ if ! build-gpu/nofrag replay --json traces/vit_fixed.csv.gz >/dev/null 2>&1; the
   done
   traces=(/tmp/nofrag-traces/*.csv)
 fi
+
+if want replay; then
+step "bundled traces: host replay vs CUDA replay (peak mapped)"
 for t in "${traces[@]}"; do
   # A replay that fails still prints one line, so the pairs below stay aligned.
   build-gpu/nofrag replay --json "$t" || echo "{\"trace\": \"$t\", \"peak_mapped_bytes\": -1, \"failed_allocs\": -1, \"replay_seconds\": 0}"
@@ -77,7 +80,6 @@ build-gpu/gpu/gpu_vmm_cost | tee "$OUT/vmm_cost.jsonl" | tail -2
 fi
 if want cost; then
 step "the cost model against the driver: CUDA replays, driver time a step after step 3, estimated vs measured"
-[ -n "${traces+set}" ] || traces=(traces/*.csv.gz)
 for t in "${traces[@]}"; do
   for cap in "" "--capacity-factor 1.02"; do
     # shellcheck disable=SC2086 # cap: zero or two words

@@ -187,7 +187,8 @@ struct nf_pool {
     /* config.reuse_across_streams and a backend that can make a stream wait on the device */
     bool order_on_device;
     /* A cap within BUDGET_TIGHT_PERCENT of the live peak so far: differently fenced free
-     * neighbours then merge at once (blocks_mergeable, budget_check in pool.c). */
+     * neighbours then merge at once (blocks_mergeable, budget_check in pool.c), and requests
+     * smaller than a page go first to pages already busy (placement.c, step 0). */
     bool budget_tight;
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double

@@ -2,8 +2,9 @@
 record_stream hands a block used on another stream out again behind a device-side wait (reuse
 across streams, the default where PyTorch has the record-stream callback) or keeps it until that
 stream's work is done (NOFRAG_REUSE_ACROSS_STREAMS=0), empty_cache
-gives idle memory back, set_per_process_memory_fraction becomes the pool's cap.
-Exits 1 on any failed check."""
+gives idle memory back, set_per_process_memory_fraction becomes the pool's cap, and
+torch.cuda.memory_allocated() / memory_stats() / reset_peak_memory_stats() / memory_summary()
+read and reset nofrag's figures. Exits 1 on any failed check."""
 import os
 import sys
 
@@ -101,6 +102,27 @@ torch.cuda.set_per_process_memory_fraction(0.9, device=0)
 ok = torch.empty(int(0.06 * total), dtype=torch.uint8, device=dev)
 check(ok is not None, "after raising the fraction the same allocation succeeds")
 del ok
+
+# PyTorch's memory statistics, which its pluggable allocator refuses, answered by nofrag.
+a = torch.empty(96 << 20, dtype=torch.uint8, device=dev)
+mine = nofrag.stats()
+check(torch.cuda.memory_allocated() == mine["allocated_bytes.all.current"] > 0,
+      f"torch.cuda.memory_allocated() {torch.cuda.memory_allocated()} is nofrag's live bytes")
+check(torch.cuda.memory_reserved() == mine["reserved_bytes.all.current"],
+      f"torch.cuda.memory_reserved() {torch.cuda.memory_reserved()} is nofrag's held bytes")
+del a
+peak_before = torch.cuda.max_memory_allocated()
+torch.cuda.reset_peak_memory_stats()
+check(torch.cuda.max_memory_allocated() == torch.cuda.memory_allocated() < peak_before,
+      f"reset_peak_memory_stats: max_memory_allocated {peak_before} -> {torch.cuda.max_memory_allocated()}")
+torch.cuda.reset_accumulated_memory_stats()
+b = torch.empty(8 << 20, dtype=torch.uint8, device=dev)
+st = torch.cuda.memory_stats()
+check(st["allocation.all.allocated"] == 1 and st["allocated_bytes.all.allocated"] == 8 << 20,
+      f"reset_accumulated_memory_stats: one allocation counted after it ({st['allocation.all.allocated']})")
+del b
+summary = torch.cuda.memory_summary()
+check("Allocated memory" in summary, "torch.cuda.memory_summary() renders nofrag's figures")
 nofrag.check_pools()
 print("hooks_check:", "PASSED" if not failures else f"FAILED {failures}")
 sys.exit(1 if failures else 0)

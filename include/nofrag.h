@@ -234,7 +234,9 @@ typedef struct nf_stats {
  * a pool of a few hundred blocks), under the pool's lock; thread-safe. */
 nf_status nf_stats_get(nf_pool *pool, nf_stats *stats);
 
-/* Sets every gauge's peak to its current value. O(1); thread-safe. */
+/* Sets every gauge's peak to its current value (to measure a phase's peak). Statistics only: the
+ * pool keeps its own record of the live peak for placement and growth, so resetting changes
+ * nothing in how it behaves. O(1); thread-safe. */
 nf_status nf_stats_reset_peaks(nf_pool *pool);
 
 /* Writes the statistics as one JSON object (no newline) into buf, truncated to buf_size - 1 bytes

@@ -121,13 +121,16 @@ static void tight_budget_fills_busy_pages(void) {
 }
 
 /* Runs the same steps of random blocks (some kept across steps) through `pool`, checking the
- * invariants after every operation; *peak_out receives the live peak. */
-static void random_steps(nf_pool *pool, uint64_t seed, uint64_t *peak_out) {
+ * invariants after every operation; *peak_out receives the live peak (of the last step only with
+ * reset_peaks, which resets the statistics' peaks at every step mark, as a user measuring each
+ * step's peak would). */
+static void random_steps(nf_pool *pool, uint64_t seed, bool reset_peaks, uint64_t *peak_out) {
     enum { SLOTS = 48, STEPS = 40 };
     void *slot[SLOTS] = {0};
     uint64_t rng = seed;
     for (int step = 0; step < STEPS; step++) {
         CHECK_OK(nf_step_mark(pool));
+        if (reset_peaks) CHECK_OK(nf_stats_reset_peaks(pool));
         for (int op = 0; op < 64; op++) {
             int i = (int)rng_below(&rng, SLOTS);
             if (slot[i]) {
@@ -162,7 +165,7 @@ static void hold_near_live_follows_the_live_peak(void) {
     for (int k = 0; k < 3; k++) {
         nf_backend *be;
         nf_pool *pool = test_pool(&specs[k], &be);
-        random_steps(pool, 99, &live_peak[k]);
+        random_steps(pool, 99, false, &live_peak[k]);
         CHECK_OK(nf_stats_get(pool, &st[k]));
         test_pool_close(pool, be);
     }
@@ -177,6 +180,36 @@ static void hold_near_live_follows_the_live_peak(void) {
     CHECK(st[2].num_remaps < st[1].num_remaps);
     /* but never more than 20% above the live peak (the bound on filling a cap). */
     CHECK(st[2].reserved_bytes.peak <= live_peak[2] + live_peak[2] / 5 + G);
+}
+
+/* Resetting the statistics' peaks changes nothing in how the pool behaves: without a cap, under a
+ * tight one (placement's sub-page rule and merging depend on the live peak) and under a loose one,
+ * the same steps make the same backend calls, remaps and held memory with or without a reset at
+ * every step. (Before the pool kept its own live high-water mark, a reset made it shrink towards
+ * the live bytes at the reset and grow again within the step.) */
+static void resetting_peaks_changes_no_behaviour(void) {
+    test_pool_spec specs[3] = {
+        {.gran = G, .virtual_bytes = 4096 * G},
+        {.gran = G, .capacity = 172 * G, .virtual_bytes = 4096 * G}, /* live peak 164 pages */
+        {.gran = G, .capacity = 1024 * G, .virtual_bytes = 4096 * G},
+    };
+    for (int k = 0; k < 3; k++) {
+        nf_stats st[2];
+        for (int reset = 0; reset < 2; reset++) {
+            nf_backend *be;
+            nf_pool *pool = test_pool(&specs[k], &be);
+            uint64_t peak;
+            random_steps(pool, 7, reset, &peak);
+            CHECK_OK(nf_stats_get(pool, &st[reset]));
+            test_pool_close(pool, be);
+        }
+        CHECK(st[0].num_allocs == st[1].num_allocs && st[0].num_alloc_failures == st[1].num_alloc_failures);
+        CHECK(st[0].backend_calls == st[1].backend_calls);
+        CHECK(st[0].num_remaps == st[1].num_remaps && st[0].num_page_maps == st[1].num_page_maps);
+        CHECK(st[0].reserved_bytes.current == st[1].reserved_bytes.current);
+        CHECK(st[0].reserved_bytes.total == st[1].reserved_bytes.total);
+        CHECK(st[1].allocated_bytes.peak < st[0].allocated_bytes.peak); /* the reset did reset */
+    }
 }
 
 /* A page needed for a new place is taken from idle pages no other stream's work can still touch
@@ -279,6 +312,7 @@ int main(void) {
     tight_cap_places_at_the_end();
     tight_budget_fills_busy_pages();
     hold_near_live_follows_the_live_peak();
+    resetting_peaks_changes_no_behaviour();
     nf_backend *be;
     nf_pool *pool = test_host_pool(G, 8 * G, 32 * G, test_log, &be);
 

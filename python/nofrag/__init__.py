@@ -12,7 +12,8 @@ import json
 
 from ._lib import NofragError, check, lib, parse_bytes
 
-__all__ = ["stats", "step", "trim", "check_pools", "last_error", "version", "NofragError", "parse_bytes"]
+__all__ = ["stats", "reset_peak_stats", "torch_memory_stats", "reset_accumulated_stats", "step", "trim", "check_pools", "last_error",
+           "version", "NofragError", "parse_bytes"]
 
 # nofrag stats whose meaning matches a key of torch.cuda.memory_stats(): they are reported under
 # PyTorch's name as well, so code written against memory_stats can read them.
@@ -52,6 +53,72 @@ def stats(device=None):
         if base in _TORCH_NAMES:
             out[_TORCH_NAMES[base] + ("." + part if part else "")] = value
     return out
+
+
+def reset_peak_stats(device=-1):
+    """Sets every peak in stats() to its current value, to measure a phase's peak (what
+    torch.cuda.reset_peak_memory_stats does under nofrag). Statistics only: how the pool places
+    blocks and grows does not change."""
+    check(lib().nf_torch_reset_peaks(-1 if device is None else device), "nofrag.reset_peak_stats")
+
+
+# torch.cuda.memory_stats() under nofrag: PyTorch's nested layout, each figure from the nofrag
+# gauge or counter that means the same. PyTorch's caching allocator has two pools (small and
+# large blocks) where nofrag has one: "large_pool" repeats "all", "small_pool" is zero. A
+# "segment" is a physical page (one driver allocation). Figures nofrag does not track (inactive
+# splits, oversize blocks, retries, whole-device syncs) are 0, max_split_size -1 (no limit).
+_GAUGE_OF = {
+    "allocated_bytes": "allocated_bytes", "active_bytes": "allocated_bytes",
+    "requested_bytes": "allocated_bytes", "reserved_bytes": "reserved_bytes",
+    "allocation": "allocation", "active": "allocation", "segment": "reserved_bytes",
+    "inactive_split": None, "inactive_split_bytes": None,
+}
+_ACCUMULATED = ("allocated", "freed")
+_COUNTERS = {"num_ooms": "num_alloc_failures", "num_device_alloc": "calls_page_create",
+             "num_device_free": "calls_page_release", "num_alloc_retries": None,
+             "num_sync_all_streams": None}
+_accumulated_base = {}  # device -> the accumulated figures at the last reset_accumulated_stats
+
+
+def _torch_layout(nf, base=None):
+    """PyTorch's nested memory_stats from nofrag's stats() dict `nf` (empty: no pool yet, all 0);
+    `base`, a previous result, is subtracted from the accumulated figures (allocated, freed and
+    the counters), as torch.cuda.reset_accumulated_memory_stats asks."""
+    page = nf.get("granularity_bytes") or 1
+    out = {}
+    for key, gauge in _GAUGE_OF.items():
+        cur = nf.get(gauge + ".current", 0) if gauge else 0
+        peak = nf.get(gauge + ".peak", 0) if gauge else 0
+        total = nf.get(gauge + ".total", 0) if gauge else 0
+        if key == "segment":
+            cur, peak, total = cur // page, peak // page, total // page
+        stat = {"current": cur, "peak": peak, "allocated": total, "freed": total - cur}
+        if base:
+            for k in _ACCUMULATED:
+                stat[k] -= base[key]["all"][k]
+        out[key] = {"all": stat, "large_pool": dict(stat), "small_pool": dict.fromkeys(stat, 0)}
+    for key in ("oversize_allocations", "oversize_segments"):
+        out[key] = {"current": 0, "peak": 0, "allocated": 0, "freed": 0}
+    for key, counter in _COUNTERS.items():
+        out[key] = (nf.get(counter, 0) if counter else 0) - (base[key] if base else 0)
+    out["max_split_size"] = -1
+    return out
+
+
+def torch_memory_stats(device=None):
+    """The pool's figures in the layout of PyTorch's torch.cuda.memory_stats_as_nested_dict (flat
+    names like "allocated_bytes.all.peak" through torch.cuda.memory_stats). nofrag.torch.enable()
+    makes torch.cuda.memory_stats(), memory_allocated(), max_memory_reserved(), memory_summary()
+    and the like read these."""
+    dev = _device(device)
+    return _torch_layout(stats(dev), _accumulated_base.get(dev))
+
+
+def reset_accumulated_stats(device=None):
+    """Restarts the accumulated figures of torch_memory_stats (allocated, freed, num_ooms, ...)
+    from zero, as torch.cuda.reset_accumulated_memory_stats does; stats() keeps its totals."""
+    dev = _device(device)
+    _accumulated_base[dev] = _torch_layout(stats(dev))
 
 
 def step(device=-1):

@@ -190,6 +190,26 @@ def _install_hooks(torch, wrap_record_stream=True):
                 L.nf_torch_record_stream(ptr, self.device.index, stream.cuda_stream)
         return original_record_stream(self, stream)
 
+    # PyTorch's pluggable allocator refuses statistics ("does not yet support getDeviceStats"), so
+    # torch.cuda.memory_allocated() and the like would raise in every script that logs memory.
+    # The Python functions reach the allocator through these three torch._C entry points, which
+    # take a device index; nofrag answers them instead.
+    import nofrag
+
+    def memory_stats(device):
+        return nofrag.torch_memory_stats(device)
+
+    def reset_peak_memory_stats(device):
+        check(L.nf_torch_reset_peaks(device), "torch.cuda.reset_peak_memory_stats")
+
+    def reset_accumulated_memory_stats(device):
+        nofrag.reset_accumulated_stats(device)
+
+    _C = torch._C
+    for name, fn in (("_cuda_memoryStats", memory_stats), ("_cuda_resetPeakMemoryStats", reset_peak_memory_stats),
+                     ("_cuda_resetAccumulatedMemoryStats", reset_accumulated_memory_stats)):
+        _hooks[name] = getattr(_C, name, None)
+        setattr(_C, name, fn)
     _hooks.update(empty_cache=torch.cuda.empty_cache,
                   set_per_process_memory_fraction=torch.cuda.set_per_process_memory_fraction)
     torch.cuda.empty_cache = empty_cache

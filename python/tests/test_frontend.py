@@ -40,6 +40,16 @@ def fake_torch(initialized=False, record_stream_setter=False):
     cuda.set_per_process_memory_fraction = lambda f, d=None: None
     cuda.current_device = lambda: 0
     torch.cuda = cuda
+    _C = types.ModuleType("torch._C")  # PyTorch's entry points that refuse under a pluggable allocator
+
+    def refuses(name):
+        def entry(device):
+            raise RuntimeError(f"CUDAPluggableAllocator does not yet support {name}")
+        return entry
+    _C._cuda_memoryStats = refuses("getDeviceStats")
+    _C._cuda_resetPeakMemoryStats = refuses("resetPeakStats")
+    _C._cuda_resetAccumulatedMemoryStats = refuses("resetAccumulatedStats")
+    torch._C = _C
 
     class Tensor:
         def record_stream(self, stream):
@@ -128,6 +138,7 @@ class EnableTest(StandInTorchCase):
         import nofrag.torch as nt
         nt._enabled = False
         nt._active.clear()
+        nt._hooks.clear()
 
     def test_too_late_is_a_clear_error(self):
         torch, calls = fake_torch(initialized=True)
@@ -171,6 +182,47 @@ class EnableTest(StandInTorchCase):
         self.assertIn("record_stream", nt._hooks)
         # Without the C++ callback NCCL's stream uses stay unseen: no reuse across streams.
         self.assertFalse(nt.active_settings()["reuse_across_streams"])
+
+    def test_memory_statistics_answered_by_nofrag(self):
+        torch, calls = fake_torch()
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        nt.enable()
+        # No pool on device 0 here (no GPU): PyTorch's layout, every figure 0, and no refusal.
+        nested = torch._C._cuda_memoryStats(0)
+        for key in ("allocated_bytes", "reserved_bytes", "active_bytes", "requested_bytes",
+                    "inactive_split_bytes", "allocation", "active", "segment", "inactive_split"):
+            self.assertEqual(set(nested[key]), {"all", "large_pool", "small_pool"}, key)
+            self.assertEqual(nested[key]["all"], {"current": 0, "peak": 0, "allocated": 0, "freed": 0})
+        for key in ("num_ooms", "num_alloc_retries", "num_device_alloc", "num_device_free"):
+            self.assertEqual(nested[key], 0)
+        torch._C._cuda_resetPeakMemoryStats(0)
+        torch._C._cuda_resetAccumulatedMemoryStats(0)
+        self.assertIn("_cuda_memoryStats", nt._hooks)
+
+    def test_torch_layout_of_nofrag_figures(self):
+        nf = {"granularity_bytes": 2 << 20, "num_alloc_failures": 3, "calls_page_create": 40,
+              "calls_page_release": 10,
+              "allocated_bytes.current": 5000, "allocated_bytes.peak": 9000, "allocated_bytes.total": 20000,
+              "reserved_bytes.current": 30 << 20, "reserved_bytes.peak": 60 << 20,
+              "reserved_bytes.total": 80 << 20,
+              "allocation.current": 4, "allocation.peak": 9, "allocation.total": 25}
+        out = nofrag._torch_layout(nf)
+        self.assertEqual(out["allocated_bytes"]["all"],
+                         {"current": 5000, "peak": 9000, "allocated": 20000, "freed": 15000})
+        self.assertEqual(out["allocated_bytes"]["large_pool"], out["allocated_bytes"]["all"])
+        self.assertEqual(out["allocated_bytes"]["small_pool"]["allocated"], 0)
+        self.assertEqual(out["reserved_bytes"]["all"]["peak"], 60 << 20)
+        self.assertEqual(out["segment"]["all"], {"current": 15, "peak": 30, "allocated": 40, "freed": 25})
+        self.assertEqual(out["allocation"]["all"]["freed"], 21)
+        self.assertEqual((out["num_ooms"], out["num_device_alloc"], out["num_device_free"]), (3, 40, 10))
+        # After a reset of the accumulated figures, they count from it; current and peak do not.
+        later = dict(nf, **{"allocated_bytes.current": 6000, "allocated_bytes.total": 26000,
+                            "num_alloc_failures": 4})
+        after = nofrag._torch_layout(later, base=out)
+        self.assertEqual(after["allocated_bytes"]["all"],
+                         {"current": 6000, "peak": 9000, "allocated": 6000, "freed": 5000})
+        self.assertEqual(after["num_ooms"], 1)
 
     def test_record_stream_callback_set_where_pytorch_has_the_setter(self):
         torch, calls = fake_torch(record_stream_setter=True)

@@ -276,7 +276,7 @@ enum { GROWTH_PERMILLE = 20, BUDGET_GROWTH_PERMILLE = 200, IDLE_CHOICES = 64 };
 static uint64_t growth_room(const nf_pool *pool) {
     uint64_t room = headroom(pool);
     bool budget = room != UINT64_MAX && !pool->config.hold_near_live;
-    uint64_t peak = pool->stats.allocated_bytes.peak;
+    uint64_t peak = pool->live_high_water;
     uint64_t target = (peak + peak / 1000 * (budget ? BUDGET_GROWTH_PERMILLE : GROWTH_PERMILLE)) / pool->gran;
     uint64_t grow = target > held(pool) ? target - held(pool) : 0;
     return grow < room ? grow : room;

@@ -197,7 +197,7 @@ static void blocks_merge_known_done(nf_pool *pool);
 static void budget_check(nf_pool *pool) {
     bool was_tight = pool->budget_tight;
     pool->budget_tight = pool->cap_pages && pool->cap_pages * pool->gran * 100 <=
-                                                pool->stats.allocated_bytes.peak * (100 + BUDGET_TIGHT_PERCENT);
+                                                pool->live_high_water * (100 + BUDGET_TIGHT_PERCENT);
     if (pool->budget_tight && !was_tight) blocks_merge_known_done(pool);
 }
 
@@ -314,7 +314,10 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
     b->fence_seq = 0;
     b->fence_mask = stream_bit(idx);
     gauge_add(&pool->stats.allocated_bytes, size);
-    if (pool->stats.allocated_bytes.current == pool->stats.allocated_bytes.peak) budget_check(pool); /* a new peak */
+    if (pool->stats.allocated_bytes.current >= pool->live_high_water) { /* a new peak */
+        pool->live_high_water = pool->stats.allocated_bytes.current;
+        budget_check(pool);
+    }
     gauge_add(&pool->stats.allocation, 1);
     uint64_t end = b->addr + size - pool->base;
     if (end > pool->stats.virtual_span_bytes.current)

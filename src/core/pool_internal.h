@@ -27,6 +27,7 @@
  *   I10 reserved_bytes.current == |physical pages| * gran
  *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
+ *   I13 allocated_bytes.peak <= live_high_water  (nf_stats_reset_peaks lowers only the former)
  */
 #ifndef NOFRAG_POOL_INTERNAL_H
 #define NOFRAG_POOL_INTERNAL_H
@@ -190,6 +191,10 @@ struct nf_pool {
      * neighbours then merge at once (blocks_mergeable, budget_check in pool.c), and requests
      * smaller than a page go first to pages already busy (placement.c, step 0). */
     bool budget_tight;
+    /* The live peak so far, for the policy (budget_tight, how far the pool grows: pages.c): like
+     * stats.allocated_bytes.peak, but nf_stats_reset_peaks leaves it, so that a user measuring a
+     * phase's peak does not change how the pool places and grows. */
+    uint64_t live_high_water;
 
     /* Addresses of the most recent frees: a second free of one of them is reported as a double
      * free even after its block has merged into a larger free block. */

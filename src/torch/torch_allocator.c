@@ -28,6 +28,7 @@ int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
 int nf_torch_stats_json(int device, char *buf, size_t size);
+int nf_torch_reset_peaks(int device);
 int nf_torch_pool_exists(int device);
 const char *nf_torch_last_error(void);
 #pragma GCC visibility pop
@@ -280,6 +281,16 @@ int nf_torch_stats_json(int device, char *buf, size_t size) {
     nf_status s = nf_stats_get(pool, &st);
     if (s != NF_OK) return s;
     return nf_stats_to_json(&st, buf, size, NULL);
+}
+
+/* torch.cuda.reset_peak_memory_stats: statistics only (the pool's policy keeps its own peak). */
+int nf_torch_reset_peaks(int device) {
+    int s = NF_OK;
+    FOR_EACH_POOL(device, pool, {
+        int r = nf_stats_reset_peaks(pool);
+        if (r != NF_OK) s = r;
+    })
+    return s;
 }
 
 int nf_torch_pool_exists(int device) { return device_pool_peek(device) != NULL; }

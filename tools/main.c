@@ -248,6 +248,16 @@ static int cmd_replay(int argc, char **argv) {
         } else if (strcmp(a, "--layout-log") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a file name", a);
             layout_path = argv[++i];
+        } else if (strcmp(a, "--log") == 0) {
+            static const char *const levels[] = {"error", "warn", "info", "debug"};
+            if (i + 1 >= argc) return usage_error("%s needs a level (error, warn, info, debug)", a);
+            const char *v = argv[++i];
+            int level = -1;
+            for (int k = 0; k < 4; k++)
+                if (strcmp(v, levels[k]) == 0) level = k;
+            if (level < 0) return usage_error("'%s' is not a log level (error, warn, info, debug)", v);
+            c.opts.log = true;
+            c.opts.log_level = (nf_log_level)level;
         } else if (strcmp(a, "--real-memory") == 0) {
             c.opts.real_memory = true;
         } else if (strcmp(a, "--hold-near-live") == 0) {

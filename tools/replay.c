@@ -101,6 +101,13 @@ static nf_status lag_advance(nf_backend *backend, void **streams, lag_entry *rin
     return s;
 }
 
+/* --log: the pool's messages on stderr, each naming the trace (several may be replayed in one run). */
+static void log_to_stderr(void *user, nf_log_level level, const char *message) {
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    fprintf(stderr, "nofrag replay %s: %s: %s\n", ((const trace *)user)->name,
+            (unsigned)level < 4 ? names[level] : "log", message);
+}
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
     if (opts->cuda_device >= 0 && opts->stream_lag) {
@@ -126,6 +133,11 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     cfg.page_bytes = opts->page_bytes;
     cfg.hold_near_live = opts->hold_near_live;
     cfg.reuse_across_streams = opts->reuse_across_streams;
+    if (opts->log) {
+        cfg.log = log_to_stderr;
+        cfg.log_user = (void *)t;
+        cfg.log_level = opts->log_level;
+    }
     nf_pool *pool;
     if ((s = nf_pool_create(&cfg, backend, &pool)) != NF_OK) {
         snprintf(err, err_size, "cannot create a pool: %s", nf_status_str(s));
@@ -235,6 +247,7 @@ int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *mi
                         size_t err_size) {
     uint64_t gran = opts->page_bytes ? opts->page_bytes : opts->granularity ? opts->granularity : 2ull << 20;
     replay_options o = *opts;
+    o.log = false; /* the search fails allocations on purpose */
     o.progress = false;
     o.per_step = false;
     o.layout_log = NULL;

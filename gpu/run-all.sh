@@ -4,8 +4,9 @@
 #   gpu/run-all.sh              everything
 #   gpu/run-all.sh record       also record new traces (needs workloads.py in .rec/)
 #   ONLY="hooks multi" gpu/run-all.sh   only those sections (see `want` below)
-# No section reads traces/long/ (20 MiB): where the tree is shipped to a GPU machine under a size
-# limit (the repository is about 75 MiB, the device tool takes 64), leave it behind.
+# No section reads traces/long/ (20 MiB) or traces/heldout/ (12 MiB): where the tree is shipped to
+# a GPU machine under a size limit (the repository is about 87 MiB, the device tool takes 64),
+# leave them behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}

@@ -30,10 +30,17 @@ def version():
 
 
 def _device(device):
-    if device is None:
+    """A device index from None (the current device), an index, "cuda:N" or a torch.device."""
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str):
+        import torch
+        device = torch.device(device)
+    index = getattr(device, "index", device)
+    if index is None:
         import torch
         return torch.cuda.current_device()
-    return int(getattr(device, "index", device) if not isinstance(device, int) else device)
+    return int(index)
 
 
 def stats(device=None):

@@ -200,6 +200,18 @@ class EnableTest(StandInTorchCase):
         torch._C._cuda_resetAccumulatedMemoryStats(0)
         self.assertIn("_cuda_memoryStats", nt._hooks)
 
+    def test_device_arguments(self):
+        torch, calls = fake_torch()
+        torch.cuda.current_device = lambda: 3
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+        torch.device = lambda text: Device(None if text == "cuda" else int(text.split(":")[1]))
+        self.use_torch(torch)
+        self.assertEqual([nofrag._device(d) for d in (None, 2, "cuda:1", "cuda", Device(5), Device(None))],
+                         [3, 2, 1, 3, 5, 3])
+
     def test_torch_layout_of_nofrag_figures(self):
         nf = {"granularity_bytes": 2 << 20, "num_alloc_failures": 3, "calls_page_create": 40,
               "calls_page_release": 10,

@@ -25,6 +25,7 @@ for spec in "$@"; do
     2>&1 | tail -1
   python3 gpu/convert_trace.py "$work/$w.trace.csv.gz" "$work/$w.marks.json" "$work/out" || exit 1
   cp "$work/$w.default.json" "$work/$w.expandable.json" "$work/out/"
+  # Archived after every job, so that a call cut off by a time limit keeps the jobs it finished.
+  tar -czf "$RESULTS/recorded.tar.gz" -C "$work/out" .
 done
-tar -czf "$RESULTS/recorded.tar.gz" -C "$work/out" .
 ls -la "$work/out"

@@ -1,6 +1,7 @@
 """The Python front end without a GPU: settings, library loading, enable() against a stand-in torch
 module, and the C entry points' behaviour where no CUDA driver exists."""
 import ctypes
+import json
 import importlib
 import os
 import types
@@ -124,6 +125,36 @@ class LibraryTest(unittest.TestCase):
         self.assertEqual(nofrag.stats(0), {})  # no pool was created
         nofrag.trim()  # nothing to trim: no error
         nofrag.check_pools()
+
+    def test_torch_layout_reads_the_library_json(self):
+        """The names _torch_layout reads are the ones nf_stats_to_json writes: a pool on the host
+        backend (a zeroed nf_config is a valid one), two allocations, its JSON mapped."""
+        L = _lib.lib()
+        vp = ctypes.c_void_p
+        backend, pool = vp(), vp()
+        config = ctypes.create_string_buffer(512)  # zeros: no cap, default alignment, no log
+        self.assertEqual(L.nf_backend_host_create(ctypes.c_bool(False), ctypes.c_uint64(0), ctypes.byref(backend)), 0)
+        self.assertEqual(L.nf_pool_create(config, backend, ctypes.byref(pool)), 0)
+        try:
+            ptrs = [vp(), vp()]
+            for p, size in zip(ptrs, (3 << 20, 1000)):
+                self.assertEqual(L.nf_alloc(pool, ctypes.c_size_t(size), None, ctypes.byref(p)), 0)
+            self.assertEqual(L.nf_free(pool, ptrs[1], None), 0)
+            st = ctypes.create_string_buffer(8192)
+            self.assertEqual(L.nf_stats_get(pool, st), 0)
+            text = ctypes.create_string_buffer(16384)
+            self.assertEqual(L.nf_stats_to_json(st, text, ctypes.c_size_t(len(text)), None), 0)
+            out = nofrag._torch_layout(json.loads(text.value.decode()))
+            self.assertEqual(out["allocated_bytes"]["all"],
+                             {"current": 3 << 20, "peak": (3 << 20) + 1024, "allocated": (3 << 20) + 1024, "freed": 1024})
+            self.assertEqual(out["allocation"]["all"], {"current": 1, "peak": 2, "allocated": 2, "freed": 1})
+            self.assertEqual(out["reserved_bytes"]["all"]["current"], out["segment"]["all"]["current"] * (2 << 20))
+            self.assertGreaterEqual(out["segment"]["all"]["current"], 2)
+            self.assertEqual(out["num_device_alloc"], out["segment"]["all"]["allocated"])
+            L.nf_free(pool, ptrs[0], None)
+        finally:
+            L.nf_pool_destroy(pool)
+            L.nf_backend_destroy(backend)
 
     def test_configure_rejects_bad_values(self):
         L = _lib.lib()

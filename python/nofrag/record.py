@@ -13,6 +13,11 @@ the job really need, and what would nofrag hold and do for it?
 
 `with nofrag.record.Recorder("traces/myjob") as recorder:` starts and stops it around a block.
 
+A memory snapshot saved earlier (torch.cuda.memory._dump_snapshot, the memory visualiser's input)
+converts the same way, without steps (its history has no step marks):
+
+    python3 -m nofrag.record SNAPSHOT.pickle traces/myjob [--device N]
+
 It uses PyTorch's memory history (torch.cuda.memory._record_memory_history), so it records what
 PyTorch's own caching allocator is asked for: run the job with PyTorch's allocator, not under
 nofrag.torch.enable() (a pluggable allocator keeps no history). A block lives from its `alloc` to
@@ -23,10 +28,12 @@ a NAME.steps sidecar listing the row where each step starts.
 import datetime
 import gzip
 import os
+import pickle
+import sys
 import time
 import warnings
 
-__all__ = ["Recorder", "convert", "RecordingError"]
+__all__ = ["Recorder", "convert", "convert_snapshot", "RecordingError"]
 
 DEFAULT_MAX_ENTRIES = 4_000_000
 
@@ -162,3 +169,61 @@ class Recorder:
             import torch
             _history_off(torch)
         return False
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """A snapshot holds only dicts, lists, strings and numbers; refusing every class keeps loading
+    a file from elsewhere from running code (what a plain pickle.load would allow)."""
+
+    def find_class(self, module, name):
+        raise RecordingError(f"not a plain memory snapshot: it names {module}.{name}")
+
+
+def convert_snapshot(path, out_base, device=None):
+    """Writes OUT_BASE.csv.gz and OUT_BASE.steps (no steps) from a snapshot PyTorch saved with
+    torch.cuda.memory._dump_snapshot while memory history was on. device: the CUDA device whose
+    history to take; None: the only one that has any. Returns convert()'s summary."""
+    try:
+        with open(path, "rb") as f:
+            snapshot = _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+        raise RecordingError(f"{path}: not a PyTorch memory snapshot ({e})") from None
+    traces = snapshot.get("device_traces") if isinstance(snapshot, dict) else None
+    if not isinstance(traces, list):
+        raise RecordingError(f"{path}: no device_traces: not a snapshot of memory history "
+                             "(was torch.cuda.memory._record_memory_history on?)")
+    recorded = [d for d, events in enumerate(traces) if events]
+    if device is None:
+        if len(recorded) != 1:
+            raise RecordingError(f"{path}: history on devices {recorded or 'none'}: name one with --device"
+                                 if recorded else f"{path}: the snapshot's history is empty")
+        device = recorded[0]
+    if not 0 <= device < len(traces) or not traces[device]:
+        raise RecordingError(f"{path}: no history for device {device} (devices with history: {recorded})")
+    return convert(traces[device], [], out_base)
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(prog="python3 -m nofrag.record",
+                                 description="Converts a PyTorch memory snapshot (torch.cuda.memory."
+                                             "_dump_snapshot) into a trace for nofrag replay.")
+    ap.add_argument("snapshot")
+    ap.add_argument("out_base", help="output path without extension: writes OUT_BASE.csv.gz and OUT_BASE.steps")
+    ap.add_argument("--device", type=int, help="the CUDA device whose history to take (default: the only one)")
+    args = ap.parse_args(argv)
+    if args.out_base.endswith(".csv.gz"):
+        ap.error("out_base is a path without extension, such as 'traces/myjob'")
+    try:
+        summary = convert_snapshot(args.snapshot, args.out_base, args.device)
+    except (RecordingError, OSError) as e:
+        print(f"nofrag.record: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {summary['trace']}: {summary['events']} events, {summary['live_at_end']} blocks live at the end "
+          "(no step marks: the replay's figures cover the whole trace)")
+    print(f"next: nofrag replay --min-capacity {summary['trace']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,10 +1,13 @@
 """nofrag.record without a GPU: converting memory-history events to a replayable trace, and the
 Recorder against a stand-in torch module whose history we script. If the command-line replayer is
 built (build/nofrag, or NOFRAG_CLI), the written trace is replayed and its figures checked."""
+import datetime
 import gzip
 import json
 import os
+import pickle
 import subprocess
+import sys
 import tempfile
 import types
 import unittest
@@ -110,6 +113,59 @@ class ConvertTest(unittest.TestCase):
         self.assertEqual(d["peak_live_bytes"], 11 * MIB)  # weight + step-0 activation + temporary
         self.assertEqual(d["failed_allocs"], 0)
         self.assertGreaterEqual(d["min_capacity_bytes"], 11 * MIB)
+
+
+class SnapshotTest(unittest.TestCase):
+    """python3 -m nofrag.record SNAPSHOT OUT: a snapshot saved with torch.cuda.memory._dump_snapshot."""
+
+    def write(self, d, snapshot, raw=None):
+        path = os.path.join(d, f"snap{len(os.listdir(d))}.pickle")
+        with open(path, "wb") as f:
+            f.write(raw if raw is not None else pickle.dumps(snapshot))
+        return path
+
+    def test_converts_the_device_with_history(self):
+        with tempfile.TemporaryDirectory() as d:
+            snap = {"segments": [], "device_traces": [[], two_steps()]}
+            path = self.write(d, snap)
+            summary = record.convert_snapshot(path, os.path.join(d, "job"))
+            lines, steps = read_trace(os.path.join(d, "job"))
+            self.assertEqual(summary["events"], 7)
+            self.assertEqual(len(lines), 8)  # the header and 7 rows
+            self.assertEqual(steps, [])  # a snapshot has no step marks
+            # The command line does the same and says what to run next.
+            res = subprocess.run([sys.executable, "-m", "nofrag.record", path, os.path.join(d, "cli")],
+                                 capture_output=True, text=True, cwd=os.path.join(REPO, "python"))
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertIn("7 events", res.stdout)
+            self.assertIn("nofrag replay --min-capacity", res.stdout)
+            self.assertEqual(read_trace(os.path.join(d, "cli"))[0], lines)
+
+    def test_bad_snapshots(self):
+        with tempfile.TemporaryDirectory() as d:
+            base = os.path.join(d, "job")
+            cases = [
+                (self.write(d, None, raw=b"not a pickle at all"), "not a PyTorch memory snapshot"),
+                # A pickle that names a class could run code on load: refused.
+                (self.write(d, None, raw=pickle.dumps({"device_traces": [two_steps()], "x": datetime.date(2026, 1, 1)})),
+                 "not a plain memory snapshot: it names datetime.date"),
+                (self.write(d, [1, 2]), "no device_traces"),
+                (self.write(d, {"device_traces": [[], []]}), "history is empty"),
+                (self.write(d, {"device_traces": [two_steps(), two_steps()]}), "name one with --device"),
+            ]
+            for path, message in cases:
+                with self.assertRaisesRegex(record.RecordingError, message):
+                    record.convert_snapshot(path, base)
+            path = self.write(d, {"device_traces": [two_steps(), []]})
+            with self.assertRaisesRegex(record.RecordingError, "no history for device 1"):
+                record.convert_snapshot(path, base, device=1)
+            with self.assertRaisesRegex(record.RecordingError, "no history for device 5"):
+                record.convert_snapshot(path, base, device=5)
+            self.assertFalse(os.path.exists(base + ".csv.gz"))
+            res = subprocess.run([sys.executable, "-m", "nofrag.record", os.path.join(d, "missing"), base],
+                                 capture_output=True, text=True, cwd=os.path.join(REPO, "python"))
+            self.assertEqual(res.returncode, 1)
+            self.assertIn("No such file", res.stderr)
 
 
 def scripted_torch(events, device_count=1):

@@ -2,7 +2,9 @@
 replays the trace with the command-line replayer and checks it against PyTorch's own figures: the
 trace's live peak in PyTorch's 512-byte blocks is at least PyTorch's allocated peak (a block stays
 live until its free has completed) and at most its reserved peak, the replay completes, and every
-step was marked. (The trace keeps requested sizes, which the replay's live peak adds up.)
+step was marked. (The trace keeps requested sizes, which the replay's live peak adds up.) Then the
+same for a memory snapshot: history on, 3 steps, torch.cuda.memory._dump_snapshot, converted with
+`python3 -m nofrag.record` (a real snapshot must load as plain data) and replayed.
 
 usage: python3 gpu/record_check.py NOFRAG_CLI OUT_DIR
 """
@@ -45,4 +47,27 @@ print(f"recorded {summary['events']} events, {summary['steps']} steps; PyTorch a
       f"reserved peak {reserved}; trace live peak {block_peak} in blocks, {replay['peak_live_bytes']} requested; nofrag held "
       f"{replay['overhead_ratio']:.4f}x live, min capacity {replay['min_capacity_ratio']:.4f}x: "
       f"{'ok' if ok else 'MISMATCH'}")
-sys.exit(0 if ok else 1)
+
+# A snapshot saved with _dump_snapshot, as users of PyTorch's memory visualiser have.
+snap_path, snap_base = os.path.join(out_dir, "snapshot.pickle"), os.path.join(out_dir, "snapshot_job")
+torch.cuda.memory._record_memory_history(max_entries=100_000)
+for step in range(3):
+    x = torch.randn(64 * (1 + step), 4096, device="cuda")
+    model(x).square().mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+torch.cuda.synchronize()
+torch.cuda.memory._dump_snapshot(snap_path)
+torch.cuda.memory._record_memory_history(enabled=None)
+res = subprocess.run([sys.executable, "-m", "nofrag.record", snap_path, snap_base], capture_output=True, text=True,
+                     cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+snap_ok = res.returncode == 0
+if snap_ok:
+    snap_replay = json.loads(subprocess.run([cli, "replay", "--json", snap_base + ".csv.gz"], check=True,
+                                            capture_output=True, text=True).stdout)
+    snap_ok = snap_replay["events"] > 0 and snap_replay["failed_allocs"] == 0
+    print(f"snapshot converted ({res.stdout.splitlines()[0]}), replayed: {snap_replay['events']} events, "
+          f"held {snap_replay['overhead_ratio']:.4f}x live: {'ok' if snap_ok else 'MISMATCH'}")
+else:
+    print(f"snapshot conversion failed: {res.stderr.strip()}: MISMATCH")
+sys.exit(0 if ok and snap_ok else 1)

@@ -161,8 +161,8 @@ python3 gpu/memory_table.py native="$OUT/gpt2_prefetch_native.json" nofrag="$OUT
 fi
 if want record_check; then
 step "nofrag.record on a real job: record with PyTorch's allocator, replay, compare"
-python3 gpu/record_check.py build-gpu/nofrag "$OUT" 2>&1 | grep -v Warning | tail -2 | tee "$OUT/record_check.log"
-grep -q ": ok$" "$OUT/record_check.log" || status=1
+python3 gpu/record_check.py build-gpu/nofrag "$OUT" 2>&1 | grep -v Warning | tail -3 | tee "$OUT/record_check.log" || status=1
+[ "$(grep -c ": ok$" "$OUT/record_check.log")" = 2 ] || status=1
 
 fi
 if want readme; then

@@ -219,7 +219,7 @@ def main(argv):
     except (RecordingError, OSError) as e:
         print(f"nofrag.record: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {summary['trace']}: {summary['events']} events, {summary['live_at_end']} blocks live at the end "
+    print(f"wrote {summary['trace']}: {summary['events']} events, live at the end: {summary['live_at_end']} blocks "
           "(no step marks: the replay's figures cover the whole trace)")
     print(f"next: nofrag replay --min-capacity {summary['trace']}")
     return 0

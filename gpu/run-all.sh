@@ -180,6 +180,12 @@ NOFRAG_REUSE_ACROSS_STREAMS=0 NOFRAG_LIBRARY="$PWD/build-gpu/libnofrag.so" pytho
 grep -q "hooks_check: PASSED" "$OUT/hooks_noacross.log" || status=1
 
 fi
+if want compile; then
+step "torch.compile (default mode) under nofrag: loss and gradient as eager's"
+python3 gpu/compile_check.py 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/compile.log" || status=1
+grep -q "compile_check: PASSED" "$OUT/compile.log" || status=1
+
+fi
 if want multi; then
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then

@@ -44,7 +44,14 @@ static const char USAGE[] =
     "  --page-size BYTES       the pool's physical page size: a power-of-two multiple of the\n"
     "                          granularity (default: the granularity); fewer, larger pages mean\n"
     "                          fewer driver calls and coarser memory\n"
-    "  --real-memory           back the pool with real host memory (slow; checks data paths)\n"
+    "  --real-memory           back the pool with real host memory and check every block's\n"
+    "                          bytes: a tag in each page it covers, written when it is placed and\n"
+    "                          compared when it is freed (JSON: checked_words, corrupt_words); a\n"
+    "                          changed tag is reported and the exit status is 1\n"
+    "  --log LEVEL             print the pool's messages at LEVEL or more severe to stderr\n"
+    "                          (error, warn, info, debug): why an allocation failed under a cap\n"
+    "                          (its size, the cap, live, held and idle bytes, the largest free\n"
+    "                          range), driver failures (default: none)\n"
     "  --layout-log FILE       write every placement, free and step mark to FILE (one trace\n"
     "                          only; for layout studies, read by bench/physical_oracle.py)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
@@ -182,6 +189,10 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     json_num("overhead_ratio", "%.6f", t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0);
     json_u64("virtual_span_bytes", s->virtual_span_bytes.peak);
     json_u64("failed_allocs", r->failed_allocs);
+    if (c->opts.real_memory) {
+        json_u64("checked_words", r->checked_words);
+        json_u64("corrupt_words", r->corrupt_words);
+    }
     json_num("remaps_per_step", "%.3f", r->remaps_per_step);
     json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
     json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
@@ -330,6 +341,11 @@ static int cmd_replay(int argc, char **argv) {
             status = 1;
             trace_free(&t);
             continue;
+        }
+        if (r.corrupt_words) {
+            fprintf(stderr, "nofrag: %s: %llu of %llu checked words changed while their blocks were live\n",
+                    t.path, (unsigned long long)r.corrupt_words, (unsigned long long)r.checked_words);
+            status = 1;
         }
         if (c.json) {
             print_json(&c, &t, &r, o.capacity, min_cap);

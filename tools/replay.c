@@ -101,6 +101,35 @@ static nf_status lag_advance(nf_backend *backend, void **streams, lag_entry *rin
     return s;
 }
 
+/* --real-memory: each block's tags, one word per page it covers (see replay_options.real_memory),
+ * each a value no other block or position shares. A page moved or unmapped under a live block, or
+ * a physical page shared by two live blocks, changes a tag. */
+static uint64_t tag_value(uint64_t serial, uint64_t addr) {
+    uint64_t x = serial * 0x9e3779b97f4a7c15ull ^ addr * 0xc2b2ae3d27d4eb4full;
+    return x ^ (x >> 29);
+}
+
+/* Calls visit(word address) for every tag position of [addr, addr + size): the first word, the
+ * first word of every later page, the last word. */
+#define FOR_EACH_TAG(addr, size, page, word, body)                                             \
+    do {                                                                                         \
+        uint64_t end_ = (addr) + (size) - 8, word = (addr);                                     \
+        body;                                                                                    \
+        for (word = ((addr) / (page) + 1) * (page); word < end_; word += (page)) body;          \
+        if (end_ > (addr)) { word = end_; body; }                                                \
+    } while (0)
+
+static void tags_write(uint64_t addr, uint64_t size, uint64_t page, uint64_t serial) {
+    FOR_EACH_TAG(addr, size, page, w, *(volatile uint64_t *)(uintptr_t)w = tag_value(serial, w));
+}
+
+static void tags_check(uint64_t addr, uint64_t size, uint64_t page, uint64_t serial, replay_result *r) {
+    FOR_EACH_TAG(addr, size, page, w, {
+        r->checked_words++;
+        r->corrupt_words += *(volatile uint64_t *)(uintptr_t)w != tag_value(serial, w);
+    });
+}
+
 /* --log: the pool's messages on stderr, each naming the trace (several may be replayed in one run). */
 static void log_to_stderr(void *user, nf_log_level level, const char *message) {
     static const char *const names[] = {"error", "warn", "info", "debug"};
@@ -145,6 +174,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         return -1;
     }
     void **ptrs = calloc(t->slot_count ? t->slot_count : 1, sizeof *ptrs);
+    /* --real-memory: each live slot's tag serial (its allocation's event number + 1) and size. */
+    uint64_t *tag_serial = opts->real_memory ? calloc(t->slot_count ? t->slot_count : 1, sizeof *tag_serial) : NULL;
+    uint64_t *tag_size = opts->real_memory ? calloc(t->slot_count ? t->slot_count : 1, sizeof *tag_size) : NULL;
+    uint64_t tag_page = opts->granularity ? opts->granularity : 2ull << 20;
     void **streams = calloc(t->stream_count ? t->stream_count : 1, sizeof *streams);
     /* --stream-lag: one simulated kernel is queued on an event's stream before the event (the
      * work that used the block, or will use it), and the ring holds, for the last stream_lag
@@ -156,9 +189,12 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         r->step_slots = t->step_count + 1;
         r->steps = calloc(r->step_slots, sizeof *r->steps);
     }
-    if (!ptrs || !streams || (opts->per_step && !r->steps) || (opts->stream_lag && (!lag_ring || !lag_queued))) {
+    if (!ptrs || !streams || (opts->per_step && !r->steps) || (opts->stream_lag && (!lag_ring || !lag_queued)) ||
+        (opts->real_memory && (!tag_serial || !tag_size))) {
         snprintf(err, err_size, "out of memory");
         replay_result_free(r);
+        free(tag_serial);
+        free(tag_size);
         free(lag_ring);
         free(lag_queued);
         free(ptrs);
@@ -206,11 +242,19 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
+            if (tag_serial && ptrs[ev->slot]) {
+                tag_serial[ev->slot] = i + 1;
+                tag_size[ev->slot] = (ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment;
+                if (!tag_size[ev->slot]) tag_size[ev->slot] = cfg.alignment;
+                tags_write((uintptr_t)ptrs[ev->slot], tag_size[ev->slot], tag_page, tag_serial[ev->slot]);
+            }
             if (layout && ptrs[ev->slot])
                 fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot],
                         (unsigned long long)((ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment));
         } else if (ptrs[ev->slot]) {
             if (layout) fprintf(layout, "F %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot]);
+            if (tag_serial)
+                tags_check((uintptr_t)ptrs[ev->slot], tag_size[ev->slot], tag_page, tag_serial[ev->slot], r);
             if ((s = nf_free(pool, ptrs[ev->slot], streams[ev->stream])) != NF_OK) r->status = s;
             ptrs[ev->slot] = NULL;
         }
@@ -219,6 +263,11 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
                     (unsigned long long)(i * 100 / t->event_count));
     }
     r->seconds = now_seconds() - start;
+    if (tag_serial) /* blocks still live at the end keep their tags too */
+        for (uint64_t k = 0; k < t->slot_count; k++)
+            if (ptrs[k]) tags_check((uintptr_t)ptrs[k], tag_size[k], tag_page, tag_serial[k], r);
+    free(tag_serial);
+    free(tag_size);
     free(lag_ring);
     free(lag_queued);
     if (opts->per_step) per_step_close(pool, r, next_step, &step_last);

@@ -15,7 +15,10 @@
 
 typedef struct replay_options {
     uint64_t capacity;    /* bytes; 0: no cap */
-    bool real_memory;     /* host backend with real memory (slow; for checking data paths) */
+    /* Host backend with real memory, and every block's bytes checked: a tag in each page it covers
+     * (its first word, the first word of every page it starts past, its last word) is written at
+     * allocation and compared at free (result.corrupt_words). */
+    bool real_memory;
     uint64_t granularity; /* host backend's granularity; 0: 2 MiB, CUDA's */
     uint64_t page_bytes;  /* the pool's page size (nf_config.page_bytes); 0: the granularity */
     bool hold_near_live;  /* nf_config.hold_near_live: under the cap, grow only with the live peak */
@@ -45,6 +48,8 @@ typedef struct replay_result {
     nf_status status;      /* NF_OK unless the pool itself failed (not an out-of-memory) */
     uint64_t events;
     uint64_t failed_allocs;
+    uint64_t corrupt_words; /* with options.real_memory: tags found changed at a block's free */
+    uint64_t checked_words; /* ... and tags compared */
     nf_stats stats;        /* at the end */
     nf_stats window_start; /* at the start of step REPLAY_WARMUP_STEPS (or the beginning) */
     uint32_t window_steps; /* steps in the per-step window (at least 1) */

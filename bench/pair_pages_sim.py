@@ -23,40 +23,12 @@ layout stays nofrag's single-page one: a pool with pairs would place the same bl
 way, so this isolates what the physical side changes, but not what the waste of half-used pairs
 would do to the layout. An estimate, not a replay.
 
-usage: bench/pair_pages_sim.py LOG [--pairs] [--aliases N]
+usage: bench/pair_pages_sim.py LOG [--pairs] [--min-pages N] [--strict FRACTION] [--aliases N]
 """
 import argparse
 from collections import defaultdict
 
-from physical_oracle import WARMUP_STEPS
-
-
-def read_log(path):
-    """physical_oracle.read_log's events, with the pages a block covers wholly added to each
-    allocation: ('A', first, last, first_whole, last_whole)."""
-    page = cap = None
-    base = 0
-    events, sizes = [], {}
-    with open(path) as f:
-        for line in f:
-            p = line.split()
-            if p[0] == "#":
-                fields = dict(zip(p[-6::2], p[-5::2]))
-                page, cap, base = int(fields["page_bytes"]), int(fields["capacity_pages"]), int(fields["base"])
-            elif p[0] == "A":
-                addr, size = int(p[1]) - base, int(p[2])
-                sizes[addr] = size
-                events.append(("A", addr // page, (addr + size - 1) // page, -(-addr // page),
-                               (addr + size) // page - 1))
-            elif p[0] == "F":
-                addr = int(p[1]) - base
-                size = sizes.pop(addr)
-                events.append(("F", addr // page, (addr + size - 1) // page))
-            elif p[0] == "S":
-                events.append(("S",))
-    if page is None or not cap:
-        raise SystemExit(f"{path}: not a layout log of a replay with a cap")
-    return page, cap, events
+from physical_oracle import WARMUP_STEPS, read_log
 
 
 class Handles:

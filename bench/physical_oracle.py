@@ -26,8 +26,9 @@ WARMUP_STEPS = 3  # tools/replay.h: REPLAY_WARMUP_STEPS
 
 
 def read_log(path):
-    """Returns (page_bytes, capacity_pages, events): events are ('A', first, last),
-    ('F', first, last) and ('S',), in pages."""
+    """Returns (page_bytes, capacity_pages, events): events are ('A', first, last, first_whole,
+    last_whole), ('F', first, last) and ('S',), in pages; an allocation also names the pages it
+    covers wholly (first_whole > last_whole when none), which bench/pair_pages_sim.py reads."""
     page = cap = None
     base = 0
     events, sizes = [], {}
@@ -42,7 +43,8 @@ def read_log(path):
             elif p[0] == "A":
                 addr, size = int(p[1]) - base, int(p[2])
                 sizes[addr] = size
-                events.append(("A", addr // page, (addr + size - 1) // page))
+                events.append(("A", addr // page, (addr + size - 1) // page, -(-addr // page),
+                               (addr + size) // page - 1))
             elif p[0] == "F":
                 addr = int(p[1]) - base
                 size = sizes.pop(addr)

@@ -192,6 +192,7 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     if (c->opts.real_memory) {
         json_u64("checked_words", r->checked_words);
         json_u64("corrupt_words", r->corrupt_words);
+        json_u64("skipped_checks", r->skipped_checks);
     }
     json_num("remaps_per_step", "%.3f", r->remaps_per_step);
     json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);

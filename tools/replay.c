@@ -109,8 +109,8 @@ static uint64_t tag_value(uint64_t serial, uint64_t addr) {
     return x ^ (x >> 29);
 }
 
-/* Calls visit(word address) for every tag position of [addr, addr + size): the first word, the
- * first word of every later page, the last word. */
+/* Runs body with `word` at every tag position of [addr, addr + size): the first word, the first
+ * word of every later page, the last word. */
 #define FOR_EACH_TAG(addr, size, page, word, body)                                             \
     do {                                                                                         \
         uint64_t end_ = (addr) + (size) - 8, word = (addr);                                     \
@@ -119,15 +119,93 @@ static uint64_t tag_value(uint64_t serial, uint64_t addr) {
         if (end_ > (addr)) { word = end_; body; }                                                \
     } while (0)
 
-static void tags_write(uint64_t addr, uint64_t size, uint64_t page, uint64_t serial) {
-    FOR_EACH_TAG(addr, size, page, w, *(volatile uint64_t *)(uintptr_t)w = tag_value(serial, w));
+/* With --stream-lag, a block's tags are written by a simulated kernel queued on its stream right
+ * after the allocation, and checked by the kernel its free event queued before the free, each
+ * when its stream reaches it (the backend's completion hook), as a GPU would run them: so a block
+ * handed to another stream before the old owner's work is done (a fence the pool did not keep)
+ * shows as a changed tag. A check that runs before its block's write (a block used across
+ * streams the trace does not order) is skipped and counted. Without a lag both run at once. */
+typedef struct tag_item {
+    uint64_t count; /* the stream's submission that runs it */
+    uint64_t addr, size, serial;
+    bool check;     /* else a write */
+} tag_item;
+
+typedef struct tag_queue {
+    tag_item *items;
+    size_t head, len, cap;
+} tag_queue;
+
+typedef struct tag_checker {
+    uint64_t page;
+    uint64_t *serial, *size; /* per trace slot: the live block's serial (event number + 1) and size */
+    bool *written;           /* per serial: its tags are in memory */
+    tag_queue *queues;       /* per trace stream, with a lag */
+    void **streams;
+    uint32_t stream_count;
+    replay_result *r;
+} tag_checker;
+
+static void tags_run(tag_checker *tc, const tag_item *it) {
+    if (!it->check) {
+        FOR_EACH_TAG(it->addr, it->size, tc->page, w, *(volatile uint64_t *)(uintptr_t)w = tag_value(it->serial, w));
+        tc->written[it->serial] = true;
+        return;
+    }
+    if (!tc->written[it->serial]) {
+        tc->r->skipped_checks++;
+        return;
+    }
+    FOR_EACH_TAG(it->addr, it->size, tc->page, w, {
+        tc->r->checked_words++;
+        tc->r->corrupt_words += *(volatile uint64_t *)(uintptr_t)w != tag_value(it->serial, w);
+    });
 }
 
-static void tags_check(uint64_t addr, uint64_t size, uint64_t page, uint64_t serial, replay_result *r) {
-    FOR_EACH_TAG(addr, size, page, w, {
-        r->checked_words++;
-        r->corrupt_words += *(volatile uint64_t *)(uintptr_t)w != tag_value(serial, w);
-    });
+/* Runs it at once, or (queues) when its stream's submission it->count completes. */
+static bool tags_add(tag_checker *tc, uint32_t stream, const tag_item *it) {
+    if (!tc->queues) {
+        tags_run(tc, it);
+        return true;
+    }
+    tag_queue *q = &tc->queues[stream];
+    if (q->head + q->len == q->cap) {
+        if (q->head) { /* reuse the consumed front */
+            memmove(q->items, q->items + q->head, q->len * sizeof *q->items);
+            q->head = 0;
+        } else {
+            size_t cap = q->cap ? q->cap * 2 : 64;
+            tag_item *grown = realloc(q->items, cap * sizeof *grown);
+            if (!grown) return false;
+            q->items = grown;
+            q->cap = cap;
+        }
+    }
+    q->items[q->head + q->len++] = *it;
+    return true;
+}
+
+/* The host backend's completion hook: runs the queued items the stream has now reached. */
+static void tags_on_complete(void *user, void *stream, uint64_t completed) {
+    tag_checker *tc = user;
+    for (uint32_t i = 0; i < tc->stream_count; i++) {
+        if (tc->streams[i] != stream) continue;
+        tag_queue *q = &tc->queues[i];
+        while (q->len && q->items[q->head].count <= completed) {
+            tags_run(tc, &q->items[q->head]);
+            q->head++;
+            q->len--;
+        }
+        return;
+    }
+}
+
+static void tags_free(tag_checker *tc) {
+    for (uint32_t i = 0; tc->queues && i < tc->stream_count; i++) free(tc->queues[i].items);
+    free(tc->queues);
+    free(tc->serial);
+    free(tc->size);
+    free(tc->written);
 }
 
 /* --log: the pool's messages on stderr, each naming the trace (several may be replayed in one run). */
@@ -174,10 +252,16 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         return -1;
     }
     void **ptrs = calloc(t->slot_count ? t->slot_count : 1, sizeof *ptrs);
-    /* --real-memory: each live slot's tag serial (its allocation's event number + 1) and size. */
-    uint64_t *tag_serial = opts->real_memory ? calloc(t->slot_count ? t->slot_count : 1, sizeof *tag_serial) : NULL;
-    uint64_t *tag_size = opts->real_memory ? calloc(t->slot_count ? t->slot_count : 1, sizeof *tag_size) : NULL;
-    uint64_t tag_page = opts->granularity ? opts->granularity : 2ull << 20;
+    tag_checker tags = {.page = opts->granularity ? opts->granularity : 2ull << 20, .r = r,
+                        .stream_count = t->stream_count};
+    bool tags_on = opts->real_memory && opts->cuda_device < 0;
+    if (tags_on) {
+        tags.serial = calloc(t->slot_count ? t->slot_count : 1, sizeof *tags.serial);
+        tags.size = calloc(t->slot_count ? t->slot_count : 1, sizeof *tags.size);
+        tags.written = calloc(t->event_count + 1, sizeof *tags.written);
+        if (opts->stream_lag) tags.queues = calloc(t->stream_count ? t->stream_count : 1, sizeof *tags.queues);
+    }
+    bool tags_ok = !tags_on || (tags.serial && tags.size && tags.written && (!opts->stream_lag || tags.queues));
     void **streams = calloc(t->stream_count ? t->stream_count : 1, sizeof *streams);
     /* --stream-lag: one simulated kernel is queued on an event's stream before the event (the
      * work that used the block, or will use it), and the ring holds, for the last stream_lag
@@ -190,11 +274,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         r->steps = calloc(r->step_slots, sizeof *r->steps);
     }
     if (!ptrs || !streams || (opts->per_step && !r->steps) || (opts->stream_lag && (!lag_ring || !lag_queued)) ||
-        (opts->real_memory && (!tag_serial || !tag_size))) {
+        !tags_ok) {
         snprintf(err, err_size, "out of memory");
         replay_result_free(r);
-        free(tag_serial);
-        free(tag_size);
+        tags_free(&tags);
         free(lag_ring);
         free(lag_queued);
         free(ptrs);
@@ -205,6 +288,8 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     }
     for (uint32_t i = 0; i < t->stream_count; i++)
         streams[i] = opts->cuda_device >= 0 ? cuda_streams[i] : (void *)(uintptr_t)t->streams[i];
+    tags.streams = streams;
+    if (tags.queues) nf_host_set_completion_hook(backend, tags_on_complete, &tags);
     nf_stats step_last = {0}; /* per-step slot 0 includes making the pool */
 
     uint32_t window_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;
@@ -242,19 +327,27 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
-            if (tag_serial && ptrs[ev->slot]) {
-                tag_serial[ev->slot] = i + 1;
-                tag_size[ev->slot] = (ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment;
-                if (!tag_size[ev->slot]) tag_size[ev->slot] = cfg.alignment;
-                tags_write((uintptr_t)ptrs[ev->slot], tag_size[ev->slot], tag_page, tag_serial[ev->slot]);
+            if (tags_on && ptrs[ev->slot] && r->status == NF_OK) {
+                uint64_t size = (ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment;
+                tags.serial[ev->slot] = i + 1;
+                tags.size[ev->slot] = size ? size : cfg.alignment;
+                /* The write runs on the block's stream after the allocation (a kernel of its own). */
+                if (opts->stream_lag && (r->status = nf_host_stream_submit(backend, streams[ev->stream])) == NF_OK)
+                    lag_queued[ev->stream]++;
+                tag_item it = {opts->stream_lag ? lag_queued[ev->stream] : 0, (uintptr_t)ptrs[ev->slot],
+                               tags.size[ev->slot], i + 1, false};
+                if (!tags_add(&tags, ev->stream, &it)) r->status = NF_ERR_NO_MEMORY_HOST;
             }
             if (layout && ptrs[ev->slot])
                 fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot],
                         (unsigned long long)((ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment));
         } else if (ptrs[ev->slot]) {
             if (layout) fprintf(layout, "F %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot]);
-            if (tag_serial)
-                tags_check((uintptr_t)ptrs[ev->slot], tag_size[ev->slot], tag_page, tag_serial[ev->slot], r);
+            if (tags_on) { /* the check runs with the work the free event queued before the free */
+                tag_item it = {opts->stream_lag ? lag_queued[ev->stream] : 0, (uintptr_t)ptrs[ev->slot],
+                               tags.size[ev->slot], tags.serial[ev->slot], true};
+                if (!tags_add(&tags, ev->stream, &it)) r->status = NF_ERR_NO_MEMORY_HOST;
+            }
             if ((s = nf_free(pool, ptrs[ev->slot], streams[ev->stream])) != NF_OK) r->status = s;
             ptrs[ev->slot] = NULL;
         }
@@ -263,11 +356,13 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
                     (unsigned long long)(i * 100 / t->event_count));
     }
     r->seconds = now_seconds() - start;
-    if (tag_serial) /* blocks still live at the end keep their tags too */
+    if (tags_on) {
+        /* Every stream runs to its end, then the blocks still live keep their tags too. */
+        for (uint32_t k = 0; tags.queues && k < t->stream_count; k++) nf_host_stream_complete(backend, streams[k]);
         for (uint64_t k = 0; k < t->slot_count; k++)
-            if (ptrs[k]) tags_check((uintptr_t)ptrs[k], tag_size[k], tag_page, tag_serial[k], r);
-    free(tag_serial);
-    free(tag_size);
+            if (ptrs[k]) tags_run(&tags, &(tag_item){0, (uintptr_t)ptrs[k], tags.size[k], tags.serial[k], true});
+        tags_free(&tags);
+    }
     free(lag_ring);
     free(lag_queued);
     if (opts->per_step) per_step_close(pool, r, next_step, &step_last);

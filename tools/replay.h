@@ -17,7 +17,8 @@ typedef struct replay_options {
     uint64_t capacity;    /* bytes; 0: no cap */
     /* Host backend with real memory, and every block's bytes checked: a tag in each page it covers
      * (its first word, the first word of every page it starts past, its last word) is written at
-     * allocation and compared at free (result.corrupt_words). */
+     * allocation and compared at free (result.corrupt_words); with stream_lag, each by a simulated
+     * kernel on the block's stream (tools/replay.c, tag_checker). */
     bool real_memory;
     uint64_t granularity; /* host backend's granularity; 0: 2 MiB, CUDA's */
     uint64_t page_bytes;  /* the pool's page size (nf_config.page_bytes); 0: the granularity */
@@ -50,6 +51,7 @@ typedef struct replay_result {
     uint64_t failed_allocs;
     uint64_t corrupt_words; /* with options.real_memory: tags found changed at a block's free */
     uint64_t checked_words; /* ... and tags compared */
+    uint64_t skipped_checks; /* ... and blocks not checked: freed before their stream wrote them */
     nf_stats stats;        /* at the end */
     nf_stats window_start; /* at the start of step REPLAY_WARMUP_STEPS (or the beginning) */
     uint32_t window_steps; /* steps in the per-step window (at least 1) */

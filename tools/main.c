@@ -320,6 +320,7 @@ static int cmd_replay(int argc, char **argv) {
 
     int status = 0;
     bool header_done = false;
+    uint64_t checked_total = 0, corrupt_total = 0, skipped_total = 0, checked_traces = 0;
     for (int i = first_trace; i < argc; i++) {
         char err[1024];
         trace t;
@@ -343,6 +344,10 @@ static int cmd_replay(int argc, char **argv) {
             trace_free(&t);
             continue;
         }
+        checked_total += r.checked_words;
+        corrupt_total += r.corrupt_words;
+        skipped_total += r.skipped_checks;
+        checked_traces++;
         if (r.corrupt_words) {
             fprintf(stderr, "nofrag: %s: %llu of %llu checked words changed while their blocks were live\n",
                     t.path, (unsigned long long)r.corrupt_words, (unsigned long long)r.checked_words);
@@ -367,6 +372,11 @@ static int cmd_replay(int argc, char **argv) {
         replay_result_free(&r);
         trace_free(&t);
     }
+    if (c.opts.real_memory && !c.json && checked_traces)
+        printf("real memory: %llu tag words checked over %llu trace%s, %llu changed while their blocks were live%s\n",
+               (unsigned long long)checked_total, (unsigned long long)checked_traces, checked_traces == 1 ? "" : "s",
+               (unsigned long long)corrupt_total,
+               skipped_total ? " (some blocks skipped: freed before their stream wrote them)" : "");
     if (c.opts.layout_log && fclose(c.opts.layout_log) != 0) {
         fprintf(stderr, "nofrag: cannot write %s: %s\n", layout_path, strerror(errno));
         status = 1;

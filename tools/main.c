@@ -48,6 +48,8 @@ static const char USAGE[] =
     "                          bytes: a tag in each page it covers, written when it is placed and\n"
     "                          compared when it is freed (JSON: checked_words, corrupt_words); a\n"
     "                          changed tag is reported and the exit status is 1\n"
+    "  --check N               check every invariant of the pool (nf_pool_check) after every N\n"
+    "                          events and at the end; a broken one stops with an error\n"
     "  --log LEVEL             print the pool's messages at LEVEL or more severe to stderr\n"
     "                          (error, warn, info, debug): why an allocation failed under a cap\n"
     "                          (its size, the cap, live, held and idle bytes, the largest free\n"
@@ -260,6 +262,14 @@ static int cmd_replay(int argc, char **argv) {
         } else if (strcmp(a, "--layout-log") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a file name", a);
             layout_path = argv[++i];
+        } else if (strcmp(a, "--check") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a number of events", a);
+            char *end;
+            errno = 0;
+            unsigned long long every = strtoull(argv[++i], &end, 10);
+            if (errno || *end || argv[i][0] == '-' || every == 0)
+                return usage_error("'%s' is not a number of events (1 or more)", argv[i]);
+            c.opts.check_every = every;
         } else if (strcmp(a, "--log") == 0) {
             static const char *const levels[] = {"error", "warn", "info", "debug"};
             if (i + 1 >= argc) return usage_error("%s needs a level (error, warn, info, debug)", a);

@@ -351,11 +351,14 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             if ((s = nf_free(pool, ptrs[ev->slot], streams[ev->stream])) != NF_OK) r->status = s;
             ptrs[ev->slot] = NULL;
         }
+        if (opts->check_every && r->status == NF_OK && (i + 1) % opts->check_every == 0)
+            r->status = nf_pool_check(pool);
         if (opts->progress && i % progress_every == 0)
             fprintf(stderr, "\r  replaying %s: %3llu%%", t->name,
                     (unsigned long long)(i * 100 / t->event_count));
     }
     r->seconds = now_seconds() - start;
+    if (opts->check_every && r->status == NF_OK) r->status = nf_pool_check(pool);
     if (tags_on) {
         /* Every stream runs to its end, then the blocks still live keep their tags too. */
         for (uint32_t k = 0; tags.queues && k < t->stream_count; k++) nf_host_stream_complete(backend, streams[k]);
@@ -392,6 +395,7 @@ int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *mi
     uint64_t gran = opts->page_bytes ? opts->page_bytes : opts->granularity ? opts->granularity : 2ull << 20;
     replay_options o = *opts;
     o.log = false; /* the search fails allocations on purpose */
+    o.check_every = 0;
     o.progress = false;
     o.per_step = false;
     o.layout_log = NULL;

@@ -34,6 +34,8 @@ typedef struct replay_options {
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */
     FILE *layout_log;     /* if set: every placement, free and step mark, for layout studies
                            * (bench/physical_oracle.py reads it; format in tools/replay.c) */
+    uint64_t check_every; /* > 0: nf_pool_check (every invariant) after every check_every events
+                           * and at the end; a broken one stops the replay (NF_ERR_CORRUPT) */
     bool log;             /* the pool's messages at log_level or more severe go to stderr */
     nf_log_level log_level;
 } replay_options;

@@ -221,6 +221,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         snprintf(err, err_size, "a stream lag is simulated on the host backend only");
         return -1;
     }
+    if (opts->cuda_device >= 0 && opts->real_memory) {
+        snprintf(err, err_size, "--real-memory backs the host backend; --cuda replays on device memory");
+        return -1;
+    }
     if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
         snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
                  (int)CUDA_STREAMS);

@@ -185,8 +185,8 @@ static void hold_near_live_follows_the_live_peak(void) {
 /* Resetting the statistics' peaks changes nothing in how the pool behaves: without a cap, under a
  * tight one (placement's sub-page rule and merging depend on the live peak) and under a loose one,
  * the same steps make the same backend calls, remaps and held memory with or without a reset at
- * every step. (Before the pool kept its own live high-water mark, a reset made it shrink towards
- * the live bytes at the reset and grow again within the step.) */
+ * every step. (Before the pool kept its own live high-water mark, a reset lowered the peak its
+ * growth target and tight-budget rules read: it made different backend calls and remaps.) */
 static void resetting_peaks_changes_no_behaviour(void) {
     test_pool_spec specs[3] = {
         {.gran = G, .virtual_bytes = 4096 * G},

@@ -59,6 +59,16 @@ static const char USAGE[] =
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
     "  -h, --help              this text\n";
 
+/* A whole decimal number in [min, max] (no sign, nothing after it) into *out; 0 or -1. */
+static int parse_count(const char *text, uint64_t min, uint64_t max, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end || end == text || text[0] == '-' || v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
 static int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "nofrag: ");
     fprintf(stderr, fmt, arg);
@@ -264,12 +274,8 @@ static int cmd_replay(int argc, char **argv) {
             layout_path = argv[++i];
         } else if (strcmp(a, "--check") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a number of events", a);
-            char *end;
-            errno = 0;
-            unsigned long long every = strtoull(argv[++i], &end, 10);
-            if (errno || *end || argv[i][0] == '-' || every == 0)
+            if (parse_count(argv[++i], 1, UINT64_MAX, &c.opts.check_every))
                 return usage_error("'%s' is not a number of events (1 or more)", argv[i]);
-            c.opts.check_every = every;
         } else if (strcmp(a, "--log") == 0) {
             static const char *const levels[] = {"error", "warn", "info", "debug"};
             if (i + 1 >= argc) return usage_error("%s needs a level (error, warn, info, debug)", a);
@@ -288,12 +294,8 @@ static int cmd_replay(int argc, char **argv) {
             c.opts.reuse_across_streams = true;
         } else if (strcmp(a, "--stream-lag") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a number of events", a);
-            char *end;
-            errno = 0;
-            unsigned long long lag = strtoull(argv[++i], &end, 10);
-            if (errno || *end || argv[i][0] == '-' || lag > 100000000ull)
+            if (parse_count(argv[++i], 0, 100000000, &c.opts.stream_lag))
                 return usage_error("'%s' is not a number of events (0 to 100000000)", argv[i]);
-            c.opts.stream_lag = lag;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(USAGE, stdout);
             return 0;

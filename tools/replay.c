@@ -170,7 +170,7 @@ static bool tags_add(tag_checker *tc, uint32_t stream, const tag_item *it) {
     }
     tag_queue *q = &tc->queues[stream];
     if (q->head + q->len == q->cap) {
-        if (q->head) { /* reuse the consumed front */
+        if (q->head && q->head >= q->len) { /* at least half consumed: reuse the front (amortised O(1)) */
             memmove(q->items, q->items + q->head, q->len * sizeof *q->items);
             q->head = 0;
         } else {
@@ -258,7 +258,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     void **ptrs = calloc(t->slot_count ? t->slot_count : 1, sizeof *ptrs);
     tag_checker tags = {.page = opts->granularity ? opts->granularity : 2ull << 20, .r = r,
                         .stream_count = t->stream_count};
-    bool tags_on = opts->real_memory && opts->cuda_device < 0;
+    bool tags_on = opts->real_memory; /* host backend only: refused with --cuda above */
     if (tags_on) {
         tags.serial = calloc(t->slot_count ? t->slot_count : 1, sizeof *tags.serial);
         tags.size = calloc(t->slot_count ? t->slot_count : 1, sizeof *tags.size);
@@ -331,10 +331,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             s = nf_alloc(pool, ev->size, streams[ev->stream], &ptrs[ev->slot]);
             if (s == NF_ERR_OUT_OF_MEMORY) r->failed_allocs++;
             else if (s != NF_OK) r->status = s;
+            uint64_t rounded = (ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment;
             if (tags_on && ptrs[ev->slot] && r->status == NF_OK) {
-                uint64_t size = (ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment;
                 tags.serial[ev->slot] = i + 1;
-                tags.size[ev->slot] = size ? size : cfg.alignment;
+                tags.size[ev->slot] = rounded ? rounded : cfg.alignment;
                 /* The write runs on the block's stream after the allocation (a kernel of its own). */
                 if (opts->stream_lag && (r->status = nf_host_stream_submit(backend, streams[ev->stream])) == NF_OK)
                     lag_queued[ev->stream]++;
@@ -344,7 +344,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
             }
             if (layout && ptrs[ev->slot])
                 fprintf(layout, "A %llu %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot],
-                        (unsigned long long)((ev->size + cfg.alignment - 1) / cfg.alignment * cfg.alignment));
+                        (unsigned long long)rounded);
         } else if (ptrs[ev->slot]) {
             if (layout) fprintf(layout, "F %llu\n", (unsigned long long)(uintptr_t)ptrs[ev->slot]);
             if (tags_on) { /* the check runs with the work the free event queued before the free */
@@ -400,6 +400,7 @@ int replay_min_capacity(const trace *t, const replay_options *opts, uint64_t *mi
     replay_options o = *opts;
     o.log = false; /* the search fails allocations on purpose */
     o.check_every = 0;
+    o.real_memory = false; /* the figures are the same; the checks belong to the replay itself */
     o.progress = false;
     o.per_step = false;
     o.layout_log = NULL;

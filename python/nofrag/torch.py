@@ -196,18 +196,10 @@ def _install_hooks(torch, wrap_record_stream=True):
     # take a device index; nofrag answers them instead.
     import nofrag
 
-    def memory_stats(device):
-        return nofrag.torch_memory_stats(device)
-
-    def reset_peak_memory_stats(device):
-        check(L.nf_torch_reset_peaks(device), "torch.cuda.reset_peak_memory_stats")
-
-    def reset_accumulated_memory_stats(device):
-        nofrag.reset_accumulated_stats(device)
-
     _C = torch._C
-    for name, fn in (("_cuda_memoryStats", memory_stats), ("_cuda_resetPeakMemoryStats", reset_peak_memory_stats),
-                     ("_cuda_resetAccumulatedMemoryStats", reset_accumulated_memory_stats)):
+    for name, fn in (("_cuda_memoryStats", nofrag.torch_memory_stats),
+                     ("_cuda_resetPeakMemoryStats", nofrag.reset_peak_stats),
+                     ("_cuda_resetAccumulatedMemoryStats", nofrag.reset_accumulated_stats)):
         _hooks[name] = getattr(_C, name, None)
         setattr(_C, name, fn)
     _hooks.update(empty_cache=torch.cuda.empty_cache,

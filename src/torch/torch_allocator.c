@@ -265,14 +265,17 @@ int nf_torch_trim(int device, uint64_t keep_bytes) {
     return s;
 }
 
-int nf_torch_check(int device) {
+/* op on the device's pool (device < 0: every pool); the last failure, or NF_OK. */
+static int on_each_pool(int device, nf_status (*op)(nf_pool *)) {
     int s = NF_OK;
     FOR_EACH_POOL(device, pool, {
-        int r = nf_pool_check(pool);
+        int r = op(pool);
         if (r != NF_OK) s = r;
     })
     return s;
 }
+
+int nf_torch_check(int device) { return on_each_pool(device, nf_pool_check); }
 
 int nf_torch_stats_json(int device, char *buf, size_t size) {
     nf_pool *pool = device_pool_peek(device);
@@ -284,14 +287,7 @@ int nf_torch_stats_json(int device, char *buf, size_t size) {
 }
 
 /* torch.cuda.reset_peak_memory_stats: statistics only (the pool's policy keeps its own peak). */
-int nf_torch_reset_peaks(int device) {
-    int s = NF_OK;
-    FOR_EACH_POOL(device, pool, {
-        int r = nf_stats_reset_peaks(pool);
-        if (r != NF_OK) s = r;
-    })
-    return s;
-}
+int nf_torch_reset_peaks(int device) { return on_each_pool(device, nf_stats_reset_peaks); }
 
 int nf_torch_pool_exists(int device) { return device_pool_peek(device) != NULL; }
 

@@ -19,7 +19,9 @@ static const char USAGE[] =
     "       nofrag version\n"
     "\n"
     "Replays allocation traces (RMM CSV: Thread,Time,Action,Pointer,Size,Stream; gzip or plain,\n"
-    "with an optional NAME.steps sidecar) through a nofrag pool on the host backend.\n"
+    "with an optional NAME.steps sidecar) through a nofrag pool on the host backend. NAME.steps\n"
+    "lists the row index of each training step's first event, one a line; without it there are\n"
+    "no per-step figures (JSON: null), only whole-trace totals.\n"
     "\n"
     "options:\n"
     "  --capacity BYTES        physical cap (suffixes K, M, G, T: powers of 1024), in whole pages\n"
@@ -117,14 +119,20 @@ static void print_table_header(const cli *c) {
            "", "ms", "", "", c->min_capacity ? "  x live" : "");
 }
 
+/* Per-step figures need step marks (a NAME.steps sidecar): without them the replay has no steps
+ * to divide by, and whole-trace totals printed under "per step" would read as one enormous step. */
+static bool has_steps(const trace *t) { return t->step_count > 0; }
+
 static void print_row(const cli *c, const trace *t, const replay_result *r, uint64_t min_cap) {
     const nf_stats *s = &r->stats;
-    printf("%-24.24s %9llu %9.3f %9.3f %7.4f %9.3f %8.1f %9.1f %10.2f %8llu %7.2f", t->name,
-           (unsigned long long)r->events, gib(t->peak_live), gib(s->reserved_bytes.peak),
-           t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
-           gib(s->virtual_span_bytes.peak), r->driver_calls_per_step, r->remaps_per_step,
-           r->est_driver_us_per_step / 1000.0, (unsigned long long)r->failed_allocs,
-           r->seconds > 0 ? (double)r->events / r->seconds / 1e6 : 0.0);
+    printf("%-24.24s %9llu %9.3f %9.3f %7.4f %9.3f", t->name, (unsigned long long)r->events, gib(t->peak_live),
+           gib(s->reserved_bytes.peak), t->peak_live ? (double)s->reserved_bytes.peak / (double)t->peak_live : 0.0,
+           gib(s->virtual_span_bytes.peak));
+    if (has_steps(t))
+        printf(" %8.1f %9.1f %10.2f", r->driver_calls_per_step, r->remaps_per_step, r->est_driver_us_per_step / 1000.0);
+    else
+        printf(" %8s %9s %10s", "-", "-", "-");
+    printf(" %8llu %7.2f", (unsigned long long)r->failed_allocs, r->seconds > 0 ? (double)r->events / r->seconds / 1e6 : 0.0);
     if (c->min_capacity) printf(" %8.4f", (double)min_cap / (double)t->peak_live);
     printf("\n");
 }
@@ -151,6 +159,10 @@ static void json_u64(const char *name, uint64_t v) {
 static void json_num(const char *name, const char *fmt, double v) {
     json_key(name);
     printf(fmt, v);
+}
+static void json_null(const char *name) {
+    json_key(name);
+    fputs("null", stdout);
 }
 static void json_bool(const char *name, bool v) {
     json_key(name);
@@ -206,26 +218,39 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
         json_u64("corrupt_words", r->corrupt_words);
         json_u64("skipped_checks", r->skipped_checks);
     }
-    json_num("remaps_per_step", "%.3f", r->remaps_per_step);
-    json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
-    json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
+    /* Without step marks the per-step members are null; the totals below still hold. */
+    bool steps = has_steps(t);
+    if (steps) {
+        json_num("remaps_per_step", "%.3f", r->remaps_per_step);
+        json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
+        json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
+    } else {
+        json_null("remaps_per_step");
+        json_null("driver_calls_per_step");
+        json_null("est_driver_us_per_step");
+    }
     json_num("est_driver_us_total", "%.1f", r->est_driver_us_total);
     /* Measured beside the estimate: the backend's own time (on CUDA the driver's, as a job pays
      * it; on the host backend only the simulation's bookkeeping). */
-    json_num("backend_us_per_step", "%.1f", (double)r->window.backend_ns / 1e3 / r->window_steps);
+    if (steps) json_num("backend_us_per_step", "%.1f", (double)r->window.backend_ns / 1e3 / r->window_steps);
+    else json_null("backend_us_per_step");
     json_num("backend_us_total", "%.1f", (double)s->backend_ns / 1e3);
     json_u64("backend_calls", s->backend_calls);
     json_u64("remaps", s->num_remaps);
     json_num("replay_seconds", "%.4f", r->seconds);
     json_num("events_per_second", "%.0f", r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
     /* Each backend primitive per step over the same window, so a reader can see what the calls are. */
-    json_key("calls_per_step");
-    json_open();
+    if (steps) {
+        json_key("calls_per_step");
+        json_open();
 #define NF_X_CALL_JSON(name, desc) \
     if (strncmp(#name, "calls_", 6) == 0) json_num(#name + 6, "%.3f", (double)r->window.name / r->window_steps);
-    NF_STATS_COUNTERS(NF_X_CALL_JSON)
+        NF_STATS_COUNTERS(NF_X_CALL_JSON)
 #undef NF_X_CALL_JSON
-    json_close();
+        json_close();
+    } else {
+        json_null("calls_per_step");
+    }
     if (r->step_slots) {
         json_step_array("step_calls", r, step_calls, "%.0f");
         json_step_array("step_remaps", r, step_remaps, "%.0f");
@@ -379,6 +404,12 @@ static int cmd_replay(int argc, char **argv) {
                 header_done = true;
             }
             print_row(&c, &t, &r, min_cap);
+            if (!has_steps(&t))
+                printf("  (%s has no step marks, so no per-step figures: put the row index of each step's first "
+                       "event in %s.steps, one a line; over the whole trace: %llu backend calls, %llu remaps, "
+                       "%.1f ms of estimated driver time)\n",
+                       t.name, t.name, (unsigned long long)r.stats.backend_calls,
+                       (unsigned long long)r.stats.num_remaps, r.est_driver_us_total / 1000.0);
         }
         fflush(stdout);
         replay_result_free(&r);

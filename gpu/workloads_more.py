@@ -53,6 +53,14 @@ Jobs:
                      gpt2_train_eval is with batches of 2 (evaluation: 3 batches of 4 x
                      256..1024). A 2 MiB page is a larger share of such a job: do the placement
                      figures hold when it is small?
+  gpt2_rl_loop       GPT-2 124M (eager attention), AdamW: each step generates 16..256 tokens for 8
+                     prompts of 32..256 (sampling, KV cache), then a policy-gradient step on the
+                     generated sequences (float32 log-softmax over the vocabulary): generation and
+                     training of changing shapes in every step, as in RL fine-tuning.
+  gpt2_serve_requests  A GPT-2 of 12 layers, 1024 wide (bf16, inference only) serving requests
+                     that arrive at random, each with its own KV cache, decoded one token a tick
+                     without batching (about 36 at once); a step is a tick. Growing blocks of
+                     unrelated lifetimes.
 """
 import gzip
 import json
@@ -351,8 +359,61 @@ def gpt2_small_train_eval(steps, dev, mark, results=None):
     train_with_evaluation(model, vocab, steps, mark, results, 2, 4, dev)
 
 
+def gpt2_rl_loop(steps, dev, mark, results=None):
+    """Generate, then learn from what was generated (the shape of PPO / GRPO fine-tuning): each
+    step samples completions for 8 prompts of 32..256 tokens, 16..256 new tokens each (KV cache
+    growing token by token, no gradients), then takes a policy-gradient step on the whole
+    sequences with a random reward per sequence (log-softmax over the full vocabulary in float32)."""
+    model, vocab = gpt2_eager(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    for step in range(steps):
+        mark(step)
+        prompt_len, new = random.randint(32, 256), random.randint(16, 256)
+        prompts = torch.randint(0, vocab, (8, prompt_len), device=dev)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            seqs = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new,
+                                  min_new_tokens=new, do_sample=True, pad_token_id=0)
+        model.train()
+        rewards = torch.randn(seqs.shape[0], 1, device=dev)
+
+        def policy_loss():
+            logits = model(input_ids=seqs).logits[:, prompt_len - 1:-1]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, seqs[:, prompt_len:, None]).squeeze(-1)
+            return -(rewards * logp).mean()
+
+        train_step(opt, policy_loss, results)
+
+
+def gpt2_serve_requests(steps, dev, mark, results=None):
+    """A naive text-generation server: a request arrives in half the ticks (a prompt of 16..512
+    tokens, wanting 16..128 new tokens), each decodes one token a tick with its own KV cache (no
+    batching, no paged attention: every token reallocates every layer's cache), and leaves when
+    done; about 36 are active at once. A step is one tick. Many growing blocks of unrelated
+    lifetimes: the fragmentation a long-running inference process lives with."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=12, n_embd=1024, n_head=16, n_positions=1024)
+    model = GPT2LMHeadModel(cfg).to(dev, dtype=torch.bfloat16).eval()
+    active = []  # [cache, next token, tokens left]
+    with torch.no_grad():
+        for step in range(steps):
+            mark(step)
+            if random.random() < 0.5:
+                prompt = torch.randint(0, cfg.vocab_size, (1, random.randint(16, 512)), device=dev)
+                out = model(input_ids=prompt, use_cache=True)
+                active.append([out.past_key_values, out.logits[:, -1:].argmax(-1), random.randint(16, 128)])
+                del out
+            for request in active:
+                out = model(input_ids=request[1], past_key_values=request[0], use_cache=True)
+                request[0], request[1] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                request[2] -= 1
+                del out
+            keep(results, torch.tensor(float(len(active))))
+            active = [r for r in active if r[2] > 0]
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval, "gpt2_rl_loop": gpt2_rl_loop, "gpt2_serve_requests": gpt2_serve_requests}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

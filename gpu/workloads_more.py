@@ -53,7 +53,7 @@ Jobs:
                      gpt2_train_eval is with batches of 2 (evaluation: 3 batches of 4 x
                      256..1024). A 2 MiB page is a larger share of such a job: do the placement
                      figures hold when it is small?
-  gpt2_rl_loop       GPT-2 124M (eager attention), AdamW: each step generates 16..256 tokens for 8
+  gpt2_rl_loop       GPT-2 124M (eager attention), AdamW: each step generates 16..128 tokens for 8
                      prompts of 32..256 (sampling, KV cache), then a policy-gradient step on the
                      generated sequences (float32 log-softmax over the vocabulary): generation and
                      training of changing shapes in every step, as in RL fine-tuning.
@@ -361,14 +361,14 @@ def gpt2_small_train_eval(steps, dev, mark, results=None):
 
 def gpt2_rl_loop(steps, dev, mark, results=None):
     """Generate, then learn from what was generated (the shape of PPO / GRPO fine-tuning): each
-    step samples completions for 8 prompts of 32..256 tokens, 16..256 new tokens each (KV cache
+    step samples completions for 8 prompts of 32..256 tokens, 16..128 new tokens each (KV cache
     growing token by token, no gradients), then takes a policy-gradient step on the whole
     sequences with a random reward per sequence (log-softmax over the full vocabulary in float32)."""
     model, vocab = gpt2_eager(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for step in range(steps):
         mark(step)
-        prompt_len, new = random.randint(32, 256), random.randint(16, 256)
+        prompt_len, new = random.randint(32, 256), random.randint(16, 128)
         prompts = torch.randint(0, vocab, (8, prompt_len), device=dev)
         model.eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

@@ -45,6 +45,8 @@ with tempfile.TemporaryDirectory() as d:
               f"{name}: moves per GiB of live peak")
         check(abs(row["driver_ms_per_step_at_cap"] - capped["est_driver_us_per_step"] / 1000) < 1e-9,
               f"{name}: driver time a step at 1.02x is the replay's estimate")
+        check(row["driver_share_of_step_at_cap"] == capped["driver_share_of_step"],
+              f"{name}: the driver time's share of the recorded step is the replay's")
         floor = json.loads(subprocess.run([sys.executable, floor_script, "--nofrag", "", "--json", path],
                                           capture_output=True, text=True, check=True).stdout)
         check(abs(row["floor_calls_per_step"] - floor["floor_calls_per_step"]) < 0.001, f"{name}: floor is call_floor.py's")

@@ -229,6 +229,19 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
         json_null("driver_calls_per_step");
         json_null("est_driver_us_per_step");
     }
+    /* How long the recorded job's steps took over the same window (the trace's Time column, from
+     * the first window step's first row to the last row), and the share of that the estimated
+     * driver time would take: whether the cost is one anybody notices, on any trace with step
+     * marks. The recording ran under PyTorch's allocator with memory history on. */
+    uint32_t first_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;
+    double step_us = steps ? (double)(t->last_time_us - t->step_times_us[first_step]) / r->window_steps : 0.0;
+    if (step_us > 0) {
+        json_num("recorded_step_ms", "%.3f", step_us / 1000.0);
+        json_num("driver_share_of_step", "%.6f", r->est_driver_us_per_step / step_us);
+    } else {
+        json_null("recorded_step_ms");
+        json_null("driver_share_of_step");
+    }
     json_num("est_driver_us_total", "%.1f", r->est_driver_us_total);
     /* Measured beside the estimate: the backend's own time (on CUDA the driver's, as a job pays
      * it; on the host backend only the simulation's bookkeeping). */

@@ -252,7 +252,7 @@ static int stream_of(loader *ld, trace *t, uint64_t value, uint16_t *idx) {
 
 static int parse_rows(loader *ld, gzFile gz, trace *t, const uint64_t *step_rows, uint32_t step_rows_count) {
     char line[MAX_LINE + 2];
-    uint64_t cap = 0, live = 0, row = 0, prev_time = 0;
+    uint64_t cap = 0, live = 0, row = 0, prev_time = 0, day = 0;
     bool have_time = false;
     uint32_t next_step = 0;
     ld->line = 1;
@@ -293,10 +293,14 @@ static int parse_rows(loader *ld, gzFile gz, trace *t, const uint64_t *step_rows
         if (!parse_u64(fields[0], 10, &thread)) return fail(ld, "Thread '%s' is not a number", fields[0]);
         if (!parse_time(fields[1], &time_us)) return fail(ld, "Time '%s' is not HH:MM:SS.ffffff", fields[1]);
         /* Timestamps never go back, except across midnight. */
-        if (have_time && time_us < prev_time && !(prev_time > 23ull * 3600000000ull && time_us < 3600000000ull))
-            return fail(ld, "out of order: Time %s is earlier than the previous row's", fields[1]);
+        if (have_time && time_us < prev_time) {
+            if (!(prev_time > 23ull * 3600000000ull && time_us < 3600000000ull))
+                return fail(ld, "out of order: Time %s is earlier than the previous row's", fields[1]);
+            day += 24ull * 3600000000ull;
+        }
         prev_time = time_us;
         have_time = true;
+        t->last_time_us = day + time_us;
         if (strncmp(fields[3], "0x", 2) != 0 || !parse_u64(fields[3] + 2, 16, &ptr))
             return fail(ld, "Pointer '%s' is not a hex address (0x...)", fields[3]);
         if (!parse_u64(fields[4], 10, &size)) return fail(ld, "Size '%s' is not a number", fields[4]);
@@ -304,7 +308,10 @@ static int parse_rows(loader *ld, gzFile gz, trace *t, const uint64_t *step_rows
         (void)thread;
 
         while (next_step < step_rows_count && step_rows[next_step] <= row) {
-            if (step_rows[next_step] == row) t->step_starts[t->step_count++] = t->event_count;
+            if (step_rows[next_step] == row) {
+                t->step_times_us[t->step_count] = t->last_time_us;
+                t->step_starts[t->step_count++] = t->event_count;
+            }
             next_step++;
         }
         row++;
@@ -396,7 +403,8 @@ int trace_load(const char *path, trace *out, char *err, size_t err_size) {
     out->path = strdup(path);
     out->name = trace_name(path);
     out->step_starts = step_rows_count ? calloc(step_rows_count, sizeof *out->step_starts) : NULL;
-    int rc = (!out->path || !out->name || (step_rows_count && !out->step_starts))
+    out->step_times_us = step_rows_count ? calloc(step_rows_count, sizeof *out->step_times_us) : NULL;
+    int rc = (!out->path || !out->name || (step_rows_count && (!out->step_starts || !out->step_times_us)))
                  ? fail(&ld, "out of memory")
                  : parse_rows(&ld, gz, out, step_rows, step_rows_count);
     gzclose(gz);
@@ -418,6 +426,7 @@ void trace_free(trace *t) {
     free(t->name);
     free(t->events);
     free(t->step_starts);
+    free(t->step_times_us);
     free(t->streams);
     memset(t, 0, sizeof *t);
 }

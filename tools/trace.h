@@ -28,7 +28,10 @@ typedef struct trace {
     uint64_t event_count;
     uint32_t slot_count;  /* most allocations live at once */
     uint64_t *step_starts; /* event index where each step starts (from the .steps sidecar) */
+    uint64_t *step_times_us; /* the Time of each step's first row, in microseconds (counting on
+                                across midnight): how long the recorded job's steps took */
     uint32_t step_count;
+    uint64_t last_time_us; /* the Time of the last row, on the same scale */
     uint64_t *streams;    /* stream values as logged (hex) */
     uint32_t stream_count;
     uint64_t peak_live;   /* most bytes live at once */

@@ -71,6 +71,9 @@ int main(void) {
         CHECK(t.slot_count == 2);
         CHECK(t.stream_count == 2 && t.streams[1] == 0x7f);
         CHECK(t.step_count == 2 && t.step_starts[0] == 0 && t.step_starts[1] == 3);
+        /* Each step's first row's time, and the last row's, in microseconds of the day. */
+        const uint64_t ten = 10ull * 3600 * 1000000;
+        CHECK(t.step_times_us[0] == ten + 1 && t.step_times_us[1] == ten + 4 && t.last_time_us == ten + 6);
         CHECK(strcmp(t.name, "good") == 0);
         replay_options o = {.cuda_device = -1};
         replay_result r;
@@ -99,8 +102,21 @@ int main(void) {
     expect_error("size.csv", HDR "1,10:00:00.000001,allocate,0x1000,-5,0\n", false, ":2:", "Size");
     expect_error("stream.csv", HDR "1,10:00:00.000001,allocate,0x1000,4096,zz\n", false, ":2:", "Stream");
     expect_error("time.csv", HDR "1,25:00:00.000001,allocate,0x1000,4096,0\n", false, ":2:", "Time");
-    expect_error("order.csv", HDR "1,10:00:00.000005,allocate,0x1000,4096,0\n1,10:00:00.000001,free,0x1000,4096,0\n",
+    expect_error("order.csv", HDR "1,10:00:05.000000,allocate,0x1000,4096,0\n1,10:00:01.000000,free,0x1000,4096,0\n",
                  false, ":3:", "out of order");
+    /* Threads logging at once: a row a moment behind the previous one in time loads, counted at the
+     * previous row's time, so step times never go back; across midnight the clock goes on. */
+    write_file("threads.steps", "0\n1\n2\n3\n", false);
+    REQUIRE(trace_load(write_file("threads.csv", HDR "1,23:59:59.900000,allocate,0x1000,4096,0\n"
+                                                 "2,23:59:59.899000,allocate,0x3000,4096,0\n"
+                                                 "1,00:00:00.100000,free,0x1000,4096,0\n"
+                                                 "2,00:00:00.099990,free,0x3000,4096,0\n",
+                                  false),
+                       &t, err, sizeof err) == 0);
+    const uint64_t day = 24ull * 3600 * 1000000;
+    CHECK(t.step_count == 4 && t.step_times_us[0] == day - 100000 && t.step_times_us[1] == day - 100000);
+    CHECK(t.step_times_us[2] == day + 100000 && t.step_times_us[3] == day + 100000 && t.last_time_us == day + 100000);
+    trace_free(&t);
     expect_error("freefirst.csv", HDR "1,10:00:00.000001,free,0x1000,4096,0\n", false, ":2:", "not live");
     expect_error("twice.csv", HDR "1,10:00:00.000001,allocate,0x1000,4096,0\n1,10:00:00.000002,allocate,0x1000,512,0\n",
                  false, ":3:", "already live");

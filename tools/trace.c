@@ -29,6 +29,8 @@ static const char *gzerror(gzFile f, int *err) {
 #endif
 
 static const char HEADER[] = "Thread,Time,Action,Pointer,Size,Stream";
+/* How far back a row's Time may lie behind the previous row's (threads logging at once). */
+enum { MAX_TIME_BACKSTEP_US = 1000000 };
 enum { MAX_LINE = 1024, MAX_STREAMS = 65535 };
 
 typedef struct loader {
@@ -293,14 +295,25 @@ static int parse_rows(loader *ld, gzFile gz, trace *t, const uint64_t *step_rows
         if (!parse_u64(fields[0], 10, &thread)) return fail(ld, "Thread '%s' is not a number", fields[0]);
         if (!parse_time(fields[1], &time_us)) return fail(ld, "Time '%s' is not HH:MM:SS.ffffff", fields[1]);
         /* Timestamps never go back, except across midnight. */
+        /* Timestamps go back only across midnight, or by a moment where several threads log:
+         * RMM's logger takes the time before it takes its lock, so rows of different threads may
+         * be a little out of time order while their order in the file is the true one (the
+         * order replayed). Such a row counts as logged at the previous row's time. A larger step
+         * back means rows out of order (a file sorted or joined wrongly). */
+        uint64_t now = day + time_us;
         if (have_time && time_us < prev_time) {
-            if (!(prev_time > 23ull * 3600000000ull && time_us < 3600000000ull))
+            if (prev_time > 23ull * 3600000000ull && time_us < 3600000000ull) {
+                day += 24ull * 3600000000ull;
+                now = day + time_us;
+            } else if (prev_time - time_us > MAX_TIME_BACKSTEP_US) {
                 return fail(ld, "out of order: Time %s is earlier than the previous row's", fields[1]);
-            day += 24ull * 3600000000ull;
+            } else {
+                now = t->last_time_us;
+            }
         }
         prev_time = time_us;
         have_time = true;
-        t->last_time_us = day + time_us;
+        if (now > t->last_time_us) t->last_time_us = now;
         if (strncmp(fields[3], "0x", 2) != 0 || !parse_u64(fields[3] + 2, 16, &ptr))
             return fail(ld, "Pointer '%s' is not a hex address (0x...)", fields[3]);
         if (!parse_u64(fields[4], 10, &size)) return fail(ld, "Size '%s' is not a number", fields[4]);

@@ -114,6 +114,10 @@ def main():
                        ("held", f"held at most {MAX_HELD}x live without a cap"),
                        ("calls", f"fewer than {MAX_CALLS:g} call a step without a cap")):
         print(f"{text}: {sum(r['met'][goal] for r in rows)} of {n}")
+    shares = [(r["driver_share_of_step_at_cap"], r["trace"]) for r in rows if r["driver_share_of_step_at_cap"] is not None]
+    if shares:
+        top, name = max(shares)
+        print(f"driver time a step at {CAP_FACTOR}x, as a share of the recorded step: at most {100 * top:.2f}% ({name})")
     out_of_reach = sum(not r["met"]["calls"] and r["floor_calls_per_step"] >= MAX_CALLS for r in rows)
     print(f"  of the calls misses, {out_of_reach} have a floor of {MAX_CALLS:g} or more (no one-handle-per-page"
           f" policy can meet them)")

@@ -63,6 +63,10 @@ with tempfile.TemporaryDirectory() as d:
     check("fewer than 1 call a step without a cap: 1 of 2" in text, "summary: calls met on 1 of 2")
     check("no failed allocation at 1.02x: 2 of 2" in text, "summary: no failure on 2 of 2")
     check("of the calls misses, 1 have a floor" in text, "summary: the rising trace's miss is out of reach")
+    top = max((replay(p, "--capacity-factor", "1.02")["driver_share_of_step"], os.path.basename(p).split(".")[0])
+              for p in (flat, rising))
+    check(f"as a share of the recorded step: at most {100 * top[0]:.2f}% ({top[1]})" in text,
+          f"summary: the largest driver share ({text.splitlines()[-2]})")
     # Bad input: a missing trace, a missing binary.
     res = run(os.path.join(d, "missing.csv"))
     check(res.returncode == 2 and "no such trace" in res.stderr, "a missing trace is refused")

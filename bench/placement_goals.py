@@ -13,9 +13,9 @@ A "calls" miss where the floor is 1 or more cannot be helped by placement: the j
 rises after step 3 by more pages than a pool may hold in advance. Beside the moves, their count
 per GiB of live peak, which compares jobs of different sizes, and the driver time a step they and
 the other calls cost at the cap by the cost model, also as a share of the recorded job's step
-("% step": the trace's timestamps, taken under PyTorch's allocator with memory history on, which
-slows a job, so the share is a low estimate: gpt2_accum_ckpt's recorded steps took about twice
-its eager twin's measured ones). Prints a table and the count of
+("% step": the recording run's own timestamps, host time rather than a measurement synchronised
+with the GPU, so a rough figure: jobs re-timed on an H200 stepped in 0.2-1.5x the recorded time,
+README "What the misses cost"). Prints a table and the count of
 traces meeting each goal; with --json, one object per trace instead. Exits 0 either way (a
 report, not a test); 2 on bad input.
 """
@@ -60,8 +60,8 @@ def measure(binary, path, streams=False):
         # What the moves and calls cost a step at the cap, by the cost model (docs/cost-model.md,
         # within a few percent of the driver's measured time over all traces).
         "driver_ms_per_step_at_cap": capped["est_driver_us_per_step"] / 1000,
-        # That time as a share of the recorded job's step (the trace's Time column; recorded under
-        # PyTorch's allocator with memory history on, which slows a job, so a low estimate).
+        # That time as a share of the recorded job's step (the trace's Time column: the recording
+        # run's host clock, a rough figure; see the docstring).
         "driver_share_of_step_at_cap": capped["driver_share_of_step"],
         "held_over_live": free["peak_mapped_bytes"] / free["peak_live_bytes"] if free["peak_live_bytes"] else 1.0,
         "calls_per_step": free["driver_calls_per_step"],

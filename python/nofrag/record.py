@@ -42,14 +42,19 @@ class RecordingError(RuntimeError):
     """The recording cannot be turned into a trace (nothing recorded, or history lost)."""
 
 
-def convert(events, step_times_us, out_base):
+def convert(events, step_times_us, out_base, max_entries=None):
     """Writes OUT_BASE.csv.gz and OUT_BASE.steps from PyTorch memory-history events.
 
     events: dicts with action, addr, size, stream and time_us (microseconds since the epoch), in the
-    order PyTorch recorded them; step_times_us: the start time of every step, ascending. Returns
+    order PyTorch recorded them; step_times_us: the start time of every step, ascending;
+    max_entries: the history ring's size the recording ran with, if known: a recording that filled
+    it lost its oldest events (the model's weights among them) and is refused. Returns
     {"events", "steps", "live_at_end", "trace", "steps_file"}. Frees of blocks allocated before the
     recording began are skipped; a block freed twice is an error."""
     events = list(events)
+    if max_entries is not None and len(events) >= max_entries:
+        raise RecordingError(f"PyTorch's history ring ({max_entries} entries) filled up and lost the "
+                             "oldest events: record fewer steps or pass a larger max_entries")
     free_action = "free_completed" if any(e["action"] == "free_completed" for e in events) else "free_requested"
     step_times_us = list(step_times_us)
     if any(b < a for a, b in zip(step_times_us, step_times_us[1:])):
@@ -150,12 +155,9 @@ class Recorder:
         device = torch.cuda.current_device() if self.device is None else self.device
         traces = snapshot.get("device_traces", [])
         events = traces[device] if device < len(traces) else []
-        if len(events) >= self.max_entries:
-            raise RecordingError(f"PyTorch's history ring ({self.max_entries} entries) filled up and lost the "
-                                 "oldest events: record fewer steps or pass a larger max_entries")
         if not self.step_times_us:
             warnings.warn("no step() was marked: the trace has no steps, so per-step figures are not available")
-        self.summary = convert(events, self.step_times_us, self.out_base)
+        self.summary = convert(events, self.step_times_us, self.out_base, self.max_entries)
         return self.summary
 
     def __enter__(self):

@@ -96,6 +96,8 @@ class ConvertTest(unittest.TestCase):
                 record.convert([event("alloc", 0x10, 512, 0), event("alloc", 0x10, 512, 1)], [], base)
             with self.assertRaisesRegex(ValueError, "ascending"):
                 record.convert(two_steps(), [T0 + 20, T0 + 10], base)
+            with self.assertRaisesRegex(record.RecordingError, "filled up"):
+                record.convert(two_steps(), [T0 + 10], base, max_entries=len(two_steps()))
             self.assertFalse(os.path.exists(base + ".csv.gz"))
 
     @unittest.skipUnless(os.access(os.environ.get("NOFRAG_CLI", os.path.join(REPO, "build", "nofrag")), os.X_OK),

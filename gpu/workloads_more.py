@@ -61,6 +61,10 @@ Jobs:
                      that arrive at random, each with its own KV cache, decoded one token a tick
                      without batching (about 36 at once); a step is a tick. Growing blocks of
                      unrelated lifetimes.
+  unet_diffusion     A denoising U-Net (4 levels, 64..512 channels), AdamW, bf16 autocast,
+                     channels-last: images of a random side 64..256 with the pixels per batch about
+                     constant; every 5 steps 20 sampling iterations at 256 x 256 without gradients.
+                     Convolution workspaces and activations change every step; sampling phases.
 """
 import gzip
 import json
@@ -413,8 +417,72 @@ def gpt2_serve_requests(steps, dev, mark, results=None):
             active = [r for r in active if r[2] > 0]
 
 
+def unet_diffusion(steps, dev, mark, results=None):
+    """A denoising U-Net (4 levels, 64..512 channels, plain PyTorch), AdamW, bf16 autocast,
+    channels-last, trained on random images at a side of 64..256 with a batch keeping pixels about
+    constant; every 5 steps, 20 sampling iterations at 256 x 256 without gradients, as diffusion
+    training does to watch its progress."""
+    import torch.nn.functional as F
+
+    def block(cin, cout):
+        return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.GroupNorm(8, cout),
+                                   torch.nn.SiLU(), torch.nn.Conv2d(cout, cout, 3, padding=1),
+                                   torch.nn.GroupNorm(8, cout), torch.nn.SiLU())
+
+    widths = (64, 128, 256, 512)
+
+    class UNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.downs, self.ups, cin = torch.nn.ModuleList(), torch.nn.ModuleList(), 4
+            for w in widths:
+                self.downs.append(block(cin, w))
+                cin = w
+            for w in reversed(widths[:-1]):
+                self.ups.append(block(cin + w, w))
+                cin = w
+            self.out = torch.nn.Conv2d(cin, 3, 1)
+
+        def forward(self, x):
+            skips = []
+            for i, down in enumerate(self.downs):
+                x = down(x)
+                if i < len(self.downs) - 1:
+                    skips.append(x)
+                    x = F.avg_pool2d(x, 2)
+            for up in self.ups:
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                x = up(torch.cat([x, skips.pop()], dim=1))
+            return self.out(x)
+
+    def with_level(images, level):
+        b, _, h, w = images.shape
+        return torch.cat([images, level.expand(b, 1, h, w)], dim=1).contiguous(memory_format=torch.channels_last)
+
+    model = UNet().to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(steps):
+        mark(step)
+        model.train()
+        side = random.choice(range(64, 257, 32))
+        batch = max(4, int(32 * (128 / side) ** 2))
+        x = torch.randn(batch, 3, side, side, device=dev)
+        level = torch.rand(batch, 1, 1, 1, device=dev)
+        noise = torch.randn_like(x)
+        noisy = with_level(x * (1 - level) + noise * level, level)
+        train_step(opt, lambda: F.mse_loss(model(noisy).float(), noise), results)
+        if step % 5 == 4:
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                z = torch.randn(8, 3, 256, 256, device=dev)
+                for i in range(20):
+                    level = torch.full((8, 1, 1, 1), 1 - i / 20, device=dev)
+                    z = z - 0.05 * model(with_level(z, level)).float()
+                keep(results, z.sum())
+
+
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval, "gpt2_rl_loop": gpt2_rl_loop, "gpt2_serve_requests": gpt2_serve_requests}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval, "gpt2_rl_loop": gpt2_rl_loop, "gpt2_serve_requests": gpt2_serve_requests, "unet_diffusion": unet_diffusion}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

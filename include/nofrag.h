@@ -271,7 +271,10 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 
 /* Marks a training-step boundary: counts steps (num_steps), so per-step figures can be taken.
- * O(1); thread-safe. */
+ * Once the host has had to wait for a stream's work, it also records each stream's event, a
+ * quiet point that later waits can ask instead of waiting for the whole step (one backend call a
+ * stream). Fails with NF_ERR_INVALID_ARG iff pool is NULL, NF_ERR_BACKEND iff recording fails
+ * (the step is counted either way). O(streams); thread-safe. */
 nf_status nf_step_mark(nf_pool *pool);
 
 /* Changes the physical cap of a live pool, in whole pages rounded down like nf_config.capacity.

@@ -117,6 +117,7 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
     if ((s = call_event_query(pool, st->event, done_out)) != NF_OK) return s;
     if (!*done_out && wait) {
         if ((s = call_event_sync(pool, st->event)) != NF_OK) return s;
+        pool->marks_steps_with_events = true;
         *done_out = true;
     }
     if (*done_out) st->done_seq = st->event_seq;
@@ -684,8 +685,19 @@ nf_status nf_step_mark(nf_pool *pool) {
     if (!pool) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
     pool->stats.num_steps++;
+    /* A quiet moment to note how far each stream has got, once the host has had to wait for one:
+     * a later wait for work queued before this step (an unmap, mostly) then asks this event and
+     * finds it done, rather than recording a new one and waiting for all work queued since. One
+     * record a stream a step, and none for a job that never made the host wait. */
+    nf_status s = NF_OK;
+    if (pool->marks_steps_with_events)
+        for (uint32_t i = 0; i < pool->stream_count && s == NF_OK; i++) {
+            stream_state *st = &pool->streams[i];
+            if (st->event && st->event_seq >= pool->free_seq) continue; /* no free since: as good */
+            if ((s = call_event_record(pool, st->stream, &st->event)) == NF_OK) st->event_seq = pool->free_seq;
+        }
     pthread_mutex_unlock(&pool->lock);
-    return NF_OK;
+    return s;
 }
 
 nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {

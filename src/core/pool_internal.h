@@ -28,6 +28,7 @@
  *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
  *   I13 allocated_bytes.peak <= live_high_water  (nf_stats_reset_peaks lowers only the former)
+ *   I14 every page's last_free_seq <= free_seq
  */
 #ifndef NOFRAG_POOL_INTERNAL_H
 #define NOFRAG_POOL_INTERNAL_H
@@ -75,6 +76,11 @@ typedef struct page {
     int32_t alias_next;   /* next virtual page mapped to the same physical page */
     uint32_t live_blocks; /* live blocks overlapping the page */
     uint8_t no_access;    /* mapped, but granting access failed: to be granted before use */
+    /* Work through this virtual page was queued before free number last_free_seq (0: none): what
+     * unmapping the page waits for. Its physical page's fence is no substitute: once the physical
+     * page serves another place it gathers newer work there, which an unmap here need not wait
+     * for (I14). */
+    uint64_t last_free_seq;
 } page;
 
 /* A physical page: held from the backend, mapped at up to MAX_ALIASES virtual pages. */
@@ -191,6 +197,10 @@ struct nf_pool {
      * neighbours then merge at once (blocks_mergeable, budget_check in pool.c), and requests
      * smaller than a page go first to pages already busy (placement.c, step 0). */
     bool budget_tight;
+    /* Set once the host has had to wait for a stream: from then on each step mark records every
+     * stream's event (nf_step_mark), so that a later wait for work queued before the step finds it
+     * done by a query instead of a new record and a wait for everything queued since. */
+    bool marks_steps_with_events;
     /* The live peak so far, for the policy (budget_tight, how far the pool grows: pages.c): like
      * stats.allocated_bytes.peak, but nf_stats_reset_peaks leaves it, so that a user measuring a
      * phase's peak does not change how the pool places and grows. */

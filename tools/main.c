@@ -132,7 +132,8 @@ static void print_row(const cli *c, const trace *t, const replay_result *r, uint
         printf(" %8.1f %9.1f %10.2f", r->driver_calls_per_step, r->remaps_per_step, r->est_driver_us_per_step / 1000.0);
     else
         printf(" %8s %9s %10s", "-", "-", "-");
-    printf(" %8llu %7.2f", (unsigned long long)r->failed_allocs, r->seconds > 0 ? (double)r->events / r->seconds / 1e6 : 0.0);
+    printf(" %8llu %7.2f", (unsigned long long)r->failed_allocs,
+           r->seconds > 0 ? (double)r->events / r->seconds / 1e6 : 0.0);
     if (c->min_capacity) printf(" %8.4f", (double)min_cap / (double)t->peak_live);
     printf("\n");
 }

@@ -181,8 +181,10 @@ static void alias_forget(nf_pool *pool, uint64_t v) {
 static nf_status alias_unmap_run(nf_pool *pool, uint64_t v, uint64_t count) {
     nf_status s;
     for (uint64_t i = 0; i < count; i++) {
-        uint64_t seq = pool->pages[v + i].last_free_seq; /* any stream's work before it: mask 1 */
-        if (seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM) && (s = pool_order_after(pool, 1, seq, NO_STREAM)) != NF_OK)
+        /* Every stream's work queued before that free (a nonzero mask: all streams count). */
+        uint64_t seq = pool->pages[v + i].last_free_seq;
+        if (seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM) &&
+            (s = pool_order_after(pool, 1, seq, NO_STREAM)) != NF_OK)
             return s;
     }
     if ((s = call_unmap(pool, va_of(pool, v), count)) != NF_OK) return s;

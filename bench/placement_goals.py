@@ -105,7 +105,8 @@ def main():
         share = f"{100 * share:6.2f}" if share is not None else f"{'-':>6s}"
         print(f"{r['trace']:30s} {r['failed_at_cap']:6d} {r['moves_per_step_at_cap']:10.1f} "
               f"{r['moves_per_step_per_gib']:7.2f} {r['driver_ms_per_step_at_cap']:7.2f} {share} {r['held_over_live']:9.4f} "
-              f"{r['calls_per_step']:10.1f} "
+              # two decimals near the goal of one, so 0.98 does not print as 1.0
+              f"{r['calls_per_step']:10.{2 if r['calls_per_step'] < 10 else 1}f} "
               f"{r['floor_calls_per_step']:6.1f}  "
               f"{mark[m['fail']]:>4s} {mark[m['moves']]:>5s} {mark[m['held']]:>4s} {mark[m['calls']]:>5s}")
     n = len(rows)

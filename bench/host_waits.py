@@ -13,17 +13,12 @@ import argparse
 import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from placement_goals import DEFAULT_NOFRAG, check_inputs, replay  # noqa: E402
+
 MODES = (("1.02x", ["--capacity-factor", "1.02"]), ("no budget", ["--capacity", "139G", "--hold-near-live"]))
-
-
-def replay(binary, path, extra):
-    res = subprocess.run([binary, "replay", "--json", *extra, path], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{path}: nofrag replay failed: {res.stderr.strip()}")
-    return json.loads(res.stdout.splitlines()[0])
 
 
 def measure(binary, lags, path):
@@ -43,7 +38,7 @@ def measure(binary, lags, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("traces", nargs="+")
-    ap.add_argument("--nofrag", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "nofrag"))
+    ap.add_argument("--nofrag", default=DEFAULT_NOFRAG)
     ap.add_argument("--lags", default="256,1024", help="comma-separated trace events the device runs behind")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -53,11 +48,7 @@ def main():
         ap.error(f"--lags: expected comma-separated counts, got {args.lags!r}")
     if any(lag < 0 for lag in lags):
         ap.error("--lags: counts must not be negative")
-    if not os.access(args.nofrag, os.X_OK):
-        ap.error(f"no nofrag binary at {args.nofrag} (build it, or pass --nofrag)")
-    for path in args.traces:
-        if not os.path.isfile(path):
-            ap.error(f"no such trace: {path}")
+    check_inputs(ap, args.nofrag, args.traces)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda p: measure(args.nofrag, lags, p), args.traces))
     rows = [row for rows in results for row in rows]

@@ -37,7 +37,20 @@ MAX_CALLS = 1.0  # strictly fewer
 PAGE_BYTES = 2 << 20  # the replay's default page, which the floor assumes
 
 
+DEFAULT_NOFRAG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "nofrag")
+
+
+def check_inputs(ap, binary, traces):
+    """Refuses (argparse's exit 2) a missing nofrag binary or trace."""
+    if not os.access(binary, os.X_OK):
+        ap.error(f"no nofrag binary at {binary} (build it, or pass --nofrag)")
+    for path in traces:
+        if not os.path.isfile(path):
+            ap.error(f"no such trace: {path}")
+
+
 def replay(binary, path, extra):
+    """`nofrag replay --json EXTRA PATH`: the trace's object; exits with the replay's error."""
     res = subprocess.run([binary, "replay", "--json", *extra, path], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{path}: nofrag replay failed: {res.stderr.strip()}")
@@ -79,16 +92,12 @@ def measure(binary, path, streams=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("traces", nargs="+")
-    ap.add_argument("--nofrag", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "nofrag"))
+    ap.add_argument("--nofrag", default=DEFAULT_NOFRAG)
     ap.add_argument("--reuse-across-streams", action="store_true",
                     help="replay as the PyTorch front end runs jobs with several streams")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if not os.access(args.nofrag, os.X_OK):
-        ap.error(f"no nofrag binary at {args.nofrag} (build it, or pass --nofrag)")
-    for path in args.traces:
-        if not os.path.isfile(path):
-            ap.error(f"no such trace: {path}")
+    check_inputs(ap, args.nofrag, args.traces)
     # Processes, not threads: the floor reads each trace in Python.
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         rows = list(pool.map(functools.partial(measure, args.nofrag, streams=args.reuse_across_streams), args.traces))

@@ -161,9 +161,11 @@ static void json_num(const char *name, const char *fmt, double v) {
     json_key(name);
     printf(fmt, v);
 }
-static void json_null(const char *name) {
+/* A number, or null where it is not known (per-step figures of a trace without step marks). */
+static void json_num_or_null(const char *name, const char *fmt, double v, bool known) {
     json_key(name);
-    fputs("null", stdout);
+    if (known) printf(fmt, v);
+    else fputs("null", stdout);
 }
 static void json_bool(const char *name, bool v) {
     json_key(name);
@@ -221,41 +223,29 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     }
     /* Without step marks the per-step members are null; the totals below still hold. */
     bool steps = has_steps(t);
-    if (steps) {
-        json_num("remaps_per_step", "%.3f", r->remaps_per_step);
-        json_num("driver_calls_per_step", "%.3f", r->driver_calls_per_step);
-        json_num("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step);
-    } else {
-        json_null("remaps_per_step");
-        json_null("driver_calls_per_step");
-        json_null("est_driver_us_per_step");
-    }
-    /* How long the recorded job's steps took over the same window (the trace's Time column, from
-     * the first window step's first row to the last row), and the share of that the estimated
-     * driver time would take: whether the cost is one anybody notices, on any trace with step
-     * marks. The recording ran under PyTorch's allocator with memory history on. */
-    uint32_t first_step = t->step_count > REPLAY_WARMUP_STEPS ? REPLAY_WARMUP_STEPS : 0;
-    double step_us = steps ? (double)(t->last_time_us - t->step_times_us[first_step]) / r->window_steps : 0.0;
-    if (step_us > 0) {
-        json_num("recorded_step_ms", "%.3f", step_us / 1000.0);
-        json_num("driver_share_of_step", "%.6f", r->est_driver_us_per_step / step_us);
-    } else {
-        json_null("recorded_step_ms");
-        json_null("driver_share_of_step");
-    }
+    json_num_or_null("remaps_per_step", "%.3f", r->remaps_per_step, steps);
+    json_num_or_null("driver_calls_per_step", "%.3f", r->driver_calls_per_step, steps);
+    json_num_or_null("est_driver_us_per_step", "%.1f", r->est_driver_us_per_step, steps);
+    /* How long the recorded job's steps took over the same window (the trace's Time column), and
+     * the share of that the estimated driver time would take: whether the cost is one anybody
+     * notices, on any trace with step marks. The timestamps are the recording run's host clock:
+     * a rough figure (README, "What the misses cost"). */
+    bool timed = r->recorded_step_us > 0;
+    json_num_or_null("recorded_step_ms", "%.3f", r->recorded_step_us / 1000.0, timed);
+    json_num_or_null("driver_share_of_step", "%.6f", timed ? r->est_driver_us_per_step / r->recorded_step_us : 0.0,
+                     timed);
     json_num("est_driver_us_total", "%.1f", r->est_driver_us_total);
     /* Measured beside the estimate: the backend's own time (on CUDA the driver's, as a job pays
      * it; on the host backend only the simulation's bookkeeping). */
-    if (steps) json_num("backend_us_per_step", "%.1f", (double)r->window.backend_ns / 1e3 / r->window_steps);
-    else json_null("backend_us_per_step");
+    json_num_or_null("backend_us_per_step", "%.1f", (double)r->window.backend_ns / 1e3 / r->window_steps, steps);
     json_num("backend_us_total", "%.1f", (double)s->backend_ns / 1e3);
     json_u64("backend_calls", s->backend_calls);
     json_u64("remaps", s->num_remaps);
     json_num("replay_seconds", "%.4f", r->seconds);
     json_num("events_per_second", "%.0f", r->seconds > 0 ? (double)r->events / r->seconds : 0.0);
     /* Each backend primitive per step over the same window, so a reader can see what the calls are. */
+    json_key("calls_per_step");
     if (steps) {
-        json_key("calls_per_step");
         json_open();
 #define NF_X_CALL_JSON(name, desc) \
     if (strncmp(#name, "calls_", 6) == 0) json_num(#name + 6, "%.3f", (double)r->window.name / r->window_steps);
@@ -263,7 +253,7 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
 #undef NF_X_CALL_JSON
         json_close();
     } else {
-        json_null("calls_per_step");
+        fputs("null", stdout);
     }
     if (r->step_slots) {
         json_step_array("step_calls", r, step_calls, "%.0f");

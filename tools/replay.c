@@ -300,6 +300,8 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     uint64_t window_event = t->step_count ? t->step_starts[window_step] : 0;
     r->window_steps = t->step_count > REPLAY_WARMUP_STEPS ? t->step_count - REPLAY_WARMUP_STEPS
                                                          : (t->step_count ? t->step_count : 1);
+    r->recorded_step_us =
+        t->step_count ? (double)(t->last_time_us - t->step_times_us[window_step]) / r->window_steps : 0.0;
     uint32_t next_step = 0;
     FILE *layout = opts->layout_log;
     /* The layout log: a header naming the range's base, the page size and the cap in pages, then

@@ -62,6 +62,9 @@ typedef struct replay_result {
     double driver_calls_per_step;
     double est_driver_us_per_step;
     double est_driver_us_total;
+    /* How long the recorded job's steps in the window took, by the trace's timestamps (from the
+     * window's first step to the last row, over window_steps); 0 without step marks or times. */
+    double recorded_step_us;
     nf_stats window; /* counters over the per-step window (end minus window_start) */
     /* With options.per_step: step_slots records, index 0 = making the pool and the events before
      * the first step mark, then one per step. Freed by replay_result_free. */

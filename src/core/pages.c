@@ -170,6 +170,13 @@ static void alias_forget(nf_pool *pool, uint64_t v) {
     pool->stats.num_page_unmaps++;
 }
 
+/* Whether work queued through virtual page v, on any stream (a nonzero mask: all streams count),
+ * may still be running as far as the pool knows: what unmapping v would wait for. */
+static bool page_work_pending(const nf_pool *pool, uint64_t v) {
+    uint64_t seq = pool->pages[v].last_free_seq;
+    return seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM);
+}
+
 /* Unmaps virtual pages [v, v + count) (each mapped, no live block on them) in one driver call,
  * after the work queued through them is done: the work before each page's own last free
  * (last_free_seq), not the newer work its physical page may have gathered at another place, so
@@ -180,13 +187,10 @@ static void alias_forget(nf_pool *pool, uint64_t v) {
  * (docs/cost-model.md). */
 static nf_status alias_unmap_run(nf_pool *pool, uint64_t v, uint64_t count) {
     nf_status s;
-    for (uint64_t i = 0; i < count; i++) {
-        /* Every stream's work queued before that free (a nonzero mask: all streams count). */
-        uint64_t seq = pool->pages[v + i].last_free_seq;
-        if (seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM) &&
-            (s = pool_order_after(pool, 1, seq, NO_STREAM)) != NF_OK)
+    for (uint64_t i = 0; i < count; i++)
+        if (page_work_pending(pool, v + i) &&
+            (s = pool_order_after(pool, 1, pool->pages[v + i].last_free_seq, NO_STREAM)) != NF_OK)
             return s;
-    }
     if ((s = call_unmap(pool, va_of(pool, v), count)) != NF_OK) return s;
     for (uint64_t i = 0; i < count; i++) alias_forget(pool, v + i);
     return NF_OK;
@@ -313,9 +317,7 @@ static int64_t oldest_alias(const nf_pool *pool, int32_t p) {
 static bool idle_page_waits(const nf_pool *pool, int32_t p, uint32_t idx) {
     const phys_page *pp = &pool->phys[p];
     if (!fence_clear(pool, pp, idx)) return true;
-    if (pp->aliases < MAX_ALIASES) return false;
-    uint64_t seq = pool->pages[oldest_alias(pool, p)].last_free_seq;
-    return seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM);
+    return pp->aliases >= MAX_ALIASES && page_work_pending(pool, (uint64_t)oldest_alias(pool, p));
 }
 
 /* The idle physical page to serve virtual page v for stream idx: among the IDLE_CHOICES least
@@ -348,7 +350,6 @@ static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
     }
     return best;
 }
-
 
 /* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
  * growth_room allows, else an idle one (idle_choice), its oldest mapping giving way if it has no

@@ -98,6 +98,16 @@ static nf_status stream_index(nf_pool *pool, void *stream, uint32_t *idx_out) {
  * covers all work queued before every earlier free on that stream, so one event answers for all of
  * them, and a job on one stream never pays for events it does not need.
  */
+/* Makes the stream's one event cover the work queued before free number seq: recorded again
+ * (created the first time) unless its last record already does. A device-side wait already queued
+ * on it keeps the record it was queued behind. */
+static nf_status stream_event_cover(nf_pool *pool, stream_state *st, uint64_t seq) {
+    if (st->event && st->event_seq >= seq) return NF_OK;
+    nf_status s = call_event_record(pool, st->stream, &st->event);
+    if (s == NF_OK) st->event_seq = pool->free_seq;
+    return s;
+}
+
 nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait, bool *done_out) {
     stream_state *st = &pool->streams[idx];
     *done_out = st->done_seq >= seq;
@@ -108,12 +118,7 @@ nf_status pool_stream_reach(nf_pool *pool, uint32_t idx, uint64_t seq, bool wait
         return NF_OK;
     }
     nf_status s;
-    if (!st->event || st->event_seq < seq) {
-        /* The stream's one event, recorded again (created the first time): a device-side wait
-         * already queued on it keeps the record it was queued behind. */
-        if ((s = call_event_record(pool, st->stream, &st->event)) != NF_OK) return s;
-        st->event_seq = pool->free_seq;
-    }
+    if ((s = stream_event_cover(pool, st, seq)) != NF_OK) return s;
     if ((s = call_event_query(pool, st->event, done_out)) != NF_OK) return s;
     if (!*done_out && wait) {
         if ((s = call_event_sync(pool, st->event)) != NF_OK) return s;
@@ -691,11 +696,8 @@ nf_status nf_step_mark(nf_pool *pool) {
      * record a stream a step, and none for a job that never made the host wait. */
     nf_status s = NF_OK;
     if (pool->marks_steps_with_events)
-        for (uint32_t i = 0; i < pool->stream_count && s == NF_OK; i++) {
-            stream_state *st = &pool->streams[i];
-            if (st->event && st->event_seq >= pool->free_seq) continue; /* no free since: as good */
-            if ((s = call_event_record(pool, st->stream, &st->event)) == NF_OK) st->event_seq = pool->free_seq;
-        }
+        for (uint32_t i = 0; i < pool->stream_count && s == NF_OK; i++)
+            s = stream_event_cover(pool, &pool->streams[i], pool->free_seq);
     pthread_mutex_unlock(&pool->lock);
     return s;
 }

@@ -250,11 +250,6 @@ void nf_torch_record_stream_hook(void *ptr, void *stream) {
     })
 }
 
-int nf_torch_step(int device) {
-    int s = NF_OK;
-    FOR_EACH_POOL(device, pool, { nf_step_mark(pool); })
-    return s;
-}
 
 int nf_torch_trim(int device, uint64_t keep_bytes) {
     int s = NF_OK;
@@ -276,6 +271,9 @@ static int on_each_pool(int device, nf_status (*op)(nf_pool *)) {
 }
 
 int nf_torch_check(int device) { return on_each_pool(device, nf_pool_check); }
+
+/* Every pool's step mark, even after one fails (a failed event record: the step is counted). */
+int nf_torch_step(int device) { return on_each_pool(device, nf_step_mark); }
 
 int nf_torch_stats_json(int device, char *buf, size_t size) {
     nf_pool *pool = device_pool_peek(device);

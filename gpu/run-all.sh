@@ -196,6 +196,14 @@ python3 gpu/compile_check.py 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/compil
 grep -q "compile_check: PASSED" "$OUT/compile.log" || status=1
 
 fi
+if want graphs; then
+step "CUDA graphs under nofrag: refused clearly, never a replay into another tensor's memory"
+for mode in capture compile others; do
+  python3 gpu/graph_check.py $mode 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/graphs_$mode.log" || status=1
+  grep -q "graph_check $mode: PASSED" "$OUT/graphs_$mode.log" || status=1
+done
+
+fi
 # Not in a plain run (ONLY="autotune" runs it): max-autotune benchmarks kernels first, which takes
 # minutes even for this small model. AUTOTUNE_S bounds it (default 420 s).
 if [ -n "${ONLY:-}" ] && want autotune; then

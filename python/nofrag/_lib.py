@@ -53,6 +53,8 @@ def lib():
         L.nf_torch_record_stream.restype = c_int
         L.nf_torch_record_stream_hook.argtypes = [vp, vp]
         L.nf_torch_record_stream_hook.restype = None
+        L.nf_torch_begin_allocate_to_pool.argtypes = [c_int, u64, u64, vp]
+        L.nf_torch_begin_allocate_to_pool.restype = None
         L.nf_torch_step.argtypes = [c_int]
         L.nf_torch_trim.argtypes = [c_int, u64]
         L.nf_torch_check.argtypes = [c_int]

@@ -124,6 +124,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
     L = lib()
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     hooked = _hook_record_stream(allocator, L)
+    _refuse_graph_capture(allocator, L, torch)
     if s["reuse_across_streams"] is None:
         # Reusing across streams is safe when every stream that touches a block is known: the
         # callback brings NCCL's. Without it, FSDP's losses went NaN in 3 of 5 runs with reuse on
@@ -150,17 +151,42 @@ def _hook_record_stream(allocator, L):
     tensors of its collectives, unless TORCH_NCCL_AVOID_RECORD_STREAMS=1); a pluggable allocator
     gets no such call unless the callback is set. Sets it to nofrag's where this PyTorch has the
     setter, and returns whether it did."""
+    return _set_native_hook(allocator, "set_record_stream_fn", L.nf_torch_record_stream_hook)
+
+
+def _set_native_hook(allocator, setter_name, function):
+    """Hands the C function to the pluggable allocator's setter of that name; False where this
+    PyTorch has no such setter, or one of another shape."""
     get_native = getattr(allocator, "allocator", None)
     native = get_native() if callable(get_native) else None
-    setter = getattr(native, "set_record_stream_fn", None)
+    setter = getattr(native, setter_name, None)
     if not callable(setter):
         return False
     import ctypes
     try:
-        setter(ctypes.cast(L.nf_torch_record_stream_hook, ctypes.c_void_p).value)
-    except (TypeError, RuntimeError):  # a setter of another shape: keep the Python wrapper
+        setter(ctypes.cast(function, ctypes.c_void_p).value)
+    except (TypeError, RuntimeError):
         return False
     return True
+
+
+def _refuse_graph_capture(allocator, L, torch):
+    """CUDA graph capture needs a private memory pool, which nofrag lacks: without one a graph's
+    replays write into blocks handed to other tensors since (nf_torch_begin_allocate_to_pool says
+    more). PyTorch calls the allocator's begin-allocate-to-pool hook before every capture and when a
+    MemPool is entered; nofrag's refuses with its message. Where this PyTorch has no setter for the
+    hook, torch.cuda.CUDAGraph.capture_begin is wrapped to refuse the same way."""
+    if _set_native_hook(allocator, "set_begin_allocate_to_pool", L.nf_torch_begin_allocate_to_pool):
+        return
+    graph = getattr(torch.cuda, "CUDAGraph", None)
+    if graph is None:
+        return
+
+    def capture_begin(self, *args, **kwargs):
+        L.nf_torch_begin_allocate_to_pool(torch.cuda.current_device(), 0, 0, None)
+        raise RuntimeError(L.nf_torch_last_error().decode(errors="replace"))
+    _hooks["CUDAGraph.capture_begin"] = graph.capture_begin
+    graph.capture_begin = capture_begin
 
 
 def _install_hooks(torch, wrap_record_stream=True):

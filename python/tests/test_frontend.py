@@ -14,7 +14,9 @@ from tests.stand_in import StandInTorchCase
 
 def fake_torch(initialized=False, record_stream_setter=False):
     """A stand-in for the parts of torch that nofrag.torch touches, recording what it is asked;
-    record_stream_setter: its allocator object has set_record_stream_fn, as recent PyTorch's does."""
+    record_stream_setter: its allocator object has set_record_stream_fn and
+    set_begin_allocate_to_pool, as recent PyTorch's does; without it, torch.cuda.CUDAGraph's
+    capture_begin is what nofrag must wrap."""
     calls = {}
     torch = types.ModuleType("torch")
     cuda = types.ModuleType("torch.cuda")
@@ -23,6 +25,9 @@ def fake_torch(initialized=False, record_stream_setter=False):
     class Native:
         def set_record_stream_fn(self, pointer):
             calls["record_stream_fn"] = pointer
+
+        def set_begin_allocate_to_pool(self, pointer):
+            calls["begin_allocate_to_pool"] = pointer
 
     class CUDAPluggableAllocator:
         def __init__(self, path, alloc, free):
@@ -57,6 +62,11 @@ def fake_torch(initialized=False, record_stream_setter=False):
             calls["record_stream"] = stream
 
     torch.Tensor = Tensor
+
+    class CUDAGraph:
+        def capture_begin(self, pool=None):
+            calls["capture_begin"] = pool
+    cuda.CUDAGraph = CUDAGraph
     return torch, calls
 
 
@@ -280,6 +290,32 @@ class EnableTest(StandInTorchCase):
         self.assertNotIn("record_stream", nt._hooks)
         self.assertTrue(nt.active_settings()["reuse_across_streams"])  # every use is heard
         L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
+
+    def test_graph_capture_refused_through_the_pool_hook(self):
+        """Where PyTorch has the setter, nofrag's begin-allocate-to-pool hook is set; called (as
+        PyTorch does before a capture) it refuses with nofrag's message. With no PyTorch loaded it
+        cannot throw, so it leaves the message only."""
+        torch, calls = fake_torch(record_stream_setter=True)
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        original = torch.cuda.CUDAGraph.capture_begin
+        nt.enable()
+        L = _lib.lib()
+        self.assertEqual(calls["begin_allocate_to_pool"],
+                         ctypes.cast(L.nf_torch_begin_allocate_to_pool, ctypes.c_void_p).value)
+        self.assertIs(torch.cuda.CUDAGraph.capture_begin, original)  # the hook covers captures
+        L.nf_torch_begin_allocate_to_pool(2, 1, 0, None)
+        self.assertRegex(nofrag.last_error(), r"^cuda:2: nofrag does not support CUDA graph capture")
+
+    def test_graph_capture_refused_without_the_pool_hook(self):
+        torch, calls = fake_torch()
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        nt.enable()
+        with self.assertRaisesRegex(RuntimeError, "cuda:0: nofrag does not support CUDA graph capture"):
+            torch.cuda.CUDAGraph().capture_begin()
+        self.assertNotIn("capture_begin", calls)  # PyTorch's capture never started
+        self.assertIn("reduce-overhead", nofrag.last_error())
 
     def test_reuse_across_streams_without_the_callback_warns(self):
         torch, calls = fake_torch()

@@ -24,6 +24,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 void nf_torch_record_stream_hook(void *ptr, void *stream);
+void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter);
 int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
@@ -250,6 +251,27 @@ void nf_torch_record_stream_hook(void *ptr, void *stream) {
     })
 }
 
+/* PyTorch's begin-allocate-to-pool hook (CUDAPluggableAllocator::set_begin_allocate_to_pool). PyTorch
+ * calls it before a CUDA graph capture begins (torch.cuda.graph, make_graphed_callables,
+ * torch.compile's "reduce-overhead" mode) and when a torch.cuda.MemPool is entered. A captured graph
+ * replays at the addresses its kernels used during capture, those of blocks freed before the capture
+ * ended included; PyTorch's own allocator keeps them in a private pool for the graph's life. nofrag
+ * has no private pools: it hands such blocks to other tensors and moves their pages, and every replay
+ * writes over them (gpu/graph_check.py saw other tensors' bytes change in 5 of 5 replays). So the hook
+ * refuses, before capture starts, by throwing through PyTorch's check failure as nf_torch_alloc does;
+ * PyTorch raises it in Python as a RuntimeError. Its arguments (the pool's id, a pair of 64-bit
+ * integers passed by value, and the stream filter, a C++ object passed by address) are not read. */
+void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter) {
+    (void)pool_first;
+    (void)pool_second;
+    (void)filter;
+    set_error("cuda:%d: nofrag does not support CUDA graph capture or private memory pools "
+              "(torch.cuda.graph, torch.compile(mode=\"reduce-overhead\"), torch.cuda.MemPool): a graph's "
+              "replays would write into memory nofrag gives to other tensors. Run graphed code under "
+              "PyTorch's own allocator", device);
+    torch_check_fail_fn fail = torch_check_fail_lookup();
+    if (fail) fail("nf_torch_begin_allocate_to_pool", __FILE__, __LINE__, nf_torch_last_error()); /* throws */
+}
 
 int nf_torch_trim(int device, uint64_t keep_bytes) {
     int s = NF_OK;

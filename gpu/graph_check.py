@@ -1,0 +1,163 @@
+"""CUDA graphs under nofrag, on a real GPU: what a user who captures a graph gets.
+
+  python3 gpu/graph_check.py probe      which graph-pool hooks this PyTorch's pluggable allocator has
+  python3 gpu/graph_check.py capture    torch.cuda.graph: capture, then replay while other tensors
+                                        are made, filled and freed; checks the graph's output and
+                                        that no other tensor's bytes changed
+  python3 gpu/graph_check.py compile    torch.compile(mode="reduce-overhead") against eager
+  python3 gpu/graph_check.py others     torch.cuda.make_graphed_callables and torch.cuda.MemPool
+
+GRAPH_CHECK_NATIVE=1 runs the same under PyTorch's own allocator. Each mode runs in its own process (a failed capture can leave CUDA unusable). Prints one line per
+finding and "graph_check MODE: PASSED" or "graph_check MODE: FAILED ..."; exits 1 on a failure.
+A clear refusal (nofrag's, or PyTorch's own for pluggable allocators) counts as passed: what must never happen is a
+graph replay that writes into memory nofrag has handed to another tensor."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import nofrag.torch  # noqa: E402
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else "capture"
+NATIVE = os.environ.get("GRAPH_CHECK_NATIVE") == "1"  # the same checks under PyTorch's allocator
+if not NATIVE:
+    nofrag.torch.enable()
+import torch  # noqa: E402
+import nofrag  # noqa: E402
+
+
+def done(ok, why=""):
+    print(f"graph_check {MODE}: {'PASSED' if ok else 'FAILED'} {why}".rstrip())
+    sys.exit(0 if ok else 1)
+
+
+def refused(exc):
+    """True if the exception is a clear refusal: nofrag's, or PyTorch's own for a pluggable
+    allocator ("... does not yet support ...")."""
+    text = str(exc)
+    print("raised:", type(exc).__name__, text[:300].replace("\n", " "))
+    return "nofrag does not support" in text or "does not yet support" in text
+
+
+def fill_others(n, seed):
+    """Tensors made after capture: each filled with its own value, so any overwrite shows."""
+    out = []
+    for i in range(n):
+        t = torch.empty((1 + (i * 7919 + seed) % 13) << 18, dtype=torch.int32, device="cuda")
+        t.fill_(1000 * seed + i)
+        out.append(t)
+    return out
+
+
+def others_intact(others, seed):
+    return all(bool((t == 1000 * seed + i).all()) for i, t in enumerate(others))
+
+
+if MODE == "probe":
+    alloc = torch.cuda.memory.CUDAPluggableAllocator
+    print("torch", torch.__version__)
+    print("CUDAPluggableAllocator setters:", sorted(a for a in dir(alloc) if "set" in a or "pool" in a.lower()))
+    native = torch._C._cuda_getAllocator() if hasattr(torch._C, "_cuda_getAllocator") else None
+    print("native allocator object:", type(native).__name__,
+          sorted(a for a in dir(native) if not a.startswith("__")) if native is not None else "-")
+    print("MemPool:", hasattr(torch.cuda, "MemPool"), "use_mem_pool:", hasattr(torch.cuda, "use_mem_pool"))
+    done(True)
+
+if MODE == "capture":
+    torch.manual_seed(0)
+    w = torch.randn(1024, 1024, device="cuda")
+    x = torch.randn(64, 1024, device="cuda")
+    expect = torch.relu(x @ w) @ w.t()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(stream):  # warm up on the side stream, as PyTorch's docs ask
+            for _ in range(3):
+                torch.relu(x @ w) @ w.t()
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(g):
+            h = torch.relu(x @ w)  # an intermediate freed inside the capture
+            y = h @ w.t()
+            del h
+    except Exception as exc:  # noqa: BLE001: any refusal is reported
+        clear = refused(exc)
+        # After a refusal the process goes on: eager work on the same stream, the pool's invariants.
+        with torch.cuda.stream(stream):
+            z = torch.relu(x @ w) @ w.t()
+        torch.cuda.synchronize()
+        usable = torch.allclose(z, expect, rtol=1e-3, atol=1e-3)
+        if not NATIVE:
+            nofrag.check_pools()
+        print("eager work after the refusal:", "correct" if usable else "WRONG")
+        done(clear and usable, "(capture refused)")
+    torch.cuda.synchronize()
+    if not NATIVE:
+        print("captured; stats:", {k: v for k, v in nofrag.stats().items() if k in ("allocated_bytes.all.current", "reserved_bytes.all.current", "num_remaps")})
+    bad_out = bad_others = 0
+    for seed in range(1, 6):
+        others = fill_others(40, seed)
+        x.copy_(torch.randn(64, 1024, device="cuda"))
+        expect = torch.relu(x @ w) @ w.t()
+        g.replay()
+        torch.cuda.synchronize()
+        bad_out += not torch.allclose(y, expect, rtol=1e-3, atol=1e-3)
+        bad_others += not others_intact(others, seed)
+        del others
+        if not NATIVE:
+            nofrag.trim()  # idle pages back to the driver: the worst case
+    print(f"replays with a wrong output: {bad_out} of 5; replays that changed another tensor: {bad_others} of 5")
+    done(bad_out == 0 and bad_others == 0)
+
+if MODE == "compile":
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512)).cuda()
+    try:
+        compiled = torch.compile(model, mode="reduce-overhead")
+        bad_out = bad_others = 0
+        for seed in range(1, 8):
+            x = torch.randn(32, 512, device="cuda")
+            with torch.no_grad():
+                got = compiled(x).clone()
+                want = model(x)
+            others = fill_others(20, seed)
+            with torch.no_grad():
+                compiled(torch.randn(32, 512, device="cuda"))
+            torch.cuda.synchronize()
+            bad_out += not torch.allclose(got, want, rtol=1e-2, atol=1e-2)
+            bad_others += not others_intact(others, seed)
+            del others
+    except Exception as exc:  # noqa: BLE001
+        done(refused(exc), "(refused)")
+    print(f"calls with a wrong output: {bad_out} of 7; calls that changed another tensor: {bad_others} of 7")
+    done(bad_out == 0 and bad_others == 0)
+
+if MODE == "others":
+    # make_graphed_callables captures through torch.cuda.graph; a MemPool routes allocations to a
+    # private pool through the same hook. Each must be refused, or, if it goes through, give
+    # results equal to eager's with no other tensor changed.
+    ok = True
+    model = torch.nn.Linear(256, 256).cuda()
+    x = torch.randn(8, 256, device="cuda", requires_grad=True)
+    try:
+        graphed = torch.cuda.make_graphed_callables(model, (x,))
+        others = fill_others(20, 1)
+        good = torch.allclose(graphed(x), model(x)) and others_intact(others, 1)
+        print("make_graphed_callables went through;", "results correct" if good else "WRONG results")
+        ok &= good
+    except Exception as exc:  # noqa: BLE001
+        ok &= refused(exc)
+    if hasattr(torch.cuda, "MemPool"):
+        try:
+            pool = torch.cuda.MemPool()
+            with torch.cuda.use_mem_pool(pool):
+                t = torch.ones(1 << 20, device="cuda")
+            good = bool((t == 1).all())
+            print("MemPool went through;", "results correct" if good else "WRONG results")
+            ok &= good
+        except Exception as exc:  # noqa: BLE001
+            ok &= refused(exc)
+    torch.cuda.synchronize()
+    done(ok)
+
+done(False, f"unknown mode {MODE}")

@@ -216,6 +216,11 @@ fi
 if want multi; then
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
+  step "Tensors copied between GPUs of one process (default peer access, then granted from the start)"
+  python3 gpu/peer_check.py 2>&1 | tee "$OUT/peer.log" | tail -4
+  grep -q "peer_check: PASSED" "$OUT/peer.log" || status=1
+  NOFRAG_PEER_ACCESS=1 python3 gpu/peer_check.py 2>&1 | tee "$OUT/peer_always.log" | tail -1
+  grep -q "peer_check: PASSED" "$OUT/peer_always.log" || status=1
   step "DDP under torchrun on $gpus GPUs: native vs nofrag losses"
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/ddp_native.json" 2>&1 | grep -E "final loss|Error" | tail -2
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/ddp_nofrag.json" 2>&1 | grep -E "final loss|Error" | tail -2

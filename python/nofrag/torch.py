@@ -11,7 +11,10 @@ Settings (argument, else environment variable, else default):
     margin             NOFRAG_MARGIN             default cap = free memory at first use less this
                                                  (default 512M, left for the CUDA context and libraries);
                                                  a safety limit only: held memory follows the live peak
-    peer_access        NOFRAG_PEER_ACCESS        map pages for peer devices too (1/0)
+    peer_access        NOFRAG_PEER_ACCESS        other GPUs may read and write each device's memory
+                                                 (copies between GPUs of one process need it): 1
+                                                 from the first allocation, 0 never; default: from
+                                                 the moment the process uses a second GPU
     log_level          NOFRAG_LOG_LEVEL          0 error, 1 warn (default), 2 info, 3 debug
     page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M
                                                  (default 2M): larger pages, fewer driver calls,
@@ -89,7 +92,8 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
         "capacity_fraction": _setting(capacity_fraction, "NOFRAG_CAPACITY_FRACTION", _fraction, 0.0),
         "margin": _setting(margin, "NOFRAG_MARGIN", parse_bytes, 512 << 20),
-        "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, False),
+        # None: granted once a second device is used (nf_torch_configure's value 2).
+        "peer_access": _setting(peer_access, "NOFRAG_PEER_ACCESS", _flag, None),
         "log_level": _setting(log_level, "NOFRAG_LOG_LEVEL", _level, 1),
         "page_size": _setting(page_size, "NOFRAG_PAGE_SIZE", _page_size, 0),
         # None: decided by enable(), on where the record-stream callback could be set.
@@ -136,7 +140,8 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
                       "setter, so stream uses declared in C++ (NCCL's collectives) go unheard; FSDP training "
                       "went NaN that way. Turn it off unless no such stream touches your tensors.",
                       RuntimeWarning, stacklevel=2)
-    check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], int(s["peer_access"]),
+    peers = 2 if s["peer_access"] is None else int(s["peer_access"])
+    check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], peers,
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
     torch.cuda.memory.change_current_allocator(allocator)

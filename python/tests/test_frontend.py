@@ -91,6 +91,9 @@ class SettingsTest(unittest.TestCase):
             s = nt.settings(margin="1G")
             self.assertEqual(s["capacity"], 8 << 30)
             self.assertTrue(s["peer_access"])
+            self.assertFalse(nt.settings(peer_access=False)["peer_access"])
+            del os.environ["NOFRAG_PEER_ACCESS"]
+            self.assertIsNone(nt.settings()["peer_access"])  # granted once a second GPU is used
             self.assertEqual(s["log_level"], 2)
             self.assertEqual(s["margin"], 1 << 30)
             self.assertEqual(s["page_size"], 8 << 20)
@@ -135,6 +138,15 @@ class LibraryTest(unittest.TestCase):
         self.assertEqual(nofrag.stats(0), {})  # no pool was created
         nofrag.trim()  # nothing to trim: no error
         nofrag.check_pools()
+
+    def test_configure_peer_access_values(self):
+        """0 never, 1 from the first pool, 2 once a second device's pool is made; nothing else."""
+        L = _lib.lib()
+        args = (0, 0.0, 512 << 20)
+        for peers in (0, 1, 2):
+            self.assertEqual(L.nf_torch_configure(*args, peers, 1, 0, 0), 0, peers)
+        for bad in (-1, 3):
+            self.assertNotEqual(L.nf_torch_configure(*args, bad, 1, 0, 0), 0, bad)
 
     def test_torch_layout_reads_the_library_json(self):
         """The names _torch_layout reads are the ones nf_stats_to_json writes: a pool on the host

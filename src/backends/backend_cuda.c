@@ -292,6 +292,27 @@ static nf_status device_open(int ordinal, CUdevice *device, nf_log_fn log, void 
     return NF_OK;
 }
 
+/* The add_peers primitive: every other device that can access this one's memory as a peer joins
+ * the access list that set_access grants. Adding them again changes nothing. */
+static int cuda_add_peers(void *ctx) {
+    cuda_ctx *c = ctx;
+    int count = 0;
+    CUresult rc = driver.cuDeviceGetCount(&count);
+    if (rc != CUDA_SUCCESS) return checked(c, "cuDeviceGetCount", rc);
+    c->access_count = 1;
+    for (int i = 0; i < count && c->access_count < 64; i++) {
+        CUdevice peer;
+        int can = 0;
+        if (i == c->ordinal || driver.cuDeviceGet(&peer, i) != CUDA_SUCCESS) continue;
+        if (driver.cuDeviceCanAccessPeer(&can, peer, c->device) != CUDA_SUCCESS || !can) continue;
+        c->access[c->access_count].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        c->access[c->access_count].location.id = peer;
+        c->access[c->access_count].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        c->access_count++;
+    }
+    return 0;
+}
+
 nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, void *log_user,
                                  nf_backend **backend_out) {
     if (!backend_out) return NF_ERR_INVALID_ARG;
@@ -342,20 +363,7 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
     c->access[0].location.id = device;
     c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     c->access_count = 1;
-    if (peer_access) {
-        int count = 0;
-        driver.cuDeviceGetCount(&count);
-        for (int i = 0; i < count && c->access_count < 64; i++) {
-            CUdevice peer;
-            int can = 0;
-            if (i == ordinal || driver.cuDeviceGet(&peer, i) != CUDA_SUCCESS) continue;
-            if (driver.cuDeviceCanAccessPeer(&can, peer, device) != CUDA_SUCCESS || !can) continue;
-            c->access[c->access_count].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-            c->access[c->access_count].location.id = peer;
-            c->access[c->access_count].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-            c->access_count++;
-        }
-    }
+    if (peer_access) cuda_add_peers(c);
     b->name = "cuda";
     b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING | NF_BACKEND_CAP_STREAM_WAIT;
     b->granularity = gran;
@@ -367,6 +375,7 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
     b->map = cuda_map;
     b->unmap = cuda_unmap;
     b->set_access = cuda_set_access;
+    b->add_peers = cuda_add_peers;
     b->event_record = cuda_event_record;
     b->event_query = cuda_event_query;
     b->event_sync = cuda_event_sync;

@@ -74,6 +74,12 @@ nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages) {
     return rc ? failed(pool, "set_access", va, rc) : NF_OK;
 }
 
+nf_status call_add_peers(nf_pool *pool) {
+    int rc;
+    TIMED(pool, rc, pool->backend->add_peers(pool->backend->ctx));
+    return rc ? failed(pool, "add_peers", 0, rc) : NF_OK;
+}
+
 nf_status call_event_record(nf_pool *pool, void *stream, uint64_t *event_out) {
     pool->stats.calls_event_record++;
     int rc;

@@ -273,6 +273,30 @@ static nf_status access_add(nf_pool *pool, access_run *run, uint64_t v) {
     return s;
 }
 
+nf_status pages_grant_access_again(nf_pool *pool) {
+    nf_status first_failure = NF_OK;
+    uint64_t v = 0;
+    while (v < pool->mapped_end_page) {
+        if (!pages_mapped(pool, v) || pool->pages[v].no_access) { /* the latter get access when claimed */
+            v++;
+            continue;
+        }
+        uint64_t start = v;
+        while (v < pool->mapped_end_page && pages_mapped(pool, v) && !pool->pages[v].no_access) v++;
+        nf_status s = call_set_access(pool, va_of(pool, start), v - start);
+        if (s == NF_OK) continue;
+        if (first_failure == NF_OK) first_failure = s;
+        /* The run keeps the access it had; its idle pages are granted again when claimed (I7 keeps
+         * live pages off that path: they still have their own device's access). */
+        for (uint64_t u = start; u < v; u++)
+            if (!pool->pages[u].live_blocks) {
+                pool->pages[u].no_access = 1;
+                pool->pages_without_access++;
+            }
+    }
+    return first_failure;
+}
+
 /* Makes physical page p busy through virtual page v. */
 static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
     phys_page *pp = &pool->phys[p];

@@ -45,6 +45,10 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
 void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq);
 /* Releases idle physical pages until at most keep_pages are held. */
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released);
+/* set_access again on every mapped page with access, one call per run of adjacent ones, after the
+ * backend's grant widened (nf_pool_enable_peer_access). Every run is tried; the first failure is
+ * returned, and the idle pages of a failed run are marked to get access when next claimed. */
+nf_status pages_grant_access_again(nf_pool *pool);
 /* Unmaps and releases everything; returns the first failure after trying all. */
 nf_status pages_destroy(nf_pool *pool);
 static inline bool pages_mapped(const nf_pool *pool, uint64_t v) { return pool->pages[v].phys != NF_NO_PAGE; }

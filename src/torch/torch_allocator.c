@@ -36,6 +36,17 @@ const char *nf_torch_last_error(void);
 
 enum { MAX_DEVICES = 64 };
 
+/* nf_torch_configure's peer_access. A copy between two GPUs of one process (tensor.to("cuda:1"),
+ * a model split over devices) reads one device's memory from the other; with virtual memory that
+ * needs access granted to the peer on every mapping, or the copy fails ("invalid argument", seen
+ * on two H200s: gpu/peer_check.py). Granting it costs nothing until a second device is used, so
+ * the default waits for that. */
+enum {
+    PEERS_NEVER = 0,
+    PEERS_ALWAYS = 1,          /* every pool's pages are mapped for its peers from the start */
+    PEERS_ONCE_TWO_DEVICES = 2 /* from the moment a second device's pool is made: the default */
+};
+
 typedef struct device_pool {
     nf_backend *backend;
     nf_pool *pool;
@@ -48,7 +59,8 @@ static struct {
     uint64_t capacity_bytes;
     double capacity_fraction;
     uint64_t margin_bytes;
-    bool peer_access;
+    int peer_access; /* PEERS_* */
+    bool peers_granted; /* every pool's backend grants its peers */
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
@@ -59,6 +71,7 @@ static struct {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
+    .peer_access = PEERS_ONCE_TWO_DEVICES,
     .log_level = NF_LOG_WARN,
 };
 
@@ -89,6 +102,23 @@ static void set_error(const char *fmt, ...) {
     if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", text);
 }
 
+/* A second device's pool was just made (its backend grants its peers): the pools made before it
+ * grant theirs from now on, the pages they have mapped included. Once: a pool's peers are every
+ * device that can reach it, so a third device finds them granted. A failure is reported and the
+ * allocation goes on; copies from that pool to other devices may then fail. Under torch_state.lock. */
+static void grant_peers_once(void) {
+    if (torch_state.peer_access != PEERS_ONCE_TWO_DEVICES || torch_state.peers_granted) return;
+    torch_state.peers_granted = true;
+    for (int d = 0; d < MAX_DEVICES; d++) {
+        nf_pool *pool = torch_state.devices[d].pool;
+        nf_status s = pool ? nf_pool_enable_peer_access(pool) : NF_OK;
+        if (s != NF_OK)
+            set_error("cuda:%d: granting other devices access to its memory failed (%s): copies from it to "
+                      "another GPU may fail; NOFRAG_PEER_ACCESS=1 grants it from the start",
+                      d, nf_status_str(s));
+    }
+}
+
 /* The pool of `device`, created on first use. NULL on failure (last_error says why). */
 static nf_pool *device_pool_get(int device) {
     if (device < 0 || device >= MAX_DEVICES) {
@@ -103,8 +133,9 @@ static nf_pool *device_pool_get(int device) {
         uint64_t free_bytes = 0, total = 0;
         nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
         if (s == NF_OK)
-            s = nf_backend_cuda_create(device, torch_state.peer_access, torch_log,
-                                       (void *)(intptr_t)device, &d->backend);
+            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
+                                           (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
+                                       torch_log, (void *)(intptr_t)device, &d->backend);
         if (s != NF_OK) {
             set_error("cannot open cuda:%d: %s", device, nf_status_str(s));
         } else {
@@ -136,6 +167,7 @@ static nf_pool *device_pool_get(int device) {
                 d->backend = NULL;
             } else {
                 d->total_bytes = total;
+                if (torch_state.any_pool) grant_peers_once();
                 torch_state.any_pool = true;
                 __atomic_store_n(&d->pool, created, __ATOMIC_RELEASE);
             }
@@ -202,6 +234,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
     /* The page size must also be a multiple of the device's granularity; the pool checks that
      * when it is made. */
     if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG ||
+        peer_access < PEERS_NEVER || peer_access > PEERS_ONCE_TWO_DEVICES ||
         (page_bytes & (page_bytes - 1)))
         return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&torch_state.lock);
@@ -212,7 +245,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
         torch_state.capacity_bytes = capacity_bytes;
         torch_state.capacity_fraction = capacity_fraction;
         torch_state.margin_bytes = margin_bytes;
-        torch_state.peer_access = peer_access != 0;
+        torch_state.peer_access = peer_access;
         torch_state.log_level = (nf_log_level)log_level;
         torch_state.page_bytes = page_bytes;
         torch_state.reuse_across_streams = reuse_across_streams != 0;

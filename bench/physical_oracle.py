@@ -139,7 +139,7 @@ def simulate(events, cap, policy, max_aliases):
                     if policy == "belady":
                         drop = max(places[p], key=lambda u: next_needed(u, now))
                     else:
-                        drop = places[p][-1]  # nofrag drops the place mapped most recently
+                        drop = places[p][0]  # nofrag drops the place mapped longest ago
                     places[p].remove(drop)
                     mapped[drop] = -1
                 if ever[p]:

@@ -1,6 +1,7 @@
 """Prints the memory and stream figures that the loss scripts stored (gpt2_losses.py,
 model_losses.py, ddp_losses.py), one line per run and rank: held / live peak, page moves, host
-waits (event syncs) and device-side waits (stream waits), and time.
+waits (event syncs) and device-side waits (stream waits), and time (with the part of a timed
+step spent in nofrag's driver calls, where ddp_losses.py stored it).
 
 usage: python3 gpu/memory_table.py LABEL=RUN.json ...
 """
@@ -17,6 +18,9 @@ def rows(label, path):
         median = st.get("median_step_seconds")
         if seconds is not None:
             time_text = f"{seconds * 1000:7.1f} ms/step"
+            driver_ns = st.get("backend_ns_per_timed_step")  # ddp_losses.py, nofrag runs
+            if driver_ns is not None:
+                time_text += f" (nofrag's driver calls {driver_ns / 1e6:.2f} ms of it)"
         else:
             time_text = f"{run.get('seconds', 0):7.2f} s" + (f", median step {median * 1000:.1f} ms" if median else "")
         yield (f"{label:28s} rank {rank}  live peak {live / 2**30:7.3f} GiB  held {held / max(live, 1):6.3f}x"

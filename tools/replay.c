@@ -215,6 +215,13 @@ static void log_to_stderr(void *user, nf_log_level level, const char *message) {
             (unsigned)level < 4 ? names[level] : "log", message);
 }
 
+/* The CUDA backend's reason when it cannot be made (no cuda.h at build time, no driver, no such
+ * device), kept for the replay's error message. */
+static void keep_backend_reason(void *user, nf_log_level level, const char *message) {
+    (void)level;
+    snprintf(user, 256, "%s", message);
+}
+
 int replay_run(const trace *t, const replay_options *opts, replay_result *r, char *err, size_t err_size) {
     memset(r, 0, sizeof *r);
     if (opts->cuda_device >= 0 && opts->stream_lag) {
@@ -231,12 +238,13 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         return -1;
     }
     nf_backend *backend;
+    char reason[256] = "";
     nf_status s = opts->cuda_device >= 0
-                      ? nf_backend_cuda_create(opts->cuda_device, false, NULL, NULL, &backend)
+                      ? nf_backend_cuda_create(opts->cuda_device, false, keep_backend_reason, reason, &backend)
                       : nf_backend_host_create(opts->real_memory, opts->granularity, &backend);
     if (s != NF_OK) {
-        snprintf(err, err_size, "cannot create the %s backend: %s", opts->cuda_device >= 0 ? "cuda" : "host",
-                 nf_status_str(s));
+        snprintf(err, err_size, "cannot create the %s backend: %s%s%s%s", opts->cuda_device >= 0 ? "cuda" : "host",
+                 nf_status_str(s), reason[0] ? " (" : "", reason, reason[0] ? ")" : "");
         return -1;
     }
     nf_config cfg = nf_config_default();

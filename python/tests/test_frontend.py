@@ -135,6 +135,8 @@ class LibraryTest(unittest.TestCase):
         L.nf_torch_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
         self.assertIsNone(L.nf_torch_alloc(1024, 0, None))
         self.assertIn("cuda:0", nofrag.last_error())
+        # ... with the backend's own reason (no cuda.h in this build, or no libcuda.so.1).
+        self.assertRegex(nofrag.last_error(), r"\(device 0: cuda backend: .+\)$")
         self.assertEqual(nofrag.stats(0), {})  # no pool was created
         nofrag.trim()  # nothing to trim: no error
         nofrag.check_pools()

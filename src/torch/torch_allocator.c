@@ -131,13 +131,21 @@ static nf_pool *device_pool_get(int device) {
     pthread_mutex_lock(&torch_state.lock);
     if (!d->pool) {
         uint64_t free_bytes = 0, total = 0;
-        nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
-        if (s == NF_OK)
-            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
-                                           (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
-                                       torch_log, (void *)(intptr_t)device, &d->backend);
+        /* The backend first: when it cannot be made it logs why (no cuda.h in this build, no
+         * driver), and that reason joins the error. PyTorch has made the device's primary context
+         * already, so making the backend first does not change the free memory read after it. */
+        keep_error("");
+        nf_status s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
+                                                 (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
+                                             torch_log, (void *)(intptr_t)device, &d->backend);
+        if (s == NF_OK && (s = nf_cuda_mem_info(device, &free_bytes, &total)) != NF_OK) {
+            nf_backend_destroy(d->backend);
+            d->backend = NULL;
+        }
         if (s != NF_OK) {
-            set_error("cannot open cuda:%d: %s", device, nf_status_str(s));
+            const char *why = nf_torch_last_error();
+            set_error("cannot open cuda:%d: %s%s%s%s", device, nf_status_str(s), why[0] ? " (" : "", why,
+                      why[0] ? ")" : "");
         } else {
             /* Capacity: explicit bytes, else a fraction of the device, else what is free now less
              * a margin for the CUDA context, cuBLAS workspaces and other libraries. */

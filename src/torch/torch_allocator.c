@@ -131,16 +131,19 @@ static nf_pool *device_pool_get(int device) {
     pthread_mutex_lock(&torch_state.lock);
     if (!d->pool) {
         uint64_t free_bytes = 0, total = 0;
-        /* The backend first: when it cannot be made it logs why (no cuda.h in this build, no
-         * driver), and that reason joins the error. PyTorch has made the device's primary context
-         * already, so making the backend first does not change the free memory read after it. */
+        /* When the backend cannot be made it logs why (no cuda.h in this build, no driver, no
+         * virtual memory management), and that reason joins the error. The memory query says
+         * nothing, so where it fails a backend is made only to hear the reason. */
         keep_error("");
-        nf_status s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
-                                                 (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
-                                             torch_log, (void *)(intptr_t)device, &d->backend);
-        if (s == NF_OK && (s = nf_cuda_mem_info(device, &free_bytes, &total)) != NF_OK) {
-            nf_backend_destroy(d->backend);
-            d->backend = NULL;
+        nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
+        if (s == NF_OK) {
+            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
+                                           (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
+                                       torch_log, (void *)(intptr_t)device, &d->backend);
+        } else {
+            nf_backend *probe = NULL;
+            if (nf_backend_cuda_create(device, false, torch_log, (void *)(intptr_t)device, &probe) == NF_OK)
+                nf_backend_destroy(probe);
         }
         if (s != NF_OK) {
             const char *why = nf_torch_last_error();

@@ -82,6 +82,14 @@ static void keep_error(const char *text) {
     pthread_mutex_unlock(&torch_state.error_lock);
 }
 
+/* Puts back the message `before` if nothing was reported since last_error was cleared (another
+ * device's pool may have reported meanwhile: its message stays). */
+static void restore_error_unless_reported(const char *before) {
+    pthread_mutex_lock(&torch_state.error_lock);
+    if (!torch_state.last_error[0]) snprintf(torch_state.last_error, sizeof torch_state.last_error, "%s", before);
+    pthread_mutex_unlock(&torch_state.error_lock);
+}
+
 /* Keeps the message for nofrag.last_error() and prints warnings and errors: in a training job
  * stderr is where an out-of-memory report must land. */
 static void torch_log(void *user, nf_log_level level, const char *message) {
@@ -133,7 +141,10 @@ static nf_pool *device_pool_get(int device) {
         uint64_t free_bytes = 0, total = 0;
         /* When the backend cannot be made it logs why (no cuda.h in this build, no driver, no
          * virtual memory management), and that reason joins the error. The memory query says
-         * nothing, so where it fails a backend is made only to hear the reason. */
+         * nothing, so where it fails a backend is made only to hear the reason. The message
+         * standing before is put back if all goes well. */
+        char before[sizeof torch_state.last_error];
+        snprintf(before, sizeof before, "%s", nf_torch_last_error());
         keep_error("");
         nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
         if (s == NF_OK) {
@@ -150,6 +161,7 @@ static nf_pool *device_pool_get(int device) {
             set_error("cannot open cuda:%d: %s%s%s%s", device, nf_status_str(s), why[0] ? " (" : "", why,
                       why[0] ? ")" : "");
         } else {
+            restore_error_unless_reported(before);
             /* Capacity: explicit bytes, else a fraction of the device, else what is free now less
              * a margin for the CUDA context, cuBLAS workspaces and other libraries. */
             uint64_t cap = torch_state.capacity_bytes;

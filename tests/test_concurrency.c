@@ -1,5 +1,7 @@
 /* Several threads allocating and freeing on one pool (each on its own stream), on real memory,
- * each block stamped and verified so a race that hands one range to two threads is caught. */
+ * each block stamped and verified so a race that hands one range to two threads is caught. One of
+ * them also grants peers access now and then (nf_pool_enable_peer_access: set_access again over
+ * every mapped run while the others use their blocks). */
 #include <pthread.h>
 #include <string.h>
 
@@ -11,6 +13,14 @@ enum { THREADS = 6, OPS = 20000, SLOTS = 64, LOCKSTEP = 500 };
  * time however the scheduler runs them (a loaded machine may otherwise run them one after another,
  * and then no thread ever needs another's pages). */
 static pthread_barrier_t lockstep;
+
+/* The host backend has no peers; this add_peers only counts (under the pool's lock). */
+static unsigned long peer_grants;
+static int count_peer_grant(void *ctx) {
+    (void)ctx;
+    peer_grants++;
+    return 0;
+}
 
 typedef struct worker {
     nf_pool *pool;
@@ -51,6 +61,7 @@ static void *work(void *arg) {
             for (size_t k = 0; k < words[i]; k += 61) ptr[i][k] = stamp[i] + k;
         }
         if (op % 5000 == 0) nf_step_mark(w->pool);
+        if (w->seed == 1000 && op % 2500 == 1250 && nf_pool_enable_peer_access(w->pool) != NF_OK) w->errors++;
         if (op % LOCKSTEP == LOCKSTEP - 1) pthread_barrier_wait(&lockstep);
     }
     for (int i = 0; i < SLOTS; i++)
@@ -60,9 +71,14 @@ static void *work(void *arg) {
 
 int main(void) {
     nf_backend *be;
-    /* A cap tight enough that threads reclaim each other's idle pages. */
-    test_pool_spec spec = {.real_memory = true, .gran = 64 * 1024, .capacity = 24ull << 20};
-    nf_pool *pool = test_pool(&spec, &be);
+    REQUIRE(nf_backend_host_create(true, 64 * 1024, &be) == NF_OK);
+    nf_backend with_peers = *be;
+    with_peers.add_peers = count_peer_grant;
+    nf_config cfg = nf_config_default();
+    cfg.capacity = 24ull << 20; /* tight enough that threads reclaim each other's idle pages */
+    cfg.log = test_log;
+    nf_pool *pool;
+    REQUIRE(nf_pool_create(&cfg, &with_peers, &pool) == NF_OK);
     REQUIRE(pthread_barrier_init(&lockstep, NULL, THREADS) == 0);
     pthread_t threads[THREADS];
     worker workers[THREADS];
@@ -88,6 +104,7 @@ int main(void) {
     CHECK(st.num_alloc_failures == failures);
     CHECK(st.num_steps == THREADS * (OPS / 5000));
     CHECK(st.num_remaps > 0); /* the threads really competed for pages */
+    CHECK(peer_grants == OPS / 2500);
     printf("allocs %llu, failures %llu, remaps %llu\n", (unsigned long long)st.num_allocs,
            (unsigned long long)failures, (unsigned long long)st.num_remaps);
     test_pool_close(pool, be);

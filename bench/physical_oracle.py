@@ -16,7 +16,7 @@ If belady, which knows the future, does no better than nearest, the moves come f
 not from the choice of pages. Prints moves per step averaged over the steps after step 3, like
 `nofrag replay`.
 
-usage: bench/physical_oracle.py LOG [--policy nearest|belady] [--aliases N]
+usage: bench/physical_oracle.py LOG [--policy nearest|belady] [--aliases N] [--blocks]
 """
 import argparse
 from collections import defaultdict
@@ -74,7 +74,10 @@ def live_starts(events, pages):
     return starts
 
 
-def simulate(events, cap, policy, max_aliases):
+def simulate(events, cap, policy, max_aliases, blocks=None):
+    """Page moves a step after the warm-up, and in all. blocks, a list, receives (step, n, first
+    page, pages, moves) for every allocation after the warm-up that moved pages: the n-th of its
+    step (counted from 1)."""
     pages = max(e[2] for e in events if e[0] != "S") + 1
     starts = live_starts(events, pages) if policy == "belady" else {}
     cursor = defaultdict(int)
@@ -92,9 +95,11 @@ def simulate(events, cap, policy, max_aliases):
     places, busy_at, ever = [], [], []  # per physical page: its places, where it is busy, used before
     idle = set()
     step, moves = 0, defaultdict(int)
+    nth = 0  # allocations so far in this step
     for now, e in enumerate(events):
         if e[0] == "S":
             step += 1
+            nth = 0
             continue
         first, last = e[1], e[2]
         if e[0] == "F":
@@ -105,6 +110,8 @@ def simulate(events, cap, policy, max_aliases):
                     busy_at[p] = -1
                     idle.add(p)
             continue
+        nth += 1
+        moves_before = moves[step]
         lacking = []
         for v in range(first, last + 1):  # first every page that can be had in place
             count[v] += 1
@@ -148,6 +155,8 @@ def simulate(events, cap, policy, max_aliases):
             mapped[v] = p
             places[p].append(v)
             busy_at[p] = v
+        if blocks is not None and step > WARMUP_STEPS and moves[step] > moves_before:
+            blocks.append((step, nth, first, last - first + 1, moves[step] - moves_before))
     # Step k (0-based) runs after the (k+1)-th mark; the window is steps WARMUP_STEPS and later.
     window = max(1, step - WARMUP_STEPS)
     in_window = sum(c for s, c in moves.items() if s > WARMUP_STEPS)
@@ -159,11 +168,23 @@ def main():
     ap.add_argument("log")
     ap.add_argument("--policy", choices=("nearest", "belady"), default="nearest")
     ap.add_argument("--aliases", type=int, default=4, help="places per physical page (nofrag: 4)")
+    ap.add_argument("--blocks", action="store_true",
+                    help="also list the allocations that moved pages after the warm-up (step, n-th of "
+                         "the step, first page, pages, moves) and how many moves came from blocks that "
+                         "reach above the cap's page count (the top of the range)")
     args = ap.parse_args()
     page, cap, events = read_log(args.log)
-    per_step, total = simulate(events, cap, args.policy, args.aliases)
+    blocks = [] if args.blocks else None
+    per_step, total = simulate(events, cap, args.policy, args.aliases, blocks)
     print(f"{args.log}: {args.policy}, cap {cap} pages of {page >> 20} MiB, {args.aliases} places a page: "
           f"{per_step:.1f} page moves a step after step {WARMUP_STEPS} ({total} in all)")
+    if blocks is not None:
+        for step, nth, first, pages, moved in blocks:
+            print(f"  step {step}: allocation {nth} of the step, pages {first}-{first + pages - 1} ({pages}): "
+                  f"{moved} moves")
+        top = sum(b[4] for b in blocks if b[2] + b[3] > cap)
+        print(f"after step {WARMUP_STEPS}: {sum(b[4] for b in blocks)} moves from {len(blocks)} allocations, "
+              f"{top} of them by blocks reaching above page {cap}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`nofrag replay --layout-log`: the log names the page size and cap the replay used, every free
 names a live block, no two live blocks overlap, and the step marks match the trace's steps; then
-bench/physical_oracle.py reads it, and refuses a log from a replay without a cap."""
+bench/physical_oracle.py reads it (and with --blocks lists the allocations that moved pages,
+adding up to its total), and refuses a log from a replay without a cap."""
 import bisect
 import json
 import os
@@ -12,6 +13,7 @@ import tempfile
 from checks import check, finish
 
 nofrag, trace, oracle = sys.argv[1], sys.argv[2], sys.argv[3]
+moving_trace = sys.argv[4]  # one whose layout forces page moves, for --blocks
 
 with tempfile.TemporaryDirectory() as tmp:
     log = os.path.join(tmp, "layout.log")
@@ -58,6 +60,22 @@ with tempfile.TemporaryDirectory() as tmp:
 
     res = subprocess.run([sys.executable, oracle, log], capture_output=True, text=True)
     check(res.returncode == 0 and "page moves a step after step 3" in res.stdout, "the oracle reads the log")
+
+    # --blocks: the allocations listed add up to the moves after the warm-up, which are the
+    # per-step average times the steps after step 3.
+    moving = os.path.join(tmp, "moving.log")
+    d = json.loads(subprocess.run([nofrag, "replay", "--json", "--capacity-factor", "1.02", "--layout-log", moving,
+                                   moving_trace], check=True, capture_output=True, text=True).stdout)
+    res = subprocess.run([sys.executable, oracle, moving, "--blocks"], capture_output=True, text=True)
+    out = res.stdout.splitlines()
+    listed = sum(int(line.rsplit(":", 1)[1].split()[0]) for line in out if line.startswith("  step "))
+    summary = [line for line in out if line.startswith("after step 3: ")]
+    check(res.returncode == 0 and len(summary) == 1, "--blocks prints its summary")
+    total = int(summary[0].split()[3]) if summary else -1
+    per_step = float(out[0].split(": ")[-1].split()[0]) if out else -1
+    check(total > 0 and listed == total, f"the listed allocations' moves add up to the summary's ({listed} vs {total})")
+    check(abs(total / max(1, d["steps"] - 3) - per_step) < 0.051,
+          f"the summary's moves are the per-step average's ({total} over {d['steps'] - 3} steps vs {per_step})")
 
     nocap = os.path.join(tmp, "nocap.log")
     subprocess.run([nofrag, "replay", "--json", "--layout-log", nocap, trace], check=True, capture_output=True)

@@ -82,12 +82,12 @@ static void keep_error(const char *text) {
     pthread_mutex_unlock(&torch_state.error_lock);
 }
 
-/* Puts back the message `before` if nothing was reported since last_error was cleared (another
- * device's pool may have reported meanwhile: its message stays). */
-static void restore_error_unless_reported(const char *before) {
-    pthread_mutex_lock(&torch_state.error_lock);
-    if (!torch_state.last_error[0]) snprintf(torch_state.last_error, sizeof torch_state.last_error, "%s", before);
-    pthread_mutex_unlock(&torch_state.error_lock);
+/* A log callback that keeps a backend's message in the buffer `user` points to
+ * (BACKEND_REASON_SIZE bytes): why the backend cannot be made. */
+enum { BACKEND_REASON_SIZE = 256 };
+static void keep_backend_reason(void *user, nf_log_level level, const char *message) {
+    (void)level;
+    snprintf(user, BACKEND_REASON_SIZE, "%s", message);
 }
 
 /* Keeps the message for nofrag.last_error() and prints warnings and errors: in a training job
@@ -139,29 +139,22 @@ static nf_pool *device_pool_get(int device) {
     pthread_mutex_lock(&torch_state.lock);
     if (!d->pool) {
         uint64_t free_bytes = 0, total = 0;
-        /* When the backend cannot be made it logs why (no cuda.h in this build, no driver, no
-         * virtual memory management), and that reason joins the error. The memory query says
-         * nothing, so where it fails a backend is made only to hear the reason. The message
-         * standing before is put back if all goes well. */
-        char before[sizeof torch_state.last_error];
-        snprintf(before, sizeof before, "%s", nf_torch_last_error());
-        keep_error("");
         nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
-        if (s == NF_OK) {
+        if (s == NF_OK)
             s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
                                            (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
                                        torch_log, (void *)(intptr_t)device, &d->backend);
-        } else {
-            nf_backend *probe = NULL;
-            if (nf_backend_cuda_create(device, false, torch_log, (void *)(intptr_t)device, &probe) == NF_OK)
-                nf_backend_destroy(probe);
-        }
         if (s != NF_OK) {
-            const char *why = nf_torch_last_error();
-            set_error("cannot open cuda:%d: %s%s%s%s", device, nf_status_str(s), why[0] ? " (" : "", why,
-                      why[0] ? ")" : "");
+            /* The backend says why it cannot be made (no cuda.h in this build, no driver, no
+             * virtual memory management); the memory query says nothing, so one is made again,
+             * only to hear that reason. */
+            char why[BACKEND_REASON_SIZE] = "";
+            nf_backend *probe = NULL;
+            if (nf_backend_cuda_create(device, false, keep_backend_reason, why, &probe) == NF_OK)
+                nf_backend_destroy(probe);
+            if (why[0]) set_error("cannot open cuda:%d: %s (device %d: %s)", device, nf_status_str(s), device, why);
+            else set_error("cannot open cuda:%d: %s", device, nf_status_str(s));
         } else {
-            restore_error_unless_reported(before);
             /* Capacity: explicit bytes, else a fraction of the device, else what is free now less
              * a margin for the CUDA context, cuBLAS workspaces and other libraries. */
             uint64_t cap = torch_state.capacity_bytes;

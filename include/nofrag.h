@@ -113,6 +113,15 @@ typedef struct nf_config {
      * The price: the requesting stream's next work starts after the other stream's work queued
      * before the free. Only where the backend has NF_BACKEND_CAP_STREAM_WAIT. */
     bool reuse_across_streams;
+    /* Off by default. Every physical page stays at the virtual place where it was first mapped
+     * for the pool's life: an idle page is never moved to another place nor mapped at a second
+     * one, and nf_trim and a lowered cap release nothing (nf_pool_destroy releases all). Every
+     * address the pool ever handed out stays backed by the same memory, freed or not, which is
+     * what work recorded once and replayed later needs: a CUDA graph keeps using the addresses of
+     * blocks freed while it was captured (the PyTorch front end makes such a pool per graph pool).
+     * The price: the pool holds every page it ever touched, and a request that finds no free
+     * place on mapped pages makes new ones (under a cap, fails rather than move a page). */
+    bool pin_pages;
 } nf_config;
 
 /* The defaults: no cap, 1 TiB of address space, 512-byte alignment, no log. */
@@ -269,8 +278,9 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
 
 /* Releases idle physical memory until at most keep_bytes are held (or nothing idle is left):
  * idle pages are unmapped once no pending work can touch them, then released to the backend.
- * *released_out (may be NULL) receives the bytes released. Fails with NF_ERR_BACKEND iff a driver
- * call fails; what was released before that stays released. O(pages); thread-safe. */
+ * *released_out (may be NULL) receives the bytes released; a pool with pin_pages releases
+ * nothing. Fails with NF_ERR_BACKEND iff a driver call fails; what was released before that stays
+ * released. O(pages); thread-safe. */
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 
 /* Lets the devices that can access this pool's device as peers read and write its memory from now

@@ -376,12 +376,12 @@ static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
 }
 
 /* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
- * growth_room allows, else an idle one (idle_choice), its oldest mapping giving way if it has no
- * alias slot free. */
+ * growth_room allows (always with pin_pages: an idle page stays where it is), else an idle one
+ * (idle_choice), its oldest mapping giving way if it has no alias slot free. */
 static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused, access_run *run) {
     int32_t p;
     nf_status s;
-    if (growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
+    if (pool->config.pin_pages || growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
         if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
         if ((s = phys_create(pool, &p)) != NF_OK) return s;
         idle_push(pool, p);
@@ -574,6 +574,7 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
 
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
     nf_status s = NF_OK;
+    if (pool->config.pin_pages) keep_pages = held(pool); /* its pages stay where they are */
     while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
         if ((s = phys_release(pool, pool->idle_head)) != NF_OK) break;
         *released += pool->gran;
@@ -669,6 +670,11 @@ nf_status pages_check(nf_pool *pool) {
           (unsigned long long)lacking_access, (unsigned long long)pool->pages_without_access);
     INVARIANT(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
           "I10 reserved_bytes");
+    INVARIANT(!pool->config.pin_pages || (mapped == physical && pool->stats.calls_unmap == 0 &&
+                                          pool->stats.calls_page_release == 0),
+          "I15 pinned pool: %llu places for %llu physical pages, %llu unmaps, %llu releases",
+          (unsigned long long)mapped, (unsigned long long)physical, (unsigned long long)pool->stats.calls_unmap,
+          (unsigned long long)pool->stats.calls_page_release);
     INVARIANT(!pool->cap_pages || physical <= pool->cap_pages + pool->cap_slack,
           "I11 %llu physical pages over a cap of %llu", (unsigned long long)physical,
           (unsigned long long)pool->cap_pages);

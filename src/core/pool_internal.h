@@ -29,6 +29,8 @@
  *   I12 every gauge: current <= peak
  *   I13 allocated_bytes.peak <= live_high_water  (nf_stats_reset_peaks lowers only the former)
  *   I14 every page's last_free_seq <= free_seq
+ *   I15 config.pin_pages  =>  |mapped virtual pages| == |physical pages| (one place each), and no
+ *       unmap or release call was ever made
  */
 #ifndef NOFRAG_POOL_INTERNAL_H
 #define NOFRAG_POOL_INTERNAL_H

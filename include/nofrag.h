@@ -153,9 +153,9 @@ nf_status nf_pool_destroy(nf_pool *pool);
  * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
  * idle pages (a report goes to the log); NF_ERR_BACKEND iff a driver call fails.
  * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe.
- * Not for memory used inside a CUDA graph: a graph replays at the addresses it captured, also those
- * of blocks freed during capture, which the pool hands out again and may back with other pages.
- * Give graphed work memory the pool does not own (the PyTorch front end refuses graph capture). */
+ * For memory used inside a CUDA graph, use a pool of the graph's own with pin_pages: a graph
+ * replays at the addresses it captured, also those of blocks freed during capture, which a pool
+ * without it may back with other pages (the PyTorch front end makes such pools). */
 nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
 
 /* Frees a block. Its memory is reusable at once on `stream`, and on other streams once the work

@@ -9,6 +9,7 @@ These functions work once nofrag serves PyTorch's allocations. `device` is a CUD
 None means every device nofrag has a pool on (stats: the current device).
 """
 import json
+import sys
 
 from ._lib import NofragError, check, lib, parse_bytes
 
@@ -55,6 +56,9 @@ def stats(device=None):
     buf = ctypes.create_string_buffer(16384)
     check(L.nf_torch_stats_json(dev, buf, len(buf)), "nofrag.stats")
     out = json.loads(buf.value.decode())
+    # CUDA graphs' private pools (held apart from the device pool while their graphs live).
+    check(L.nf_torch_graph_pools(dev, buf, len(buf)), "nofrag.stats")
+    out.update(json.loads(buf.value.decode()))
     for key, value in list(out.items()):
         base, _, part = key.partition(".")
         if base in _TORCH_NAMES:
@@ -134,7 +138,12 @@ def step(device=-1):
 
 
 def trim(keep_bytes=0, device=-1):
-    """Gives idle physical memory back to the driver, keeping at most keep_bytes per pool."""
+    """Gives idle physical memory back to the driver, keeping at most keep_bytes per pool, and
+    destroys the pools of deleted CUDA graphs (after waiting for the device: their last replays
+    may still run)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     check(lib().nf_torch_trim(-1 if device is None else device, parse_bytes(keep_bytes)), "nofrag.trim")
 
 

@@ -55,6 +55,13 @@ def lib():
         L.nf_torch_record_stream_hook.restype = None
         L.nf_torch_begin_allocate_to_pool.argtypes = [c_int, u64, u64, vp]
         L.nf_torch_begin_allocate_to_pool.restype = None
+        L.nf_torch_end_allocate_to_pool.argtypes = [c_int, u64, u64]
+        L.nf_torch_end_allocate_to_pool.restype = None
+        L.nf_torch_release_pool.argtypes = [c_int, u64, u64]
+        L.nf_torch_release_pool.restype = None
+        L.nf_torch_graph_refusal.argtypes = [c_int]
+        L.nf_torch_graph_refusal.restype = ctypes.c_char_p
+        L.nf_torch_graph_pools.argtypes = [c_int, ctypes.c_char_p, ctypes.c_size_t]
         L.nf_torch_step.argtypes = [c_int]
         L.nf_torch_trim.argtypes = [c_int, u64]
         L.nf_torch_check.argtypes = [c_int]

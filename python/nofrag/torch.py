@@ -128,7 +128,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
     L = lib()
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     hooked = _hook_record_stream(allocator, L)
-    _refuse_graph_capture(allocator, L, torch)
+    _hook_graph_pools(allocator, L, torch)
     if s["reuse_across_streams"] is None:
         # Reusing across streams is safe when every stream that touches a block is known: the
         # callback brings NCCL's. Without it, FSDP's losses went NaN in 3 of 5 runs with reuse on
@@ -175,23 +175,35 @@ def _set_native_hook(allocator, setter_name, function):
     return True
 
 
-def _refuse_graph_capture(allocator, L, torch):
-    """CUDA graph capture needs a private memory pool, which nofrag lacks: without one a graph's
-    replays write into blocks handed to other tensors since (nf_torch_begin_allocate_to_pool says
-    more). PyTorch calls the allocator's begin-allocate-to-pool hook before every capture and when a
-    MemPool is entered; nofrag's refuses with its message. Where this PyTorch has no setter for the
-    hook, torch.cuda.CUDAGraph.capture_begin is wrapped to refuse the same way."""
-    if _set_native_hook(allocator, "set_begin_allocate_to_pool", L.nf_torch_begin_allocate_to_pool):
-        return
+def _has_native_setter(allocator, setter_name):
+    get_native = getattr(allocator, "allocator", None)
+    native = get_native() if callable(get_native) else None
+    return callable(getattr(native, setter_name, None))
+
+
+_GRAPH_SETTERS = ("set_end_allocate_to_pool_fn", "set_release_pool", "set_begin_allocate_to_pool")
+
+
+def _hook_graph_pools(allocator, L, torch):
+    """CUDA graph capture needs private memory: a graph replays at the addresses its kernels used
+    during capture, so nofrag gives each graph pools of its own (nf_torch_begin_allocate_to_pool
+    says more). PyTorch announces a capture's start and end and a pool's release through three
+    hooks of the pluggable allocator; where all three can be set, they are, and graphs work.
+    Otherwise torch.cuda.CUDAGraph.capture_begin is wrapped to refuse: without private pools every
+    replay wrote over other tensors. Returns whether graphs are supported."""
+    functions = (L.nf_torch_end_allocate_to_pool, L.nf_torch_release_pool, L.nf_torch_begin_allocate_to_pool)
+    if all(_has_native_setter(allocator, name) for name in _GRAPH_SETTERS) and \
+            all(_set_native_hook(allocator, name, fn) for name, fn in zip(_GRAPH_SETTERS, functions)):
+        return True
     graph = getattr(torch.cuda, "CUDAGraph", None)
     if graph is None:
-        return
+        return False
 
     def capture_begin(self, *args, **kwargs):
-        L.nf_torch_begin_allocate_to_pool(torch.cuda.current_device(), 0, 0, None)
-        raise RuntimeError(L.nf_torch_last_error().decode(errors="replace"))
+        raise RuntimeError(L.nf_torch_graph_refusal(torch.cuda.current_device()).decode(errors="replace"))
     _hooks["CUDAGraph.capture_begin"] = graph.capture_begin
     graph.capture_begin = capture_begin
+    return False
 
 
 def _install_hooks(torch, wrap_record_stream=True):
@@ -201,6 +213,10 @@ def _install_hooks(torch, wrap_record_stream=True):
     L = lib()
 
     def empty_cache():
+        # Released CUDA graph pools are destroyed here, which must wait for the graphs' last
+        # replays (PyTorch's own empty_cache waits too: cudaFree synchronizes the device).
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         check(L.nf_torch_trim(-1, 0), "torch.cuda.empty_cache (nofrag trim)")
 
     def set_per_process_memory_fraction(fraction, device=None):

@@ -12,10 +12,11 @@ from nofrag import _lib
 from tests.stand_in import StandInTorchCase
 
 
-def fake_torch(initialized=False, record_stream_setter=False):
+def fake_torch(initialized=False, record_stream_setter=False, graph_setters=True):
     """A stand-in for the parts of torch that nofrag.torch touches, recording what it is asked;
     record_stream_setter: its allocator object has set_record_stream_fn and
-    set_begin_allocate_to_pool, as recent PyTorch's does; without it, torch.cuda.CUDAGraph's
+    set_begin_allocate_to_pool, and with graph_setters also set_end_allocate_to_pool_fn and
+    set_release_pool, as recent PyTorch's does; without them, torch.cuda.CUDAGraph's
     capture_begin is what nofrag must wrap."""
     calls = {}
     torch = types.ModuleType("torch")
@@ -28,6 +29,13 @@ def fake_torch(initialized=False, record_stream_setter=False):
 
         def set_begin_allocate_to_pool(self, pointer):
             calls["begin_allocate_to_pool"] = pointer
+
+        if graph_setters:
+            def set_end_allocate_to_pool_fn(self, pointer):
+                calls["end_allocate_to_pool"] = pointer
+
+            def set_release_pool(self, pointer):
+                calls["release_pool"] = pointer
 
     class CUDAPluggableAllocator:
         def __init__(self, path, alloc, free):
@@ -305,31 +313,53 @@ class EnableTest(StandInTorchCase):
         self.assertTrue(nt.active_settings()["reuse_across_streams"])  # every use is heard
         L.nf_torch_record_stream_hook(ctypes.c_void_p(0x1000), None)  # no pool holds it: ignored
 
-    def test_graph_capture_refused_through_the_pool_hook(self):
-        """Where PyTorch has the setter, nofrag's begin-allocate-to-pool hook is set; called (as
-        PyTorch does before a capture) it refuses with nofrag's message. With no PyTorch loaded it
-        cannot throw, so it leaves the message only."""
+    def test_graph_pool_hooks_set_where_pytorch_has_the_setters(self):
+        """Where PyTorch lets all three be set, nofrag hears a capture's start and end and a pool's
+        release, and captures are not wrapped. Without a driver, a capture's start reports why the
+        device cannot be opened (with no PyTorch loaded it cannot throw, so it leaves the message)."""
         torch, calls = fake_torch(record_stream_setter=True)
         self.use_torch(torch)
         import nofrag.torch as nt
         original = torch.cuda.CUDAGraph.capture_begin
         nt.enable()
         L = _lib.lib()
-        self.assertEqual(calls["begin_allocate_to_pool"],
-                         ctypes.cast(L.nf_torch_begin_allocate_to_pool, ctypes.c_void_p).value)
-        self.assertIs(torch.cuda.CUDAGraph.capture_begin, original)  # the hook covers captures
+        for key, fn in (("begin_allocate_to_pool", L.nf_torch_begin_allocate_to_pool),
+                        ("end_allocate_to_pool", L.nf_torch_end_allocate_to_pool),
+                        ("release_pool", L.nf_torch_release_pool)):
+            self.assertEqual(calls[key], ctypes.cast(fn, ctypes.c_void_p).value, key)
+        self.assertIs(torch.cuda.CUDAGraph.capture_begin, original)  # the hooks cover captures
         L.nf_torch_begin_allocate_to_pool(2, 1, 0, None)
-        self.assertRegex(nofrag.last_error(), r"^cuda:2: nofrag does not support CUDA graph capture")
+        self.assertRegex(nofrag.last_error(), r"^cannot open cuda:2")
+        L.nf_torch_end_allocate_to_pool(2, 1, 0)  # no capture under way: nothing to end
+        L.nf_torch_release_pool(2, 1, 0)
+        L.nf_torch_release_pool(99, 1, 0)  # out of range: ignored
+        buf = ctypes.create_string_buffer(256)
+        self.assertEqual(L.nf_torch_graph_pools(2, buf, len(buf)), 0)
+        self.assertEqual(json.loads(buf.value.decode()),
+                         {"graph_pools": 0, "graph_reserved_bytes": 0, "graph_allocated_bytes": 0})
+        self.assertNotEqual(L.nf_torch_graph_pools(2, buf, 8), 0)  # too small a buffer
+
+    def test_graph_capture_refused_where_the_end_hook_cannot_be_set(self):
+        """A PyTorch that lets the begin hook be set but not the end and release hooks: nofrag
+        could not tell when a capture ends, so captures are refused before they start."""
+        torch, calls = fake_torch(record_stream_setter=True, graph_setters=False)
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        nt.enable()
+        self.assertNotIn("begin_allocate_to_pool", calls)
+        with self.assertRaisesRegex(RuntimeError, "cuda:0: this PyTorch does not let nofrag hear when a CUDA graph"):
+            torch.cuda.CUDAGraph().capture_begin()
+        self.assertNotIn("capture_begin", calls)  # PyTorch's capture never started
 
     def test_graph_capture_refused_without_the_pool_hook(self):
         torch, calls = fake_torch()
         self.use_torch(torch)
         import nofrag.torch as nt
         nt.enable()
-        with self.assertRaisesRegex(RuntimeError, "cuda:0: nofrag does not support CUDA graph capture"):
+        with self.assertRaisesRegex(RuntimeError, "cuda:0: this PyTorch does not let nofrag hear"):
             torch.cuda.CUDAGraph().capture_begin()
         self.assertNotIn("capture_begin", calls)  # PyTorch's capture never started
-        self.assertIn("reduce-overhead", nofrag.last_error())
+        self.assertIn("make_graphed_callables", nofrag.last_error())
 
     def test_reuse_across_streams_without_the_callback_warns(self):
         torch, calls = fake_torch()

@@ -52,6 +52,7 @@
     X(cuEventSynchronize, (CUevent event))                                                         \
     X(cuEventDestroy, (CUevent event))                                                             \
     X(cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned int flags))                     \
+    X(cuThreadExchangeStreamCaptureMode, (CUstreamCaptureMode * mode))                             \
     X(cuGetErrorName, (CUresult error, const char **name))
 
 typedef struct driver_api {
@@ -124,14 +125,21 @@ typedef struct cuda_ctx {
     uint64_t gran;
 } cuda_ctx;
 
-/* Runs `call` with the device's primary context current, then restores the caller's. */
+/* Runs `call` with the device's primary context current, then restores the caller's. The calling
+ * thread's stream capture mode is relaxed meanwhile: nofrag's calls may come while a CUDA graph is
+ * being captured (its blocks are allocated then), and in the default ("global") mode the driver
+ * refuses calls it deems unsafe during any capture; the allocator's own calls are not part of the
+ * graph (PyTorch's allocator relaxes the mode around its calls for the same reason). */
 #define WITH_CONTEXT(c, call)                                                        \
     do {                                                                             \
         CUcontext saved_ = NULL;                                                     \
+        CUstreamCaptureMode mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;                   \
+        driver.cuThreadExchangeStreamCaptureMode(&mode_);                            \
         driver.cuCtxGetCurrent(&saved_);                                             \
         if (saved_ != (c)->primary) driver.cuCtxSetCurrent((c)->primary);            \
         rc = (call);                                                                 \
         if (saved_ != (c)->primary) driver.cuCtxSetCurrent(saved_);                  \
+        driver.cuThreadExchangeStreamCaptureMode(&mode_);                            \
     } while (0)
 
 /* NF_BACKEND_EVENT_PENDING is 1, which is also CUDA_ERROR_INVALID_VALUE: that one error is passed

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nofrag.h"
@@ -25,6 +26,10 @@ int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 void nf_torch_record_stream_hook(void *ptr, void *stream);
 void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter);
+void nf_torch_end_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second);
+void nf_torch_release_pool(int device, uint64_t pool_first, uint64_t pool_second);
+int nf_torch_graph_pools(int device, char *buf, size_t size);
+const char *nf_torch_graph_refusal(int device);
 int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
@@ -47,10 +52,35 @@ enum {
     PEERS_ONCE_TWO_DEVICES = 2 /* from the moment a second device's pool is made: the default */
 };
 
+/* A CUDA graph's private memory: PyTorch names a pool (MempoolId_t, two 64-bit integers) before a
+ * capture, and every block allocated until the capture ends belongs to it, for as long as PyTorch
+ * keeps the id. nofrag gives each (id, stream) its own pool with pinned pages (nf_config.pin_pages):
+ * a graph replays at the addresses its kernels used during capture, those of blocks freed before
+ * the capture ended included, so those addresses must stay backed by memory no other tensor gets,
+ * which a pinned pool of the graph's own guarantees. One stream a pool: its blocks are reused in
+ * that stream's order only, as PyTorch's own private pools do, and the pool never needs to record
+ * an event (which a capturing stream would take into the graph). A block another stream was
+ * declared to use (record_stream) is never reused: its free is kept until the pool goes. */
+typedef struct graph_pool {
+    uint64_t id_first, id_second;
+    void *stream;
+    nf_pool *pool;
+    uint64_t base, end; /* its virtual range: which pool a freed pointer belongs to */
+    bool released;      /* PyTorch released the id: destroyed by the next empty_cache once empty */
+    void **kept;        /* blocks another stream used: freed only when the pool is destroyed */
+    size_t kept_count, kept_capacity;
+    size_t kept_freed;  /* of them, those PyTorch has freed */
+    struct graph_pool *next;
+} graph_pool;
+
 typedef struct device_pool {
     nf_backend *backend;
     nf_pool *pool;
     uint64_t total_bytes;
+    /* Under torch_state.graph_lock: */
+    graph_pool *graphs;
+    bool capturing; /* between begin- and end-allocate-to-pool: allocations go to graph pools */
+    uint64_t capture_first, capture_second;
 } device_pool;
 
 static struct {
@@ -65,10 +95,13 @@ static struct {
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
     bool any_pool;
+    pthread_mutex_t graph_lock; /* guards every device's graph pools and capture state */
+    int graph_activity; /* devices capturing + graph pools alive: 0 lets alloc and free skip the lock */
     pthread_mutex_t error_lock; /* guards last_error: pools of several devices may log at once */
     char last_error[512];
 } torch_state = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
+    .graph_lock = PTHREAD_MUTEX_INITIALIZER,
     .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
     .peer_access = PEERS_ONCE_TWO_DEVICES,
@@ -222,11 +255,134 @@ static torch_check_fail_fn torch_check_fail_lookup(void) {
     return fn;
 }
 
+/* ---- CUDA graphs' private pools (graph_pool above) ------------------------------------------ */
+
+static bool graph_activity(void) { return __atomic_load_n(&torch_state.graph_activity, __ATOMIC_ACQUIRE) != 0; }
+
+static void graph_activity_add(int delta) { __atomic_add_fetch(&torch_state.graph_activity, delta, __ATOMIC_RELEASE); }
+
+/* Records the first block's address and the last block's end: a pool's virtual range. */
+static int range_of(void *user, const nf_block_info *block) {
+    uint64_t *range = user;
+    if (!range[1]) range[0] = block->address;
+    range[1] = block->address + block->size;
+    return 0;
+}
+
+/* The graph pool of the capture under way on `device` for `stream`, made on first use. NULL on
+ * failure (last_error says why). Under graph_lock. */
+static graph_pool *graph_pool_for(int device, void *stream) {
+    device_pool *d = &torch_state.devices[device];
+    for (graph_pool *g = d->graphs; g; g = g->next)
+        if (!g->released && g->id_first == d->capture_first && g->id_second == d->capture_second && g->stream == stream)
+            return g;
+    graph_pool *g = calloc(1, sizeof *g);
+    if (!g) {
+        set_error("cuda:%d: no host memory for a CUDA graph's pool", device);
+        return NULL;
+    }
+    nf_config cfg = nf_config_default();
+    cfg.pin_pages = true;
+    cfg.virtual_bytes = d->total_bytes; /* address space only: a graph may use the whole device */
+    cfg.page_bytes = torch_state.page_bytes;
+    cfg.log = torch_log;
+    cfg.log_user = (void *)(intptr_t)device;
+    cfg.log_level = NF_LOG_DEBUG;
+    nf_status s = nf_pool_create(&cfg, d->backend, &g->pool);
+    if (s != NF_OK) {
+        set_error("cuda:%d: cannot create a CUDA graph's pool: %s", device, nf_status_str(s));
+        free(g);
+        return NULL;
+    }
+    uint64_t range[2] = {0, 0};
+    nf_pool_walk(g->pool, range_of, range);
+    g->base = range[0];
+    g->end = range[1];
+    g->id_first = d->capture_first;
+    g->id_second = d->capture_second;
+    g->stream = stream;
+    g->next = d->graphs;
+    d->graphs = g;
+    graph_activity_add(1);
+    return g;
+}
+
+/* The graph pool on `device` whose range holds ptr, or NULL. Under graph_lock. */
+static graph_pool *graph_pool_holding(int device, const void *ptr) {
+    if (device < 0 || device >= MAX_DEVICES) return NULL;
+    uint64_t at = (uint64_t)(uintptr_t)ptr;
+    for (graph_pool *g = torch_state.devices[device].graphs; g; g = g->next)
+        if (at >= g->base && at < g->end) return g;
+    return NULL;
+}
+
+static bool kept_has(const graph_pool *g, const void *ptr, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (g->kept[i] == ptr) return true;
+    return false;
+}
+
+/* Another stream uses ptr, a block of graph pool g: its memory is never reused (kept), since
+ * nothing orders that stream's work before a later block of the graph. */
+static nf_status graph_keep(graph_pool *g, void *ptr) {
+    if (kept_has(g, ptr, g->kept_count)) return NF_OK;
+    if (g->kept_count == g->kept_capacity) {
+        size_t capacity = g->kept_capacity ? 2 * g->kept_capacity : 16;
+        void **grown = realloc(g->kept, capacity * sizeof *grown);
+        if (!grown) return NF_ERR_NO_MEMORY_HOST;
+        g->kept = grown;
+        g->kept_capacity = capacity;
+    }
+    g->kept[g->kept_count++] = ptr;
+    return NF_OK;
+}
+
+/* Destroys the released graph pools of `device` whose blocks PyTorch has all freed (kept ones
+ * included). The caller has waited for the device's work. Under graph_lock. */
+static nf_status graph_pools_reap(int device) {
+    nf_status first_error = NF_OK;
+    graph_pool **link = &torch_state.devices[device].graphs;
+    while (*link) {
+        graph_pool *g = *link;
+        nf_stats st;
+        nf_status s = nf_stats_get(g->pool, &st);
+        if (s != NF_OK || !g->released || st.allocation.current > g->kept_freed) {
+            link = &g->next;
+            continue;
+        }
+        s = nf_pool_destroy(g->pool);
+        if (s != NF_OK && first_error == NF_OK) first_error = s;
+        *link = g->next;
+        free(g->kept);
+        free(g);
+        graph_activity_add(-1);
+    }
+    return first_error;
+}
+
+static void *alloc_failed(size_t size, int device);
+
 void *nf_torch_alloc(size_t size, int device, void *stream) {
     nf_pool *pool = device_pool_get(device);
     void *ptr = NULL;
-    nf_status s = pool ? nf_alloc(pool, size, stream, &ptr) : NF_ERR_UNSUPPORTED;
+    nf_status s = pool ? NF_OK : NF_ERR_UNSUPPORTED;
+    bool done = false;
+    if (pool && graph_activity()) {
+        pthread_mutex_lock(&torch_state.graph_lock);
+        if (torch_state.devices[device].capturing) {
+            graph_pool *g = graph_pool_for(device, stream);
+            s = g ? nf_alloc(g->pool, size, stream, &ptr) : NF_ERR_NO_MEMORY_HOST;
+            done = true;
+        }
+        pthread_mutex_unlock(&torch_state.graph_lock);
+    }
+    if (pool && !done) s = nf_alloc(pool, size, stream, &ptr);
     if (s == NF_OK || size == 0) return ptr;
+    return alloc_failed(size, device);
+}
+
+/* Throws PyTorch's out-of-memory error where c10 is loaded; else NULL. */
+static void *alloc_failed(size_t size, int device) {
     torch_check_fail_fn fail = torch_check_fail_lookup();
     if (fail) {
         char message[700];
@@ -241,6 +397,15 @@ void *nf_torch_alloc(size_t size, int device, void *stream) {
 
 void nf_torch_free(void *ptr, size_t size, int device, void *stream) {
     (void)size;
+    if (graph_activity()) {
+        pthread_mutex_lock(&torch_state.graph_lock);
+        graph_pool *g = graph_pool_holding(device, ptr);
+        /* A kept block stays allocated in its pool: no later block of the graph may take it. */
+        if (g && kept_has(g, ptr, g->kept_count)) g->kept_freed++;
+        else if (g) nf_free(g->pool, ptr, stream);
+        pthread_mutex_unlock(&torch_state.graph_lock);
+        if (g) return;
+    }
     nf_pool *pool = device_pool_peek(device);
     if (pool) nf_free(pool, ptr, stream);
 }
@@ -277,7 +442,19 @@ int nf_torch_set_memory_fraction(double fraction, int device) {
     return nf_pool_set_capacity(pool, (uint64_t)floor((double)torch_state.devices[device].total_bytes * fraction));
 }
 
+/* Another stream's use of a block of a graph pool: the block is kept (graph_keep). NF_ERR_INVALID_POINTER
+ * if no graph pool of `device` holds ptr. */
+static int graph_record_stream(int device, void *ptr, void *stream) {
+    if (!graph_activity()) return NF_ERR_INVALID_POINTER;
+    pthread_mutex_lock(&torch_state.graph_lock);
+    graph_pool *g = graph_pool_holding(device, ptr);
+    int s = !g ? NF_ERR_INVALID_POINTER : stream == g->stream ? NF_OK : graph_keep(g, ptr);
+    pthread_mutex_unlock(&torch_state.graph_lock);
+    return s;
+}
+
 int nf_torch_record_stream(void *ptr, int device, void *stream) {
+    if (graph_record_stream(device, ptr, stream) == NF_OK) return NF_OK;
     nf_pool *pool = device_pool_peek(device);
     return pool ? nf_record_stream(pool, ptr, stream) : NF_ERR_INVALID_POINTER;
 }
@@ -298,36 +475,112 @@ void nf_torch_record_stream_hook(void *ptr, void *stream) {
     FOR_EACH_POOL(-1, pool, {
         if (nf_record_stream(pool, ptr, stream) == NF_OK) return;
     })
+    for (int d = 0; d < MAX_DEVICES && graph_activity(); d++)
+        if (graph_record_stream(d, ptr, stream) == NF_OK) return;
 }
 
-/* PyTorch's begin-allocate-to-pool hook (CUDAPluggableAllocator::set_begin_allocate_to_pool). PyTorch
- * calls it before a CUDA graph capture begins (torch.cuda.graph, make_graphed_callables,
- * torch.compile's "reduce-overhead" mode) and when a torch.cuda.MemPool is entered. A captured graph
- * replays at the addresses its kernels used during capture, those of blocks freed before the capture
- * ended included; PyTorch's own allocator keeps them in a private pool for the graph's life. nofrag
- * has no private pools: it hands such blocks to other tensors and moves their pages, and every replay
- * writes over them (gpu/graph_check.py saw other tensors' bytes change in 5 of 5 replays). So the hook
- * refuses, before capture starts, by throwing through PyTorch's check failure as nf_torch_alloc does;
- * PyTorch raises it in Python as a RuntimeError. Its arguments (the pool's id, a pair of 64-bit
- * integers passed by value, and the stream filter, a C++ object passed by address) are not read. */
+/* PyTorch's begin-allocate-to-pool hook (CUDAPluggableAllocator::set_begin_allocate_to_pool),
+ * called before a CUDA graph capture begins (torch.cuda.graph, make_graphed_callables) with the
+ * graph's pool id (a pair of 64-bit integers, passed by value) and a stream filter (a C++ object
+ * passed by address, not read: every allocation on the device until end-allocate-to-pool goes to
+ * the graph's pools, which is what the filter selects when one thread captures). Blocks then go to
+ * a pinned pool per (id, stream) (graph_pool above). Before PyTorch's end and release hooks could
+ * be set (the Python side checks), nofrag refused captures instead: without private pools every
+ * replay wrote over other tensors (gpu/graph_check.py). A failure throws through PyTorch's check
+ * failure as nf_torch_alloc does, before the capture starts. */
 void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter) {
-    (void)pool_first;
-    (void)pool_second;
     (void)filter;
-    set_error("cuda:%d: nofrag does not support CUDA graph capture or private memory pools "
-              "(torch.cuda.graph, torch.compile(mode=\"reduce-overhead\"), torch.cuda.MemPool): a graph's "
-              "replays would write into memory nofrag gives to other tensors. Run graphed code under "
-              "PyTorch's own allocator", device);
+    nf_pool *pool = device_pool_get(device); /* the device's backend serves its graph pools too */
+    if (pool) {
+        pthread_mutex_lock(&torch_state.graph_lock);
+        device_pool *d = &torch_state.devices[device];
+        bool nested = d->capturing;
+        if (!nested) {
+            d->capturing = true;
+            d->capture_first = pool_first;
+            d->capture_second = pool_second;
+            graph_activity_add(1);
+        }
+        pthread_mutex_unlock(&torch_state.graph_lock);
+        if (!nested) return;
+        set_error("cuda:%d: a CUDA graph capture began while another was under way on the device; nofrag "
+                  "allocates for one capture at a time per device", device);
+    }
     torch_check_fail_fn fail = torch_check_fail_lookup();
     if (fail) fail("nf_torch_begin_allocate_to_pool", __FILE__, __LINE__, nf_torch_last_error()); /* throws */
 }
 
+/* PyTorch's end-allocate-to-pool hook: the capture has ended; later allocations go to the device's
+ * pool again. The graph's pools stay, their blocks reused only by later captures into the same id. */
+void nf_torch_end_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second) {
+    (void)pool_first;
+    (void)pool_second;
+    if (device < 0 || device >= MAX_DEVICES) return;
+    pthread_mutex_lock(&torch_state.graph_lock);
+    if (torch_state.devices[device].capturing) {
+        torch_state.devices[device].capturing = false;
+        graph_activity_add(-1);
+    }
+    pthread_mutex_unlock(&torch_state.graph_lock);
+}
+
+/* PyTorch's release-pool hook: no graph uses the id any more. Its pools are destroyed by the next
+ * nf_torch_trim (torch.cuda.empty_cache, which waits for the device first) once PyTorch has freed
+ * all their blocks; until then their memory stays held, as PyTorch's own private pools do. */
+void nf_torch_release_pool(int device, uint64_t pool_first, uint64_t pool_second) {
+    if (device < 0 || device >= MAX_DEVICES) return;
+    pthread_mutex_lock(&torch_state.graph_lock);
+    for (graph_pool *g = torch_state.devices[device].graphs; g; g = g->next)
+        if (g->id_first == pool_first && g->id_second == pool_second) g->released = true;
+    pthread_mutex_unlock(&torch_state.graph_lock);
+}
+
+/* The refusal nofrag gave before graph pools existed, for a PyTorch that lets the begin hook be
+ * set but not the end or release hooks (the Python side calls it then, from a wrapped capture). */
+const char *nf_torch_graph_refusal(int device) {
+    set_error("cuda:%d: this PyTorch does not let nofrag hear when a CUDA graph capture ends or its pool "
+              "is released, so CUDA graph capture (torch.cuda.graph, make_graphed_callables) is refused: "
+              "a graph's replays would write into memory nofrag gives to other tensors. Run graphed code "
+              "under PyTorch's own allocator", device);
+    return nf_torch_last_error();
+}
+
+/* The graph pools of `device`, summed, as JSON: {"graph_pools": N, "graph_reserved_bytes": B,
+ * "graph_allocated_bytes": B}. Returns NF_OK, or NF_ERR_INVALID_ARG if buf is too small. */
+int nf_torch_graph_pools(int device, char *buf, size_t size) {
+    uint64_t count = 0, reserved = 0, allocated = 0;
+    if (device >= 0 && device < MAX_DEVICES && graph_activity()) {
+        pthread_mutex_lock(&torch_state.graph_lock);
+        for (graph_pool *g = torch_state.devices[device].graphs; g; g = g->next) {
+            nf_stats st;
+            if (nf_stats_get(g->pool, &st) != NF_OK) continue;
+            count++;
+            reserved += st.reserved_bytes.current;
+            allocated += st.allocated_bytes.current;
+        }
+        pthread_mutex_unlock(&torch_state.graph_lock);
+    }
+    int n = snprintf(buf, size, "{\"graph_pools\":%llu,\"graph_reserved_bytes\":%llu,\"graph_allocated_bytes\":%llu}",
+                     (unsigned long long)count, (unsigned long long)reserved, (unsigned long long)allocated);
+    return n < 0 || (size_t)n >= size ? NF_ERR_INVALID_ARG : NF_OK;
+}
+
+/* torch.cuda.empty_cache (the Python side waits for the device first): idle pages of the device
+ * pools, and the graph pools PyTorch released whose blocks are all freed. */
 int nf_torch_trim(int device, uint64_t keep_bytes) {
     int s = NF_OK;
     FOR_EACH_POOL(device, pool, {
         int r = nf_trim(pool, keep_bytes, NULL);
         if (r != NF_OK) s = r;
     })
+    if (graph_activity()) {
+        pthread_mutex_lock(&torch_state.graph_lock);
+        for (int d = device < 0 ? 0 : device; d < (device < 0 ? MAX_DEVICES : device + 1); d++) {
+            int r = graph_pools_reap(d);
+            if (r != NF_OK) s = r;
+        }
+        pthread_mutex_unlock(&torch_state.graph_lock);
+    }
     return s;
 }
 

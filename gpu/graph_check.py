@@ -6,6 +6,8 @@
                                         that no other tensor's bytes changed
   python3 gpu/graph_check.py compile    torch.compile(mode="reduce-overhead") against eager
   python3 gpu/graph_check.py others     torch.cuda.make_graphed_callables and torch.cuda.MemPool
+  python3 gpu/graph_check.py train      a whole training step (forward, backward, Adam) captured
+                                        once, replayed 20 times against eager steps
 
 GRAPH_CHECK_NATIVE=1 runs the same under PyTorch's own allocator. Each mode runs in its own process
 (a failed capture can leave CUDA unusable). Prints one line per finding and "graph_check MODE:
@@ -210,5 +212,63 @@ if MODE == "others":
             ok &= refused(exc)
     torch.cuda.synchronize()
     done(ok)
+
+if MODE == "train":
+    # A whole training step captured once and replayed (PyTorch's documented "whole network
+    # capture": static input and target, forward, backward and a capturable Adam step in the
+    # graph), against the same steps run eagerly on a copy of the model: losses and weights must
+    # agree, and tensors made between replays must keep their bytes.
+    torch.manual_seed(0)
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.LayerNorm(2048),
+                                   torch.nn.Linear(2048, 512)).cuda()
+    model, eager_model = make(), make()
+    eager_model.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    eager_opt = torch.optim.Adam(eager_model.parameters(), lr=1e-3, capturable=True)
+    data = [(torch.randn(64, 512, device="cuda"), torch.randn(64, 512, device="cuda")) for _ in range(20)]
+    static_x, static_t = data[0][0].clone(), data[0][1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up steps on a side stream, as PyTorch's docs ask
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(static_x), static_t).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    # The eager twin takes the same warm-up steps.
+    for _ in range(3):
+        eager_opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(eager_model(static_x), static_t).backward()
+        eager_opt.step()
+    g = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(g):
+        static_loss = torch.nn.functional.mse_loss(model(static_x), static_t)
+        static_loss.backward()
+        opt.step()
+    worst = 0.0
+    bad_others = 0
+    for step, (x, t) in enumerate(data):
+        others = fill_others(10, step + 1)
+        static_x.copy_(x)
+        static_t.copy_(t)
+        g.replay()
+        eager_opt.zero_grad(set_to_none=True)
+        eager_loss = torch.nn.functional.mse_loss(eager_model(x), t)
+        eager_loss.backward()
+        eager_opt.step()
+        torch.cuda.synchronize()
+        worst = max(worst, abs(float(static_loss) - float(eager_loss)) / max(abs(float(eager_loss)), 1e-12))
+        bad_others += not others_intact(others, step + 1)
+        del others
+    weights_close = all(torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+                        for a, b in zip(model.parameters(), eager_model.parameters()))
+    print(f"20 replayed training steps: largest relative loss difference to eager {worst:.2e}, "
+          f"weights {'close' if weights_close else 'APART'}, {bad_others} steps changed another tensor")
+    if not NATIVE:
+        nofrag.check_pools()
+        print("graph pools:", {k: nofrag.stats()[k] for k in ("graph_pools", "graph_reserved_bytes", "graph_allocated_bytes")})
+    done(worst < 1e-3 and weights_close and bad_others == 0)
 
 done(False, f"unknown mode {MODE}")

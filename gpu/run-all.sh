@@ -198,7 +198,7 @@ grep -q "compile_check: PASSED" "$OUT/compile.log" || status=1
 fi
 if want graphs; then
 step "CUDA graphs under nofrag: captured into pools of their own, replays right, no other tensor touched, pools released"
-for mode in capture compile others; do
+for mode in capture compile others train; do
   python3 gpu/graph_check.py $mode 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/graphs_$mode.log" || status=1
   grep -q "graph_check $mode: PASSED" "$OUT/graphs_$mode.log" || status=1
 done

@@ -91,6 +91,9 @@ _COUNTERS = {"num_ooms": "num_alloc_failures", "num_device_alloc": "calls_page_c
 _accumulated_base = {}  # device -> the accumulated figures at the last reset_accumulated_stats
 
 
+_GRAPH_PART = {"allocated_bytes": "graph_allocated_bytes", "reserved_bytes": "graph_reserved_bytes"}
+
+
 def _torch_layout(nf, base=None):
     """PyTorch's nested memory_stats from nofrag's stats() dict `nf` (empty: no pool yet, all 0);
     `base`, a previous result, is subtracted from the accumulated figures (allocated, freed and
@@ -103,6 +106,11 @@ def _torch_layout(nf, base=None):
         total = nf.get(gauge + ".total", 0) if gauge else 0
         if key == "segment":
             cur, peak, total = cur // page, peak // page, total // page
+        # CUDA graphs' pools count in PyTorch's figures as its private pools do: their current
+        # bytes, also in the total so that allocated - freed stays the current (nofrag keeps no
+        # joint peak or history for them, so the peak is at least the current).
+        graph = nf.get(_GRAPH_PART.get(key, ""), 0)
+        cur, peak, total = cur + graph, max(peak, cur + graph), total + graph
         stat = {"current": cur, "peak": peak, "allocated": total, "freed": total - cur}
         if base:
             for k in _ACCUMULATED:

@@ -183,6 +183,15 @@ class LibraryTest(unittest.TestCase):
             self.assertEqual(out["reserved_bytes"]["all"]["current"], out["segment"]["all"]["current"] * (2 << 20))
             self.assertGreaterEqual(out["segment"]["all"]["current"], 2)
             self.assertEqual(out["num_device_alloc"], out["segment"]["all"]["allocated"])
+            # With CUDA graphs' pools (nofrag.stats() adds their figures): counted in, consistent.
+            with_graphs = dict(json.loads(text.value.decode()), graph_allocated_bytes=5 << 20,
+                               graph_reserved_bytes=6 << 20)
+            graphed = nofrag._torch_layout(with_graphs)["allocated_bytes"]["all"]
+            self.assertEqual(graphed["current"], (3 << 20) + (5 << 20))
+            self.assertEqual(graphed["allocated"] - graphed["freed"], graphed["current"])
+            self.assertGreaterEqual(graphed["peak"], graphed["current"])
+            self.assertEqual(nofrag._torch_layout(with_graphs)["reserved_bytes"]["all"]["current"],
+                             out["reserved_bytes"]["all"]["current"] + (6 << 20))
             L.nf_free(pool, ptrs[0], None)
         finally:
             L.nf_pool_destroy(pool)

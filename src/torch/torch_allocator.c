@@ -29,6 +29,7 @@ void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t p
 void nf_torch_end_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second);
 void nf_torch_release_pool(int device, uint64_t pool_first, uint64_t pool_second);
 int nf_torch_graph_pools(int device, char *buf, size_t size);
+int nf_torch_use_host_backend(void);
 const char *nf_torch_graph_refusal(int device);
 int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
@@ -40,6 +41,7 @@ const char *nf_torch_last_error(void);
 #pragma GCC visibility pop
 
 enum { MAX_DEVICES = 64 };
+#define HOST_DEVICE_BYTES (16ull << 30) /* a device's size under nf_torch_use_host_backend */
 
 /* nf_torch_configure's peer_access. A copy between two GPUs of one process (tensor.to("cuda:1"),
  * a model split over devices) reads one device's memory from the other; with virtual memory that
@@ -95,6 +97,7 @@ static struct {
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
     bool any_pool;
+    bool host_backend; /* nf_torch_use_host_backend: tests of the front end without a GPU */
     pthread_mutex_t graph_lock; /* guards every device's graph pools and capture state */
     int graph_activity; /* devices capturing + graph pools alive: 0 lets alloc and free skip the lock */
     pthread_mutex_t error_lock; /* guards last_error: pools of several devices may log at once */
@@ -172,12 +175,17 @@ static nf_pool *device_pool_get(int device) {
     pthread_mutex_lock(&torch_state.lock);
     if (!d->pool) {
         uint64_t free_bytes = 0, total = 0;
-        nf_status s = nf_cuda_mem_info(device, &free_bytes, &total);
-        if (s == NF_OK)
+        nf_status s = NF_OK;
+        if (torch_state.host_backend) { /* a simulated 16 GiB device on real host memory */
+            free_bytes = total = HOST_DEVICE_BYTES;
+            s = nf_backend_host_create(true, 0, &d->backend);
+        } else if ((s = nf_cuda_mem_info(device, &free_bytes, &total)) == NF_OK)
             s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
                                            (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
                                        torch_log, (void *)(intptr_t)device, &d->backend);
-        if (s != NF_OK) {
+        if (s != NF_OK && torch_state.host_backend) {
+            set_error("cannot open cuda:%d: the host backend: %s", device, nf_status_str(s));
+        } else if (s != NF_OK) {
             /* The backend says why it cannot be made (no cuda.h in this build, no driver, no
              * virtual memory management); the memory query says nothing, so one is made again,
              * only to hear that reason. */
@@ -606,6 +614,18 @@ int nf_torch_stats_json(int device, char *buf, size_t size) {
     nf_status s = nf_stats_get(pool, &st);
     if (s != NF_OK) return s;
     return nf_stats_to_json(&st, buf, size, NULL);
+}
+
+/* For tests of the front end where there is no GPU (tests/test_torch_front_end.c): every device's
+ * pool is made on the host backend, on real host memory, as a device of 16 GiB; the stream handles
+ * given are only compared, never used. Must come before the first pool is made: NF_ERR_INVALID_ARG
+ * after. Not for PyTorch: its tensors would point at host memory. */
+int nf_torch_use_host_backend(void) {
+    pthread_mutex_lock(&torch_state.lock);
+    bool late = torch_state.any_pool;
+    if (!late) torch_state.host_backend = true;
+    pthread_mutex_unlock(&torch_state.lock);
+    return late ? NF_ERR_INVALID_ARG : NF_OK;
 }
 
 /* torch.cuda.reset_peak_memory_stats: statistics only (the pool's policy keeps its own peak). */

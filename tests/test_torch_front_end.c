@@ -1,0 +1,123 @@
+/* The PyTorch front end's CUDA graph pools, without a GPU: the entry points PyTorch calls
+ * (nf_torch_alloc / free, the begin- and end-allocate-to-pool and release-pool hooks, the
+ * record-stream callback, empty_cache's trim), driven as PyTorch drives them around a capture, on
+ * pools made on the host backend (nf_torch_use_host_backend). Checks where each block goes, what
+ * is reused and what is not, that a graph's memory keeps its bytes, and that a released pool goes
+ * only once all its blocks are freed. GPU runs of the same: gpu/graph_check.py. */
+#include <string.h>
+
+#include "check.h"
+
+/* The front end's entry points (src/torch/torch_allocator.c; not in a public header: PyTorch finds
+ * them by name). */
+void *nf_torch_alloc(size_t size, int device, void *stream);
+void nf_torch_free(void *ptr, size_t size, int device, void *stream);
+void nf_torch_record_stream_hook(void *ptr, void *stream);
+void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter);
+void nf_torch_end_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second);
+void nf_torch_release_pool(int device, uint64_t pool_first, uint64_t pool_second);
+int nf_torch_graph_pools(int device, char *buf, size_t size);
+int nf_torch_trim(int device, uint64_t keep_bytes);
+int nf_torch_check(int device);
+int nf_torch_use_host_backend(void);
+const char *nf_torch_last_error(void);
+
+enum { MIB = 1 << 20 };
+static char stream_a, stream_b; /* stream handles: only compared */
+#define A ((void *)&stream_a)
+#define B ((void *)&stream_b)
+
+typedef struct graph_figures {
+    unsigned long long pools, reserved, allocated;
+} graph_figures;
+
+static graph_figures graphs(void) {
+    char buf[256];
+    graph_figures f = {0, 0, 0};
+    CHECK_OK(nf_torch_graph_pools(0, buf, sizeof buf));
+    CHECK(sscanf(buf, "{\"graph_pools\":%llu,\"graph_reserved_bytes\":%llu,\"graph_allocated_bytes\":%llu}", &f.pools,
+                 &f.reserved, &f.allocated) == 3);
+    return f;
+}
+
+int main(void) {
+    REQUIRE(nf_torch_use_host_backend() == NF_OK);
+    void *before = nf_torch_alloc(MIB, 0, A); /* the device pool, made now */
+    REQUIRE(before != NULL);
+    CHECK(nf_torch_use_host_backend() == NF_ERR_INVALID_ARG); /* too late once a pool exists */
+    CHECK(graphs().pools == 0);
+
+    /* A capture into pool (7, 0) on stream A: its blocks go to a graph pool. */
+    nf_torch_begin_allocate_to_pool(0, 7, 0, NULL);
+    char *weights_out = nf_torch_alloc(3 * MIB, 0, A);
+    char *scratch = nf_torch_alloc(MIB, 0, A);
+    REQUIRE(weights_out && scratch);
+    memset(weights_out, 0x5a, 3 * MIB);
+    memset(scratch, 0x11, MIB);
+    graph_figures during = graphs();
+    CHECK(during.pools == 1 && during.allocated == 4 * MIB);
+    nf_torch_free(scratch, MIB, 0, A); /* freed inside the capture */
+    char *reused = nf_torch_alloc(MIB, 0, A);
+    CHECK(reused == scratch); /* reused in the capture's own order, as PyTorch's private pools do */
+    nf_torch_record_stream_hook(reused, B); /* another stream uses it: it must never be reused */
+    /* Another stream allocating during the capture gets a pool of its own. */
+    char *other_stream = nf_torch_alloc(MIB, 0, B);
+    CHECK(other_stream != NULL && graphs().pools == 2);
+    nf_torch_end_allocate_to_pool(0, 7, 0);
+    CHECK_OK(nf_torch_check(0));
+
+    /* After the capture: the device pool again, never at the graph's addresses. */
+    char *after = nf_torch_alloc(MIB, 0, A);
+    CHECK(after != NULL && graphs().allocated == 5 * MIB); /* 3 + 1 + 1 on stream B */
+    nf_torch_free(reused, MIB, 0, A); /* kept: stays allocated in the graph pool */
+    CHECK(graphs().allocated == 5 * MIB);
+    nf_torch_free(other_stream, MIB, 0, B);
+    CHECK(graphs().allocated == 4 * MIB);
+    /* Device-pool churn and a trim leave the graph's memory alone: its bytes are still there. */
+    for (int i = 0; i < 20; i++) {
+        char *p = nf_torch_alloc((size_t)(1 + i % 5) * MIB, 0, A);
+        REQUIRE(p != NULL);
+        CHECK(p + (1 + i % 5) * MIB <= weights_out || p >= weights_out + 3 * MIB);
+        memset(p, 0xee, (size_t)(1 + i % 5) * MIB);
+        nf_torch_free(p, 0, 0, A);
+    }
+    CHECK_OK(nf_torch_trim(0, 0));
+    bool intact = true;
+    for (size_t i = 0; i < 3 * MIB; i++) intact &= weights_out[i] == 0x5a;
+    CHECK(intact);
+
+    /* A second capture into the same pool and stream reuses the graph's freed memory (the output
+     * is freed first), but not the kept block. */
+    nf_torch_free(weights_out, 3 * MIB, 0, A);
+    nf_torch_begin_allocate_to_pool(0, 7, 0, NULL);
+    char *second = nf_torch_alloc(3 * MIB, 0, A);
+    CHECK(second == weights_out);
+    char *small = nf_torch_alloc(MIB, 0, A);
+    CHECK(small != NULL && small != reused);
+    /* A capture beginning while one is under way is refused (PyTorch would throw it). */
+    nf_torch_begin_allocate_to_pool(0, 8, 0, NULL);
+    CHECK(strstr(nf_torch_last_error(), "another was under way") != NULL);
+    nf_torch_end_allocate_to_pool(0, 7, 0);
+    CHECK_OK(nf_torch_check(0));
+
+    /* Released, the pools go at the first trim after all their blocks are freed. */
+    CHECK(graphs().pools == 2);
+    nf_torch_release_pool(0, 7, 0);
+    CHECK_OK(nf_torch_trim(0, 0));
+    /* Stream B's pool, empty, is gone; stream A's holds second, small and the kept block. */
+    CHECK(graphs().pools == 1 && graphs().allocated == 5 * MIB);
+    nf_torch_free(second, 3 * MIB, 0, A);
+    nf_torch_free(small, MIB, 0, A);
+    CHECK_OK(nf_torch_trim(0, 0));
+    graph_figures gone = graphs();
+    CHECK(gone.pools == 0 && gone.reserved == 0 && gone.allocated == 0);
+
+    /* With no capture the device pool serves everything, as before any graph. */
+    void *last = nf_torch_alloc(2 * MIB, 0, A);
+    CHECK(last != NULL && graphs().pools == 0);
+    nf_torch_free(last, 2 * MIB, 0, A);
+    nf_torch_free(after, MIB, 0, A);
+    nf_torch_free(before, MIB, 0, A);
+    CHECK_OK(nf_torch_check(0));
+    return check_exit("test_torch_front_end");
+}

@@ -283,15 +283,17 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
  * released. O(pages); thread-safe. */
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 
-/* Lets the devices that can access this pool's device as peers read and write its memory from now
- * on, for a program that starts using a second device after the pool was made (a tensor copied
- * to another GPU; the PyTorch front end calls this when it makes a second device's pool): the
- * backend's add_peers, then access granted again on every mapped page, one call per run of
- * adjacent pages. Calling it again grants again. Fails with NF_ERR_UNSUPPORTED iff the backend has
- * no peers to add (the host backend); NF_ERR_BACKEND iff a driver call fails: every run is still
- * tried, idle pages of a failed run get access when a block next claims them, and live blocks keep
- * the access they had (their own device's). O(pages mapped); thread-safe. */
-nf_status nf_pool_enable_peer_access(nf_pool *pool);
+/* Lets device `device` (an ordinal; a negative one: every device) read and write this pool's
+ * memory from now on, if it can access the pool's device as a peer, for a program that starts
+ * using another device after the pool was made (a tensor copied to another GPU; the PyTorch
+ * front end grants each device its process uses, as it makes that device's pool): the backend's
+ * add_peers, then access granted again on every mapped page, one call per run of adjacent pages.
+ * Grant only the devices that need it: every later mapping is made for each device granted.
+ * Calling it again grants again. Fails with NF_ERR_UNSUPPORTED iff the backend has no peers to add
+ * (the host backend); NF_ERR_BACKEND iff a driver call fails: every run is still tried, idle
+ * pages of a failed run get access when a block next claims them, and live blocks keep the access
+ * they had (their own device's). O(pages mapped); thread-safe. */
+nf_status nf_pool_enable_peer_access(nf_pool *pool, int device);
 
 /* Marks a training-step boundary: counts steps (num_steps), so per-step figures can be taken.
  * Once the host has had to wait for a stream's work, it also records each stream's event, a

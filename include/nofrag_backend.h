@@ -71,11 +71,12 @@ struct nf_backend {
      * Called only when caps has NF_BACKEND_CAP_STREAM_WAIT; may be NULL otherwise. */
     int (*stream_wait)(void *ctx, void *stream, uint64_t event);
     int (*event_release)(void *ctx, uint64_t event);
-    /* Widen what set_access grants from now on to every device that can access this one's memory
-     * as a peer (the CUDA backend made without peer_access); pages mapped before keep their old
-     * access until set_access runs on them again (nf_pool_enable_peer_access does). NULL where
-     * the backend has no peers. */
-    int (*add_peers)(void *ctx);
+    /* Widen what set_access grants from now on to device `device` (an ordinal), or with
+     * device < 0 to every device, if it can access this one's memory as a peer (a device that
+     * cannot is left out: 0 all the same). Pages mapped before keep their old access until
+     * set_access runs on them again (nf_pool_enable_peer_access does). NULL where the backend has
+     * no peers. */
+    int (*add_peers)(void *ctx, int device);
     /* Text for a code returned by any primitive above. Never NULL. */
     const char *(*error_name)(void *ctx, int code);
     /* Frees the backend itself (ctx and the table). Called by nf_backend_destroy. */

@@ -16,8 +16,9 @@ static pthread_barrier_t lockstep;
 
 /* The host backend has no peers; this add_peers only counts (under the pool's lock). */
 static unsigned long peer_grants;
-static int count_peer_grant(void *ctx) {
+static int count_peer_grant(void *ctx, int device) {
     (void)ctx;
+    (void)device;
     peer_grants++;
     return 0;
 }
@@ -61,7 +62,7 @@ static void *work(void *arg) {
             for (size_t k = 0; k < words[i]; k += 61) ptr[i][k] = stamp[i] + k;
         }
         if (op % 5000 == 0) nf_step_mark(w->pool);
-        if (w->seed == 1000 && op % 2500 == 1250 && nf_pool_enable_peer_access(w->pool) != NF_OK) w->errors++;
+        if (w->seed == 1000 && op % 2500 == 1250 && nf_pool_enable_peer_access(w->pool, 1) != NF_OK) w->errors++;
         if (op % LOCKSTEP == LOCKSTEP - 1) pthread_barrier_wait(&lockstep);
     }
     for (int i = 0; i < SLOTS; i++)

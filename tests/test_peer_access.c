@@ -11,6 +11,7 @@ enum { GRAN = 64 * 1024, RANGE_PAGES = 64 };
 static nf_backend *inner;
 static uint64_t base;                  /* the pool's reservation */
 static int peers_added;                /* add_peers calls */
+static int last_peer = -2;             /* the device of the last add_peers call */
 static int grants;                     /* set_access calls */
 static unsigned char granted[RANGE_PAGES]; /* pages covered by set_access since the last reset */
 static int fail_grant_number;          /* the grants-th call (1-based) to fail; 0: none */
@@ -21,9 +22,10 @@ static int w_reserve(void *c, uint64_t bytes, uint64_t *out) {
     return rc;
 }
 
-static int w_add_peers(void *c) {
+static int w_add_peers(void *c, int device) {
     (void)c;
     peers_added++;
+    last_peer = device;
     return 0;
 }
 
@@ -52,8 +54,8 @@ int main(void) {
     /* A backend without add_peers refuses; NULL is a bad argument. */
     nf_backend *plain;
     nf_pool *plain_pool = test_host_pool(GRAN, 0, RANGE_PAGES * GRAN, NULL, &plain);
-    CHECK_STATUS(nf_pool_enable_peer_access(plain_pool), NF_ERR_UNSUPPORTED);
-    CHECK_STATUS(nf_pool_enable_peer_access(NULL), NF_ERR_INVALID_ARG);
+    CHECK_STATUS(nf_pool_enable_peer_access(plain_pool, -1), NF_ERR_UNSUPPORTED);
+    CHECK_STATUS(nf_pool_enable_peer_access(NULL, 1), NF_ERR_INVALID_ARG);
     test_pool_close(plain_pool, plain);
 
     REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
@@ -83,8 +85,8 @@ int main(void) {
 
     grants = 0;
     memset(granted, 0, sizeof granted);
-    CHECK_OK(nf_pool_enable_peer_access(pool));
-    CHECK(peers_added == 1);
+    CHECK_OK(nf_pool_enable_peer_access(pool, 3)); /* one device: the backend hears which */
+    CHECK(peers_added == 1 && last_peer == 3);
     CHECK(grants == 2); /* one call per run */
     CHECK(granted_pages() == 8 && granted_pages() == (int)mapped_pages(pool));
     for (int p = 0; p < 10; p++) CHECK(granted[p] == (p < 3 || p >= 5));
@@ -94,7 +96,7 @@ int main(void) {
     /* A failed first run does not stop the second. */
     grants = 0;
     fail_grant_number = 1;
-    CHECK_STATUS(nf_pool_enable_peer_access(pool), NF_ERR_BACKEND);
+    CHECK_STATUS(nf_pool_enable_peer_access(pool, -1), NF_ERR_BACKEND);
     CHECK(grants == 2);
     CHECK_OK(nf_pool_check(pool));
 
@@ -103,7 +105,7 @@ int main(void) {
     grants = 0;
     memset(granted, 0, sizeof granted);
     fail_grant_number = 2;
-    CHECK_STATUS(nf_pool_enable_peer_access(pool), NF_ERR_BACKEND);
+    CHECK_STATUS(nf_pool_enable_peer_access(pool, -1), NF_ERR_BACKEND);
     fail_grant_number = 0;
     CHECK(peers_added == 3 && grants == 2);
     CHECK(granted[0] == 1 && granted[5] == 0);

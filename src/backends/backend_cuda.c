@@ -300,18 +300,22 @@ static nf_status device_open(int ordinal, CUdevice *device, nf_log_fn log, void 
     return NF_OK;
 }
 
-/* The add_peers primitive: every other device that can access this one's memory as a peer joins
- * the access list that set_access grants. Adding them again changes nothing. */
-static int cuda_add_peers(void *ctx) {
+/* The add_peers primitive: device `only` (every other device if negative), if it can access this
+ * one's memory as a peer, joins the access list that set_access grants. Adding one again changes
+ * nothing. Each device on the list makes every later set_access map the pages for it too, so the
+ * PyTorch front end adds only the devices its process uses. */
+static int cuda_add_peers(void *ctx, int only) {
     cuda_ctx *c = ctx;
     int count = 0;
     CUresult rc = driver.cuDeviceGetCount(&count);
     if (rc != CUDA_SUCCESS) return checked(c, "cuDeviceGetCount", rc);
-    c->access_count = 1;
     for (int i = 0; i < count && c->access_count < 64; i++) {
         CUdevice peer;
         int can = 0;
-        if (i == c->ordinal || driver.cuDeviceGet(&peer, i) != CUDA_SUCCESS) continue;
+        if (i == c->ordinal || (only >= 0 && i != only) || driver.cuDeviceGet(&peer, i) != CUDA_SUCCESS) continue;
+        bool listed = false;
+        for (size_t k = 1; k < c->access_count; k++) listed |= c->access[k].location.id == peer;
+        if (listed) continue;
         if (driver.cuDeviceCanAccessPeer(&can, peer, c->device) != CUDA_SUCCESS || !can) continue;
         c->access[c->access_count].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
         c->access[c->access_count].location.id = peer;
@@ -371,7 +375,7 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
     c->access[0].location.id = device;
     c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     c->access_count = 1;
-    if (peer_access) cuda_add_peers(c);
+    if (peer_access) cuda_add_peers(c, -1);
     b->name = "cuda";
     b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING | NF_BACKEND_CAP_STREAM_WAIT;
     b->granularity = gran;

@@ -74,9 +74,9 @@ nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages) {
     return rc ? failed(pool, "set_access", va, rc) : NF_OK;
 }
 
-nf_status call_add_peers(nf_pool *pool) {
+nf_status call_add_peers(nf_pool *pool, int device) {
     int rc;
-    TIMED(pool, rc, pool->backend->add_peers(pool->backend->ctx));
+    TIMED(pool, rc, pool->backend->add_peers(pool->backend->ctx, device));
     return rc ? failed(pool, "add_peers", 0, rc) : NF_OK;
 }
 

@@ -17,7 +17,7 @@ nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle);
 nf_status call_unmap(nf_pool *pool, uint64_t va, uint64_t pages);
 nf_status call_set_access(nf_pool *pool, uint64_t va, uint64_t pages);
 /* pre: the backend has add_peers. Not counted among the calls: it is made once a device, at most. */
-nf_status call_add_peers(nf_pool *pool);
+nf_status call_add_peers(nf_pool *pool, int device);
 nf_status call_event_record(nf_pool *pool, void *stream, uint64_t *event_out);
 /* *done_out: whether the event's work has completed. */
 nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out);

@@ -686,11 +686,11 @@ nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     return s;
 }
 
-nf_status nf_pool_enable_peer_access(nf_pool *pool) {
+nf_status nf_pool_enable_peer_access(nf_pool *pool, int device) {
     if (!pool) return NF_ERR_INVALID_ARG;
     if (!pool->backend->add_peers) return NF_ERR_UNSUPPORTED;
     pthread_mutex_lock(&pool->lock);
-    nf_status s = call_add_peers(pool);
+    nf_status s = call_add_peers(pool, device);
     if (s == NF_OK) s = pages_grant_access_again(pool);
     pthread_mutex_unlock(&pool->lock);
     return s;

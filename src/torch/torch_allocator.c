@@ -51,7 +51,7 @@ enum { MAX_DEVICES = 64 };
 enum {
     PEERS_NEVER = 0,
     PEERS_ALWAYS = 1,          /* every pool's pages are mapped for its peers from the start */
-    PEERS_ONCE_TWO_DEVICES = 2 /* from the moment a second device's pool is made: the default */
+    PEERS_USED_DEVICES = 2 /* between the devices the process uses, as each one's pool is made: the default */
 };
 
 /* A CUDA graph's private memory: PyTorch names a pool (MempoolId_t, two 64-bit integers) before a
@@ -92,7 +92,6 @@ static struct {
     double capacity_fraction;
     uint64_t margin_bytes;
     int peer_access; /* PEERS_* */
-    bool peers_granted; /* every pool's backend grants its peers */
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
@@ -107,7 +106,7 @@ static struct {
     .graph_lock = PTHREAD_MUTEX_INITIALIZER,
     .error_lock = PTHREAD_MUTEX_INITIALIZER,
     .margin_bytes = 512ull << 20,
-    .peer_access = PEERS_ONCE_TWO_DEVICES,
+    .peer_access = PEERS_USED_DEVICES,
     .log_level = NF_LOG_WARN,
 };
 
@@ -146,20 +145,32 @@ static void set_error(const char *fmt, ...) {
     if (torch_state.log_level >= NF_LOG_ERROR) fprintf(stderr, "nofrag: %s\n", text);
 }
 
-/* A second device's pool was just made (its backend grants its peers): the pools made before it
- * grant theirs from now on, the pages they have mapped included. Once: a pool's peers are every
- * device that can reach it, so a third device finds them granted. A failure is reported and the
- * allocation goes on; copies from that pool to other devices may then fail. Under torch_state.lock. */
-static void grant_peers_once(void) {
-    if (torch_state.peer_access != PEERS_ONCE_TWO_DEVICES || torch_state.peers_granted) return;
-    torch_state.peers_granted = true;
+/* `peer` may read and write the memory of `owner`'s pool from now on, its graph pools included.
+ * A failure is reported and the allocation goes on; copies from owner to peer may then fail. */
+static void grant_peer(int owner, nf_pool *pool, int peer) {
+    nf_status s = nf_pool_enable_peer_access(pool, peer);
+    pthread_mutex_lock(&torch_state.graph_lock);
+    for (graph_pool *g = torch_state.devices[owner].graphs; g && s == NF_OK; g = g->next)
+        s = nf_pool_enable_peer_access(g->pool, peer);
+    pthread_mutex_unlock(&torch_state.graph_lock);
+    if (s != NF_OK)
+        set_error("cuda:%d: granting cuda:%d access to its memory failed (%s): copies from it to cuda:%d may "
+                  "fail; NOFRAG_PEER_ACCESS=1 grants every device access from the start",
+                  owner, peer, nf_status_str(s), peer);
+}
+
+/* Device `fresh`'s pool was just made (PEERS_USED_DEVICES): it and each device whose pool was
+ * made before grant each other access, so copies between the devices the process uses work. A
+ * device the process never uses is granted nothing: every device granted makes each later mapping
+ * of the pool cost a little more (a torchrun rank that touches cuda:0 by mistake grants cuda:0 and
+ * its own device, not all eight of a node). Under torch_state.lock, before `created` is published. */
+static void grant_peers_between(int fresh, nf_pool *created) {
+    if (torch_state.peer_access != PEERS_USED_DEVICES) return;
     for (int d = 0; d < MAX_DEVICES; d++) {
-        nf_pool *pool = torch_state.devices[d].pool;
-        nf_status s = pool ? nf_pool_enable_peer_access(pool) : NF_OK;
-        if (s != NF_OK)
-            set_error("cuda:%d: granting other devices access to its memory failed (%s): copies from it to "
-                      "another GPU may fail; NOFRAG_PEER_ACCESS=1 grants it from the start",
-                      d, nf_status_str(s));
+        nf_pool *earlier = d == fresh ? NULL : torch_state.devices[d].pool;
+        if (!earlier) continue;
+        grant_peer(d, earlier, fresh);
+        grant_peer(fresh, created, d);
     }
 }
 
@@ -180,9 +191,8 @@ static nf_pool *device_pool_get(int device) {
             free_bytes = total = HOST_DEVICE_BYTES;
             s = nf_backend_host_create(true, 0, &d->backend);
         } else if ((s = nf_cuda_mem_info(device, &free_bytes, &total)) == NF_OK)
-            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS ||
-                                           (torch_state.peer_access == PEERS_ONCE_TWO_DEVICES && torch_state.any_pool),
-                                       torch_log, (void *)(intptr_t)device, &d->backend);
+            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS, torch_log,
+                                       (void *)(intptr_t)device, &d->backend);
         if (s != NF_OK && torch_state.host_backend) {
             set_error("cannot open cuda:%d: the host backend: %s", device, nf_status_str(s));
         } else if (s != NF_OK) {
@@ -224,7 +234,7 @@ static nf_pool *device_pool_get(int device) {
                 d->backend = NULL;
             } else {
                 d->total_bytes = total;
-                if (torch_state.any_pool) grant_peers_once();
+                grant_peers_between(device, created);
                 torch_state.any_pool = true;
                 __atomic_store_n(&d->pool, created, __ATOMIC_RELEASE);
             }
@@ -423,7 +433,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
     /* The page size must also be a multiple of the device's granularity; the pool checks that
      * when it is made. */
     if (!(capacity_fraction >= 0 && capacity_fraction <= 1) || log_level < 0 || log_level > NF_LOG_DEBUG ||
-        peer_access < PEERS_NEVER || peer_access > PEERS_ONCE_TWO_DEVICES ||
+        peer_access < PEERS_NEVER || peer_access > PEERS_USED_DEVICES ||
         (page_bytes & (page_bytes - 1)))
         return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&torch_state.lock);

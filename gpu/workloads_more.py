@@ -57,6 +57,11 @@ Jobs:
                      prompts of 32..256 (sampling, KV cache), then a policy-gradient step on the
                      generated sequences (float32 log-softmax over the vocabulary): generation and
                      training of changing shapes in every step, as in RL fine-tuning.
+  gpt2_dpo           Preference fine-tuning (DPO's shape): a GPT-2 124M policy (AdamW) and a frozen
+                     reference copy; each step a no-grad reference pass and a policy forward and
+                     backward over 4 chosen and 4 rejected sequences (prompt 32..256, completions
+                     16..512 tokens), float32 log-probabilities of the completions. Two models,
+                     and a no-grad pass of changing shape before every training pass.
   gpt2_serve_requests  A GPT-2 of 12 layers, 1024 wide (bf16, inference only) serving requests
                      that arrive at random, each with its own KV cache, decoded one token a tick
                      without batching (about 36 at once); a step is a tick. Growing blocks of
@@ -389,6 +394,39 @@ def gpt2_rl_loop(steps, dev, mark, results=None):
         train_step(opt, policy_loss, results)
 
 
+def gpt2_dpo(steps, dev, mark, results=None):
+    """Preference fine-tuning (the shape of DPO): a trained policy and a frozen reference copy, both
+    GPT-2 124M on the GPU; each step takes 4 prompts of 32..256 tokens, each with a chosen and a
+    rejected completion of 16..512 tokens (padded to the longer pair), runs the reference on all
+    8 sequences without gradients, then the policy forward and backward, the loss comparing the
+    two models' summed float32 log-probabilities of the completions."""
+    policy, vocab = gpt2_eager(dev)
+    reference, _ = gpt2_eager(dev)
+    reference.load_state_dict(policy.state_dict())
+    reference.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    beta = 0.1
+    for step in range(steps):
+        mark(step)
+        prompt_len = random.randint(32, 256)
+        length = prompt_len + max(random.randint(16, 512), random.randint(16, 512))
+        seqs = torch.randint(0, vocab, (8, min(length, 1024)), device=dev)  # chosen 0-3, rejected 4-7
+        targets = seqs[:, prompt_len:]
+
+        def completion_logp(model):
+            logits = model(input_ids=seqs).logits[:, prompt_len - 1:-1]
+            return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1).sum(-1)
+
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            ref = completion_logp(reference)
+
+        def dpo_loss():
+            ratio = completion_logp(policy) - ref
+            return -torch.nn.functional.logsigmoid(beta * (ratio[:4] - ratio[4:])).mean()
+
+        train_step(opt, dpo_loss, results)
+
+
 def gpt2_serve_requests(steps, dev, mark, results=None):
     """A naive text-generation server: a request arrives in half the ticks (a prompt of 16..512
     tokens, wanting 16..128 new tokens), each decodes one token a tick with its own KV cache (no
@@ -482,7 +520,7 @@ def unet_diffusion(steps, dev, mark, results=None):
 
 
 # One line: gpu/record.sh finds job names here by grep.
-JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval, "gpt2_rl_loop": gpt2_rl_loop, "gpt2_serve_requests": gpt2_serve_requests, "unet_diffusion": unet_diffusion}
+JOBS = {"resnet_multiscale": resnet_multiscale, "t5_seq2seq": t5_seq2seq, "gpt2_prefetch": gpt2_prefetch, "maskrcnn_detect": maskrcnn_detect, "deeplab_segment": deeplab_segment, "llama_accum_ckpt": llama_accum_ckpt, "llama_bigvocab_accum": llama_bigvocab_accum, "moe_varlen": moe_varlen, "gpt2_accum_eager": gpt2_accum_eager, "gpt2_train_eval_eager": gpt2_train_eval_eager, "gpt2_small_accum_ckpt": gpt2_small_accum_ckpt, "llama_small_accum_ckpt": llama_small_accum_ckpt, "gpt2_small_train_eval": gpt2_small_train_eval, "gpt2_rl_loop": gpt2_rl_loop, "gpt2_dpo": gpt2_dpo, "gpt2_serve_requests": gpt2_serve_requests, "unet_diffusion": unet_diffusion}
 STAT_KEYS = ["allocated_bytes.all.peak", "reserved_bytes.all.peak", "active_bytes.all.peak",
              "requested_bytes.all.peak", "inactive_split_bytes.all.peak", "num_alloc_retries",
              "num_ooms", "segment.all.peak", "allocation.all.allocated", "num_device_alloc",

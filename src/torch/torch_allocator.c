@@ -612,7 +612,19 @@ static int on_each_pool(int device, nf_status (*op)(nf_pool *)) {
     return s;
 }
 
-int nf_torch_check(int device) { return on_each_pool(device, nf_pool_check); }
+/* Every invariant of the device pools and of the graph pools. */
+int nf_torch_check(int device) {
+    int s = on_each_pool(device, nf_pool_check);
+    if (!graph_activity()) return s;
+    pthread_mutex_lock(&torch_state.graph_lock);
+    for (int d = device < 0 ? 0 : device; d < (device < 0 ? MAX_DEVICES : device + 1) && d < MAX_DEVICES; d++)
+        for (graph_pool *g = torch_state.devices[d].graphs; g; g = g->next) {
+            int r = nf_pool_check(g->pool);
+            if (r != NF_OK) s = r;
+        }
+    pthread_mutex_unlock(&torch_state.graph_lock);
+    return s;
+}
 
 /* Every pool's step mark, even after one fails (a failed event record: the step is counted). */
 int nf_torch_step(int device) { return on_each_pool(device, nf_step_mark); }

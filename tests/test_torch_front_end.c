@@ -4,6 +4,7 @@
  * pools made on the host backend (nf_torch_use_host_backend). Checks where each block goes, what
  * is reused and what is not, that a graph's memory keeps its bytes, and that a released pool goes
  * only once all its blocks are freed. GPU runs of the same: gpu/graph_check.py. */
+#include <pthread.h>
 #include <string.h>
 
 #include "check.h"
@@ -40,7 +41,85 @@ static graph_figures graphs(void) {
     return f;
 }
 
-int main(void) {
+/* ---- threads: captures begin, end and are released while other threads allocate ------------- */
+
+enum { WORKERS = 4, WORKER_OPS = 3000, CAPTURES = 40 };
+static int worker_errors;
+
+/* Random blocks on the thread's own stream, each filled with a byte of its own and checked when
+ * freed: a block handed to two owners, or memory moved under one, shows as a changed byte. */
+static void *worker(void *arg) {
+    uint64_t seed = (uint64_t)(uintptr_t)arg;
+    void *stream = arg;
+    enum { SLOTS = 16 };
+    unsigned char *ptr[SLOTS] = {0};
+    size_t size[SLOTS] = {0};
+    int errors = 0;
+    for (int op = 0; op < WORKER_OPS; op++) {
+        int slot = (int)rng_below(&seed, SLOTS);
+        unsigned char fill = (unsigned char)(slot + 1 + 16 * (seed & 7));
+        if (ptr[slot]) {
+            for (size_t i = 0; i < size[slot]; i += 4096) errors += ptr[slot][i] != ptr[slot][0];
+            nf_torch_free(ptr[slot], size[slot], 0, stream);
+            ptr[slot] = NULL;
+        } else {
+            size[slot] = 512 + rng_below(&seed, 3 * MIB);
+            ptr[slot] = nf_torch_alloc(size[slot], 0, stream);
+            if (!ptr[slot]) {
+                errors++;
+                continue;
+            }
+            memset(ptr[slot], fill, size[slot]);
+        }
+    }
+    for (int i = 0; i < SLOTS; i++)
+        if (ptr[i]) nf_torch_free(ptr[i], size[i], 0, stream);
+    __atomic_add_fetch(&worker_errors, errors, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+/* Captures one after another, each into a pool of its own, blocks freed during and after, the id
+ * released and trimmed. */
+static void *capturer(void *arg) {
+    (void)arg;
+    uint64_t seed = 99;
+    for (int c = 0; c < CAPTURES; c++) {
+        void *kept[8];
+        nf_torch_begin_allocate_to_pool(0, 1000 + (uint64_t)c, 0, NULL);
+        for (int i = 0; i < 8; i++) {
+            kept[i] = nf_torch_alloc(512 + rng_below(&seed, 4 * MIB), 0, A);
+            if (i % 2 && kept[i]) {
+                nf_torch_free(kept[i], 0, 0, A);
+                kept[i] = NULL;
+            }
+        }
+        nf_torch_end_allocate_to_pool(0, 1000 + (uint64_t)c, 0);
+        nf_torch_release_pool(0, 1000 + (uint64_t)c, 0);
+        for (int i = 0; i < 8; i++)
+            if (kept[i]) nf_torch_free(kept[i], 0, 0, A);
+        if (nf_torch_trim(0, 0) != NF_OK) __atomic_add_fetch(&worker_errors, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static int threads_main(void) {
+    REQUIRE(nf_torch_use_host_backend() == NF_OK);
+    pthread_t workers[WORKERS], capture;
+    static char streams[WORKERS];
+    for (int i = 0; i < WORKERS; i++) REQUIRE(pthread_create(&workers[i], NULL, worker, &streams[i]) == 0);
+    REQUIRE(pthread_create(&capture, NULL, capturer, NULL) == 0);
+    for (int i = 0; i < WORKERS; i++) pthread_join(workers[i], NULL);
+    pthread_join(capture, NULL);
+    CHECK(worker_errors == 0);
+    CHECK_OK(nf_torch_check(0));
+    CHECK_OK(nf_torch_trim(0, 0));
+    /* Every block is freed and every graph pool released: none may be left. */
+    CHECK(graphs().pools == 0);
+    return check_exit("test_torch_front_end threads");
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "threads") == 0) return threads_main();
     REQUIRE(nf_torch_use_host_backend() == NF_OK);
     void *before = nf_torch_alloc(MIB, 0, A); /* the device pool, made now */
     REQUIRE(before != NULL);

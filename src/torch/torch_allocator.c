@@ -66,6 +66,7 @@ enum {
 typedef struct graph_pool {
     uint64_t id_first, id_second;
     void *stream;
+    nf_backend *backend; /* its own: a backend serves one pool (nofrag_backend.h) */
     nf_pool *pool;
     uint64_t base, end; /* its virtual range: which pool a freed pointer belongs to */
     bool released;      /* PyTorch released the id: destroyed by the next empty_cache once empty */
@@ -174,6 +175,13 @@ static void grant_peers_between(int fresh, nf_pool *created) {
     }
 }
 
+/* A new backend for `device`: CUDA's, or the host backend's under nf_torch_use_host_backend. */
+static nf_status device_backend_create(int device, nf_backend **backend_out) {
+    if (torch_state.host_backend) return nf_backend_host_create(true, 0, backend_out);
+    return nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS, torch_log,
+                                  (void *)(intptr_t)device, backend_out);
+}
+
 /* The pool of `device`, created on first use. NULL on failure (last_error says why). */
 static nf_pool *device_pool_get(int device) {
     if (device < 0 || device >= MAX_DEVICES) {
@@ -187,12 +195,11 @@ static nf_pool *device_pool_get(int device) {
     if (!d->pool) {
         uint64_t free_bytes = 0, total = 0;
         nf_status s = NF_OK;
-        if (torch_state.host_backend) { /* a simulated 16 GiB device on real host memory */
+        if (torch_state.host_backend) /* a simulated 16 GiB device on real host memory */
             free_bytes = total = HOST_DEVICE_BYTES;
-            s = nf_backend_host_create(true, 0, &d->backend);
-        } else if ((s = nf_cuda_mem_info(device, &free_bytes, &total)) == NF_OK)
-            s = nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS, torch_log,
-                                       (void *)(intptr_t)device, &d->backend);
+        else
+            s = nf_cuda_mem_info(device, &free_bytes, &total);
+        if (s == NF_OK) s = device_backend_create(device, &d->backend);
         if (s != NF_OK && torch_state.host_backend) {
             set_error("cannot open cuda:%d: the host backend: %s", device, nf_status_str(s));
         } else if (s != NF_OK) {
@@ -287,8 +294,9 @@ static int range_of(void *user, const nf_block_info *block) {
     return 0;
 }
 
-/* The graph pool of the capture under way on `device` for `stream`, made on first use. NULL on
- * failure (last_error says why). Under graph_lock. */
+/* The graph pool of the capture under way on `device` for `stream`, made on first use, with a
+ * backend of its own (the core serialises a backend's calls only within one pool) granting the
+ * devices the device's pool grants. NULL on failure (last_error says why). Under graph_lock. */
 static graph_pool *graph_pool_for(int device, void *stream) {
     device_pool *d = &torch_state.devices[device];
     for (graph_pool *g = d->graphs; g; g = g->next)
@@ -306,12 +314,18 @@ static graph_pool *graph_pool_for(int device, void *stream) {
     cfg.log = torch_log;
     cfg.log_user = (void *)(intptr_t)device;
     cfg.log_level = NF_LOG_DEBUG;
-    nf_status s = nf_pool_create(&cfg, d->backend, &g->pool);
+    nf_status s = device_backend_create(device, &g->backend);
+    if (s == NF_OK && (s = nf_pool_create(&cfg, g->backend, &g->pool)) != NF_OK) nf_backend_destroy(g->backend);
     if (s != NF_OK) {
         set_error("cuda:%d: cannot create a CUDA graph's pool: %s", device, nf_status_str(s));
         free(g);
         return NULL;
     }
+    if (torch_state.peer_access == PEERS_USED_DEVICES)
+        for (int other = 0; other < MAX_DEVICES; other++)
+            if (other != device && device_pool_peek(other) && nf_pool_enable_peer_access(g->pool, other) != NF_OK)
+                set_error("cuda:%d: granting cuda:%d access to a CUDA graph's memory failed: copies from it to "
+                          "cuda:%d may fail", device, other, other);
     uint64_t range[2] = {0, 0};
     nf_pool_walk(g->pool, range_of, range);
     g->base = range[0];
@@ -370,6 +384,7 @@ static nf_status graph_pools_reap(int device) {
         }
         s = nf_pool_destroy(g->pool);
         if (s != NF_OK && first_error == NF_OK) first_error = s;
+        nf_backend_destroy(g->backend);
         *link = g->next;
         free(g->kept);
         free(g);
@@ -508,7 +523,7 @@ void nf_torch_record_stream_hook(void *ptr, void *stream) {
  * failure as nf_torch_alloc does, before the capture starts. */
 void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter) {
     (void)filter;
-    nf_pool *pool = device_pool_get(device); /* the device's backend serves its graph pools too */
+    nf_pool *pool = device_pool_get(device); /* the device opened, its size known */
     if (pool) {
         pthread_mutex_lock(&torch_state.graph_lock);
         device_pool *d = &torch_state.devices[device];

@@ -236,6 +236,32 @@ class EnableTest(StandInTorchCase):
         nt.enable()  # a second call does nothing
         importlib.reload(nt)  # reloading without NOFRAG_ENABLE must not enable again
 
+    def test_empty_cache_and_trim_wait_for_the_device_first(self):
+        """Released CUDA graph pools are destroyed by the trim, so empty_cache and nofrag.trim
+        must wait for the device first (a graph's last replay may still run); not before CUDA
+        is initialised."""
+        torch, calls = fake_torch()
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        nt.enable()
+        order = []
+        L = _lib.lib()
+        real_trim = L.nf_torch_trim
+        torch.cuda.synchronize = lambda: order.append("synchronize")
+        try:
+            L.nf_torch_trim = lambda device, keep: order.append("trim") or real_trim(device, keep)
+            torch.cuda.empty_cache()  # CUDA not initialised yet: nothing to wait for
+            self.assertEqual(order, ["trim"])
+            torch.cuda.is_initialized = lambda: True
+            order.clear()
+            torch.cuda.empty_cache()
+            self.assertEqual(order, ["synchronize", "trim"])
+            order.clear()
+            nofrag.trim()
+            self.assertEqual(order, ["synchronize", "trim"])
+        finally:
+            L.nf_torch_trim = real_trim
+
     def test_wrapped_hooks(self):
         torch, calls = fake_torch()
         self.use_torch(torch)

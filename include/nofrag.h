@@ -151,7 +151,10 @@ nf_status nf_pool_destroy(nf_pool *pool);
  * unchanged apart from statistics and idle pages it may have mapped, moved or released; live
  * blocks are never touched, even when a driver call fails part-way.
  * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
- * idle pages (a report goes to the log); NF_ERR_BACKEND iff a driver call fails.
+ * idle pages (a report goes to the log), the device's own limit counting as the capacity once
+ * the backend has had no memory for a page (NF_BACKEND_OUT_OF_MEMORY: memory taken outside the
+ * pool; the pool then serves requests from its idle pages until a trim, stats num_device_full);
+ * NF_ERR_BACKEND iff a driver call fails otherwise.
  * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe.
  * For memory used inside a CUDA graph, use a pool of the graph's own with pin_pages: a graph
  * replays at the addresses it captured, also those of blocks freed during capture, which a pool
@@ -203,6 +206,7 @@ typedef struct nf_gauge {
     X(num_page_unmaps, "pages unmapped")                                                    \
     X(num_remaps, "physical pages mapped at a new place after serving elsewhere")           \
     X(num_reclaims, "allocations served by idle physical pages from other places")          \
+    X(num_device_full, "pages the backend could not create for lack of device memory")      \
     X(num_event_waits, "times the host had to wait for a stream's work to finish")          \
     X(num_steps, "training steps marked with nf_step_mark")                                 \
     X(calls_reserve, "backend calls: reserve a virtual range")                              \

@@ -29,6 +29,11 @@ enum {
 
 /* What event_query returns when the event's work is still running. */
 #define NF_BACKEND_EVENT_PENDING 1
+/* What page_create returns when the memory system has no room for another page, though the
+ * pool's cap is not reached (memory taken outside the pool: NCCL's buffers, another process).
+ * The pool then takes the device as full: it serves requests from idle pages it holds, and fails
+ * them with NF_ERR_OUT_OF_MEMORY only when none is left. 2 is CUDA_ERROR_OUT_OF_MEMORY. */
+#define NF_BACKEND_OUT_OF_MEMORY 2
 
 struct nf_backend {
     const char *name;

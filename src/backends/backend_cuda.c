@@ -146,6 +146,8 @@ typedef struct cuda_ctx {
  * on as this code instead. */
 #define INVALID_VALUE_CODE (-1)
 
+_Static_assert(CUDA_ERROR_OUT_OF_MEMORY == NF_BACKEND_OUT_OF_MEMORY, "cuMemCreate's out-of-memory code passes through");
+
 static int as_code(CUresult r) { return r == CUDA_ERROR_INVALID_VALUE ? INVALID_VALUE_CODE : (int)r; }
 
 /* Returns the primitive's code for `rc`, logging the driver call by name when it failed. */

@@ -43,6 +43,10 @@ nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out) 
     pool->stats.calls_page_create++;
     int rc;
     TIMED(pool, rc, pool->backend->page_create(pool->backend->ctx, pages * pool->backend_pages, handle_out));
+    if (rc == NF_BACKEND_OUT_OF_MEMORY) { /* the device is full, not broken: the caller decides */
+        pool->stats.num_device_full++;
+        return NF_ERR_OUT_OF_MEMORY;
+    }
     return rc ? failed(pool, "page_create", pages * pool->gran, rc) : NF_OK;
 }
 

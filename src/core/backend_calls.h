@@ -10,7 +10,8 @@
 nf_status call_reserve(nf_pool *pool, uint64_t bytes, uint64_t *base_out);
 nf_status call_unreserve(nf_pool *pool, uint64_t base, uint64_t bytes);
 /* `pages`: the size of the physical allocation or of the mapped range, in pool pages (each is
- * pool->backend_pages of the backend's granules). */
+ * pool->backend_pages of the backend's granules). call_page_create returns NF_ERR_OUT_OF_MEMORY,
+ * not logged, when the backend has no memory for the page (NF_BACKEND_OUT_OF_MEMORY). */
 nf_status call_page_create(nf_pool *pool, uint64_t pages, uint64_t *handle_out);
 nf_status call_page_release(nf_pool *pool, uint64_t handle);
 nf_status call_map(nf_pool *pool, uint64_t va, uint64_t pages, uint64_t handle);

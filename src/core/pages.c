@@ -313,6 +313,7 @@ static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
  * above the live peak so far, so held memory follows the live peak. */
 enum { GROWTH_PERMILLE = 20, BUDGET_GROWTH_PERMILLE = 200, IDLE_CHOICES = 64 };
 static uint64_t growth_room(const nf_pool *pool) {
+    if (pool->device_full) return 0;
     uint64_t room = headroom(pool);
     bool budget = room != UINT64_MAX && !pool->config.hold_near_live;
     uint64_t peak = pool->live_high_water;
@@ -377,15 +378,27 @@ static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
 
 /* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
  * growth_room allows (always with pin_pages: an idle page stays where it is), else an idle one
- * (idle_choice), its oldest mapping giving way if it has no alias slot free. */
+ * (idle_choice), its oldest mapping giving way if it has no alias slot free. When the backend has
+ * no memory for a new page (device_full), an idle one too, if there is one. */
 static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused, access_run *run) {
-    int32_t p;
+    int32_t p = NF_NO_PAGE;
     nf_status s;
     if (pool->config.pin_pages || growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
         if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
-        if ((s = phys_create(pool, &p)) != NF_OK) return s;
-        idle_push(pool, p);
-    } else {
+        s = phys_create(pool, &p);
+        if (s == NF_ERR_OUT_OF_MEMORY && !pool->device_full)
+            pool_log(pool, NF_LOG_WARN, "the device has no memory for another page with %llu bytes held, under a cap of "
+                     "%llu: memory outside this pool took it; serving requests from idle pages from now on",
+                     (unsigned long long)(held(pool) * pool->gran), (unsigned long long)(pool->cap_pages * pool->gran));
+        if (s == NF_ERR_OUT_OF_MEMORY) pool->device_full = true;
+        if (s == NF_OK) {
+            pool->device_full = false;
+            idle_push(pool, p);
+        } else if (s != NF_ERR_OUT_OF_MEMORY || pool->config.pin_pages || pool->idle_head == NF_NO_PAGE) {
+            return s;
+        }
+    }
+    if (p == NF_NO_PAGE) {
         p = idle_choice(pool, v, idx);
         *reused = true;
         if (pool->phys[p].aliases >= MAX_ALIASES && (s = alias_unmap(pool, oldest_alias(pool, p))) != NF_OK)
@@ -440,7 +453,7 @@ uint64_t pages_newly_busy(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t 
 }
 
 uint64_t pages_spare(const nf_pool *pool) {
-    uint64_t room = headroom(pool);
+    uint64_t room = pool->device_full ? 0 : headroom(pool);
     return room == UINT64_MAX ? UINT64_MAX : room + pool->idle_count;
 }
 
@@ -575,6 +588,7 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
     nf_status s = NF_OK;
     if (pool->config.pin_pages) keep_pages = held(pool); /* its pages stay where they are */
+    pool->device_full = false; /* memory given back, here or elsewhere: try creating again */
     while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
         if ((s = phys_release(pool, pool->idle_head)) != NF_OK) break;
         *released += pool->gran;

@@ -199,6 +199,10 @@ struct nf_pool {
      * neighbours then merge at once (blocks_mergeable, budget_check in pool.c), and requests
      * smaller than a page go first to pages already busy (placement.c, step 0). */
     bool budget_tight;
+    /* The backend had no memory for a page below the cap (NF_BACKEND_OUT_OF_MEMORY): memory
+     * outside the pool took it. Until a page is created again or a trim gives memory back, the
+     * pool grows no further and serves requests from its idle pages (pages.c, phys_for). */
+    bool device_full;
     /* Set once the host has had to wait for a stream: from then on each step mark records every
      * stream's event (nf_step_mark), so that a later wait for work queued before the step finds it
      * done by a query instead of a new record and a wait for everything queued since. */

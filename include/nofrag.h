@@ -122,6 +122,12 @@ typedef struct nf_config {
      * The price: the pool holds every page it ever touched, and a request that finds no free
      * place on mapped pages makes new ones (under a cap, fails rather than move a page). */
     bool pin_pages;
+    /* Physical memory made when the pool is created and held for its life, bytes (rounded up to
+     * whole pages; 0: none): nf_trim and a lowered cap give back nothing below it, and requests
+     * use it before the pool makes more. For a job that must keep its memory against others that
+     * take device memory later (NCCL's buffers, another process on the GPU), as JAX's
+     * preallocation does. At most the capacity when there is one; not with pin_pages. */
+    uint64_t reserve_bytes;
 } nf_config;
 
 /* The defaults: no cap, 1 TiB of address space, 512-byte alignment, no log. */
@@ -132,7 +138,9 @@ nf_config nf_config_default(void);
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
  * of range (alignment neither 0 nor a power of two >= 256, capacity below one page,
  * virtual_bytes < capacity, page_bytes not a power-of-two multiple of the backend's granularity,
- * alignment > page size); NF_ERR_BACKEND iff the reservation fails; NF_ERR_NO_MEMORY_HOST iff
+ * alignment > page size, reserve_bytes over the capacity or the address space, or with
+ * pin_pages); NF_ERR_BACKEND
+ * iff the reservation fails, NF_ERR_OUT_OF_MEMORY iff the device cannot hold reserve_bytes; NF_ERR_NO_MEMORY_HOST iff
  * bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out);

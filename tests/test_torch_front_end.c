@@ -21,6 +21,8 @@ int nf_torch_graph_pools(int device, char *buf, size_t size);
 int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
 int nf_torch_use_host_backend(void);
+int nf_torch_set_reserve(uint64_t reserve_bytes);
+int nf_torch_stats_json(int device, char *buf, size_t size);
 const char *nf_torch_last_error(void);
 
 enum { MIB = 1 << 20 };
@@ -121,8 +123,17 @@ static int threads_main(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "threads") == 0) return threads_main();
     REQUIRE(nf_torch_use_host_backend() == NF_OK);
+    /* A reserve over the device (16 GiB here) is refused when the device's pool is made. */
+    CHECK_OK(nf_torch_set_reserve(32ull << 30));
+    CHECK(nf_torch_alloc(MIB, 1, A) == NULL);
+    CHECK(strstr(nf_torch_last_error(), "the reserve (34359738368 bytes) is more than its capacity") != NULL);
+    /* 64 MiB reserved: held from the pool's creation on. */
+    CHECK_OK(nf_torch_set_reserve(64 * MIB));
     void *before = nf_torch_alloc(MIB, 0, A); /* the device pool, made now */
     REQUIRE(before != NULL);
+    char json[16384];
+    CHECK_OK(nf_torch_stats_json(0, json, sizeof json));
+    CHECK(strstr(json, "\"reserved_bytes.current\":67108864,") != NULL);
     CHECK(nf_torch_use_host_backend() == NF_ERR_INVALID_ARG); /* too late once a pool exists */
     CHECK(graphs().pools == 0);
 

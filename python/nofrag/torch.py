@@ -16,6 +16,10 @@ Settings (argument, else environment variable, else default):
                                                  from the first allocation, 0 never; default: from
                                                  the moment the process uses a second GPU
     log_level          NOFRAG_LOG_LEVEL          0 error, 1 warn (default), 2 info, 3 debug
+    reserve            NOFRAG_RESERVE            physical memory each device's pool makes at once and
+                                                 holds for the job's life ("40G"; default 0): kept
+                                                 against memory others take later (NCCL, another
+                                                 process); at most the cap
     page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M
                                                  (default 2M): larger pages, fewer driver calls,
                                                  coarser memory (docs/placement.md)
@@ -86,7 +90,7 @@ def _page_size(x):
 
 
 def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-             page_size=None, reuse_across_streams=None):
+             page_size=None, reuse_across_streams=None, reserve=None):
     """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
     return {
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
@@ -98,6 +102,7 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "page_size": _setting(page_size, "NOFRAG_PAGE_SIZE", _page_size, 0),
         # None: decided by enable(), on where the record-stream callback could be set.
         "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, None),
+        "reserve": _setting(reserve, "NOFRAG_RESERVE", parse_bytes, 0),
     }
 
 
@@ -111,7 +116,7 @@ def active_settings():
 
 
 def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-           page_size=None, reuse_across_streams=None):
+           page_size=None, reuse_across_streams=None, reserve=None):
     """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
     tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
     Calling it again after success does nothing."""
@@ -124,7 +129,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "nofrag.torch.enable() must run before CUDA is initialised, and CUDA already is in this "
             "process (something created a CUDA tensor or queried the device). Call it at the very "
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
-    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams)
+    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams, reserve)
     L = lib()
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     hooked = _hook_record_stream(allocator, L)
@@ -144,6 +149,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
     check(L.nf_torch_configure(s["capacity"], s["capacity_fraction"], s["margin"], peers,
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
+    check(L.nf_torch_set_reserve(s["reserve"]), "nofrag.torch.enable")
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch, wrap_record_stream=not hooked)
     _active.update(s)

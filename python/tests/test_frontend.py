@@ -92,7 +92,7 @@ class SettingsTest(unittest.TestCase):
     def test_settings_from_arguments_then_environment(self):
         import nofrag.torch as nt
         env = {"NOFRAG_CAPACITY": "8G", "NOFRAG_PEER_ACCESS": "yes", "NOFRAG_LOG_LEVEL": "2",
-               "NOFRAG_PAGE_SIZE": "8M", "NOFRAG_REUSE_ACROSS_STREAMS": "0"}
+               "NOFRAG_PAGE_SIZE": "8M", "NOFRAG_REUSE_ACROSS_STREAMS": "0", "NOFRAG_RESERVE": "40G"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -105,6 +105,10 @@ class SettingsTest(unittest.TestCase):
             self.assertEqual(s["log_level"], 2)
             self.assertEqual(s["margin"], 1 << 30)
             self.assertEqual(s["page_size"], 8 << 20)
+            self.assertEqual(s["reserve"], 40 << 30)
+            self.assertEqual(nt.settings(reserve="1G")["reserve"], 1 << 30)
+            del os.environ["NOFRAG_RESERVE"]
+            self.assertEqual(nt.settings()["reserve"], 0)
             self.assertFalse(s["reuse_across_streams"])
             self.assertTrue(nt.settings(reuse_across_streams=True)["reuse_across_streams"])
             os.environ["NOFRAG_REUSE_ACROSS_STREAMS"] = "1"

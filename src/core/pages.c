@@ -585,8 +585,19 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
     }
 }
 
+nf_status pages_make_reserve(nf_pool *pool) {
+    while (held(pool) < pool->reserve_pages) {
+        int32_t p;
+        nf_status s = phys_create(pool, &p);
+        if (s != NF_OK) return s;
+        idle_push(pool, p);
+    }
+    return NF_OK;
+}
+
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
     nf_status s = NF_OK;
+    if (keep_pages < pool->reserve_pages) keep_pages = pool->reserve_pages; /* held for the pool's life */
     if (pool->config.pin_pages) keep_pages = held(pool); /* its pages stay where they are */
     pool->device_full = false; /* memory given back, here or elsewhere: try creating again */
     while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
@@ -684,6 +695,8 @@ nf_status pages_check(nf_pool *pool) {
           (unsigned long long)lacking_access, (unsigned long long)pool->pages_without_access);
     INVARIANT(physical == pool->phys_count && pool->stats.reserved_bytes.current == physical * pool->gran,
           "I10 reserved_bytes");
+    INVARIANT(physical >= pool->reserve_pages, "I16 %llu physical pages, %llu reserved", (unsigned long long)physical,
+          (unsigned long long)pool->reserve_pages);
     INVARIANT(!pool->config.pin_pages || (mapped == physical && pool->stats.calls_unmap == 0 &&
                                           pool->stats.calls_page_release == 0),
           "I15 pinned pool: %llu places for %llu physical pages, %llu unmaps, %llu releases",

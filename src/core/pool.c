@@ -407,6 +407,9 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
         virtual_bytes = capacity ? capacity * VIRTUAL_PER_CAPACITY : DEFAULT_VIRTUAL_NO_CAP;
     virtual_bytes = round_up(virtual_bytes, gran);
     if (virtual_bytes < capacity || virtual_bytes / gran > INT32_MAX) return NF_ERR_INVALID_ARG;
+    if (config->reserve_bytes > virtual_bytes || (capacity && config->reserve_bytes > capacity) ||
+        (config->reserve_bytes && config->pin_pages)) /* a pinned pool's pages each have their place */
+        return NF_ERR_INVALID_ARG;
 
     nf_pool *pool = calloc(1, sizeof *pool);
     if (!pool) return NF_ERR_NO_MEMORY_HOST;
@@ -419,6 +422,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->virtual_bytes = virtual_bytes;
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
+    pool->reserve_pages = round_up(config->reserve_bytes, gran) / gran;
     pool->order_on_device = config->reuse_across_streams && (backend->caps & NF_BACKEND_CAP_EVENTS) &&
                             (backend->caps & NF_BACKEND_CAP_STREAM_WAIT) && backend->stream_wait;
     pool->stats.size = sizeof(nf_stats);
@@ -437,6 +441,10 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     whole->size = virtual_bytes;
     pool->first = whole;
     index_insert(&pool->index, whole);
+    if (pool->reserve_pages && (s = pages_make_reserve(pool)) != NF_OK) {
+        nf_pool_destroy(pool); /* gives back the pages made so far and the address range */
+        return s;
+    }
     *pool_out = pool;
     return NF_OK;
 fail:

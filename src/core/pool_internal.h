@@ -31,6 +31,7 @@
  *   I14 every page's last_free_seq <= free_seq
  *   I15 config.pin_pages  =>  |mapped virtual pages| == |physical pages| (one place each), and no
  *       unmap or release call was ever made
+ *   I16 |physical pages| >= reserve_pages
  */
 #ifndef NOFRAG_POOL_INTERNAL_H
 #define NOFRAG_POOL_INTERNAL_H
@@ -166,6 +167,7 @@ struct nf_pool {
     uint64_t base;
     uint64_t virtual_bytes;
     uint64_t cap_pages;  /* 0: no cap */
+    uint64_t reserve_pages; /* config.reserve_bytes in pages: made at creation, never given back */
     uint64_t cap_slack;  /* pages held above the cap after it was lowered; see I11 */
     uint64_t pages_without_access; /* mapped pages whose set-access failed (page.no_access) */
     uint64_t mapped_end_page;      /* one past the highest virtual page ever mapped: none above */

@@ -23,6 +23,7 @@ void nf_torch_free(void *ptr, size_t size, int device, void *stream);
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
                        int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_set_memory_fraction(double fraction, int device);
+int nf_torch_set_reserve(uint64_t reserve_bytes);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 void nf_torch_record_stream_hook(void *ptr, void *stream);
 void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter);
@@ -95,6 +96,7 @@ static struct {
     int peer_access; /* PEERS_* */
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
+    uint64_t reserve_bytes; /* nf_config.reserve_bytes of every device pool (nf_torch_set_reserve) */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
     bool any_pool;
     bool host_backend; /* nf_torch_use_host_backend: tests of the front end without a GPU */
@@ -226,6 +228,7 @@ static nf_pool *device_pool_get(int device) {
              * follow the live peak (about 1.02x) rather than fill the device to save page moves. */
             cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
             cfg.page_bytes = torch_state.page_bytes;
+            cfg.reserve_bytes = torch_state.reserve_bytes;
             cfg.reuse_across_streams = torch_state.reuse_across_streams;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
@@ -233,8 +236,14 @@ static nf_pool *device_pool_get(int device) {
             cfg.log_level = NF_LOG_DEBUG;
             nf_pool *created = NULL;
             if (!cap) s = NF_ERR_OUT_OF_MEMORY;
+            else if (cfg.reserve_bytes > cap) s = NF_ERR_INVALID_ARG;
             else s = nf_pool_create(&cfg, d->backend, &created);
-            if (s != NF_OK) {
+            if (s != NF_OK && cfg.reserve_bytes > cap) {
+                set_error("cannot create the pool of cuda:%d: the reserve (%llu bytes) is more than its capacity "
+                          "(%llu bytes)", device, (unsigned long long)cfg.reserve_bytes, (unsigned long long)cap);
+                nf_backend_destroy(d->backend);
+                d->backend = NULL;
+            } else if (s != NF_OK) {
                 set_error("cannot create the pool of cuda:%d (capacity %llu bytes): %s", device,
                           (unsigned long long)cap, nf_status_str(s));
                 nf_backend_destroy(d->backend);
@@ -466,6 +475,15 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
     }
     pthread_mutex_unlock(&torch_state.lock);
     return s;
+}
+
+/* Physical memory each device's pool makes when it is created and holds for its life
+ * (nf_config.reserve_bytes): NOFRAG_RESERVE. Pools made before keep what they have. */
+int nf_torch_set_reserve(uint64_t reserve_bytes) {
+    pthread_mutex_lock(&torch_state.lock);
+    torch_state.reserve_bytes = reserve_bytes;
+    pthread_mutex_unlock(&torch_state.lock);
+    return NF_OK;
 }
 
 int nf_torch_set_memory_fraction(double fraction, int device) {

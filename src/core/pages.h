@@ -43,9 +43,10 @@ void pages_claim_undo(nf_pool *pool, uint64_t addr, uint64_t size);
 nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused);
 /* The live block on [addr, addr + size) was freed as free number seq by the streams in mask. */
 void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq);
-/* Releases idle physical pages until at most keep_pages are held. */
 /* Makes the reserve's pages (reserve_pages), idle and mapped nowhere until a block needs them. */
 nf_status pages_make_reserve(nf_pool *pool);
+/* Releases idle physical pages until at most keep_pages are held (never fewer than the reserve;
+ * none from a pool with pin_pages). */
 nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released);
 /* set_access again on every mapped page with access, one call per run of adjacent ones, after the
  * backend's grant widened (nf_pool_enable_peer_access). Every run is tried; the first failure is

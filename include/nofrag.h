@@ -178,6 +178,16 @@ nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out);
  * O(1) plus O(pages the block covers); thread-safe. */
 nf_status nf_free(nf_pool *pool, void *ptr, void *stream);
 
+/* Groups freed at once: nf_alloc_group is nf_alloc with a group number (not 0) on the block, and
+ * nf_free_group frees every live block of a group in one call, as nf_free on `stream` would each:
+ * a request's scratch in an inference engine, a phase's temporaries, what a step leaves behind.
+ * A grouped block is otherwise an ordinary one (nf_free frees it alone). nf_alloc_group with group
+ * 0 is nf_alloc. nf_free_group: *freed_out (may be NULL) receives the blocks freed; fails with
+ * NF_ERR_INVALID_ARG iff pool is NULL or group is 0, NF_ERR_NO_MEMORY_HOST iff the group's list
+ * cannot be made (nothing freed). O(blocks) for the group's list; thread-safe. */
+nf_status nf_alloc_group(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out);
+nf_status nf_free_group(nf_pool *pool, uint64_t group, void *stream, uint64_t *freed_out);
+
 /* Declares that the live block at ptr is also used by work on `stream` (PyTorch's record_stream):
  * when it is freed, no stream reuses it, and no page under it moves, until the work queued on every
  * such stream before the free has completed (with config.reuse_across_streams, a stream may reuse
@@ -276,6 +286,7 @@ typedef struct nf_block_info {
     uint64_t address;
     uint64_t size;
     bool live;
+    uint64_t group;       /* a live block's nf_alloc_group group; 0: none */
     void *stream;         /* stream of the last alloc or free */
     uint32_t pages_mapped; /* pages the block overlaps that are mapped */
     uint32_t pages;        /* pages the block overlaps */

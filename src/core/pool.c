@@ -304,7 +304,7 @@ static block *block_split_at(nf_pool *pool, block *b, uint64_t offset) {
 
 /* Turns free block b (out of the index, size >= size) into a live block of `size` bytes at its
  * front, mapping the pages it needs. */
-static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx, bool claimed) {
+static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_t idx, bool claimed, uint64_t group) {
     if (!block_split_front(pool, b, size)) {
         if (claimed) pages_claim_undo(pool, b->addr, size);
         index_insert(&pool->index, b);
@@ -316,6 +316,7 @@ static nf_status block_make_live(nf_pool *pool, block *b, uint64_t size, uint32_
         return NF_ERR_NO_MEMORY_HOST;
     }
     b->live = 1;
+    b->group = group;
     b->stream_idx = idx;
     b->fence_seq = 0;
     b->fence_mask = stream_bit(idx);
@@ -549,7 +550,7 @@ static nf_status streams_learn(nf_pool *pool, bool wait, uint32_t requester, boo
     return s;
 }
 
-static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **ptr_out) {
+static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out) {
     uint64_t align = pool->config.alignment;
     if ((uint64_t)size > UINT64_MAX - align || round_up(size, align) > pool->virtual_bytes ||
         (pool->cap_pages && round_up(size, align) > pool->cap_pages * pool->gran)) {
@@ -594,7 +595,7 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
                 index_insert(&pool->index, front);
                 return NF_ERR_NO_MEMORY_HOST;
             }
-            s = block_make_live(pool, b, rounded, idx, claimed);
+            s = block_make_live(pool, b, rounded, idx, claimed, group);
             if (s != NF_OK) return s;
             pool->stats.num_allocs++;
             *ptr_out = (void *)(uintptr_t)b->addr;
@@ -616,11 +617,15 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, void **p
 }
 
 nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out) {
+    return nf_alloc_group(pool, size, stream, 0, ptr_out);
+}
+
+nf_status nf_alloc_group(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out) {
     if (!pool || !ptr_out) return NF_ERR_INVALID_ARG;
     *ptr_out = NULL;
     if (size == 0) return NF_OK;
     pthread_mutex_lock(&pool->lock);
-    nf_status s = alloc_locked(pool, size, stream, ptr_out);
+    nf_status s = alloc_locked(pool, size, stream, group, ptr_out);
     pthread_mutex_unlock(&pool->lock);
     return s;
 }
@@ -668,6 +673,37 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
         pool->stats.num_frees++;
     }
     pthread_mutex_unlock(&pool->lock);
+    return s;
+}
+
+nf_status nf_free_group(nf_pool *pool, uint64_t group, void *stream, uint64_t *freed_out) {
+    if (freed_out) *freed_out = 0;
+    if (!pool || group == 0) return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&pool->lock);
+    /* The group's blocks are listed first: freeing one merges free neighbours, which would
+     * unlink blocks under a walk. */
+    uint64_t count = 0, capacity = 0, *addrs = NULL;
+    nf_status s = NF_OK;
+    for (const block *b = pool->first; b && s == NF_OK; b = b->next) {
+        if (!b->live || b->group != group) continue;
+        if (count == capacity) {
+            capacity = capacity ? 2 * capacity : 64;
+            uint64_t *grown = realloc(addrs, capacity * sizeof *grown);
+            if (!grown) s = NF_ERR_NO_MEMORY_HOST;
+            else addrs = grown;
+        }
+        if (s == NF_OK) addrs[count++] = b->addr;
+    }
+    uint32_t idx;
+    if (s == NF_OK && count) s = stream_index(pool, stream, &idx);
+    for (uint64_t i = 0; s == NF_OK && i < count; i++) {
+        block *b = ptr_map_get(&pool->live, addrs[i]);
+        pool->recent_frees[pool->recent_free_next++ % 256] = addrs[i];
+        if ((s = block_release_live(pool, b, idx)) == NF_OK) pool->stats.num_frees++;
+        if (s == NF_OK && freed_out) (*freed_out)++;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    free(addrs);
     return s;
 }
 

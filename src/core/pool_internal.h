@@ -68,6 +68,7 @@ typedef struct block {
      * streams it is used on: its allocating stream and any added by nf_record_stream. */
     uint64_t fence_seq;
     uint64_t fence_mask;
+    uint64_t group;      /* a live block's nf_alloc_group group; 0: none */
     uint32_t stream_idx; /* the stream of the last alloc or free (for the walker) */
     uint8_t live;
     uint8_t in_index;

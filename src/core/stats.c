@@ -199,6 +199,7 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user) {
         info.address = b->addr;
         info.size = b->size;
         info.live = b->live;
+        info.group = b->live ? b->group : 0;
         info.stream = b->stream_idx < pool->stream_count ? pool->streams[b->stream_idx].stream : NULL;
         uint64_t first = page_of(pool, b->addr), last = page_last(pool, b->addr, b->size);
         info.pages = (uint32_t)(last - first + 1);

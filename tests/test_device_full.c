@@ -2,30 +2,10 @@
  * buffers, another process), page_create fails with NF_BACKEND_OUT_OF_MEMORY. The pool must then
  * serve requests from the idle pages it holds, not fail them, stop asking for new pages until a
  * trim gives memory back, and fail with NF_ERR_OUT_OF_MEMORY (not a backend error) only when no
- * idle page is left. The host backend is wrapped by a table whose page_create refuses past a
- * device size set here. */
-#include "check.h"
+ * idle page is left. The device is tests/limited_device.h's, whose size is set here. */
+#include "limited_device.h"
 
 enum { GRAN = 64 * 1024 };
-
-static nf_backend *inner;
-static uint64_t device_pages = UINT64_MAX; /* pages the "device" can hold */
-static uint64_t live_handles;              /* pages created and not released */
-static int create_calls;
-
-static int w_page_create(void *c, uint64_t pages, uint64_t *handle_out) {
-    create_calls++;
-    if (live_handles + pages > device_pages) return NF_BACKEND_OUT_OF_MEMORY;
-    int rc = inner->page_create(c, pages, handle_out);
-    if (!rc) live_handles += pages;
-    return rc;
-}
-
-static int w_page_release(void *c, uint64_t handle) {
-    int rc = inner->page_release(c, handle);
-    if (!rc) live_handles--;
-    return rc;
-}
 
 static nf_stats stats_of(nf_pool *pool) {
     nf_stats st;
@@ -34,10 +14,7 @@ static nf_stats stats_of(nf_pool *pool) {
 }
 
 int main(void) {
-    REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
-    nf_backend wrapped = *inner;
-    wrapped.page_create = w_page_create;
-    wrapped.page_release = w_page_release;
+    nf_backend wrapped = limited_device(GRAN);
     nf_config cfg = nf_config_default();
     cfg.capacity = 64 * GRAN; /* a budget far above what the "device" will give */
     cfg.virtual_bytes = 256 * GRAN;
@@ -59,7 +36,7 @@ int main(void) {
 
     /* Something else takes the rest of the device. D (6 pages) fits neither hole; the pool would
      * create pages under its budget, the device refuses, and the holes' idle pages serve instead. */
-    device_pages = live_handles;
+    limited_device_pages = limited_live_pages;
     CHECK_OK(nf_alloc(pool, 6 * GRAN, NULL, &d));
     nf_stats st = stats_of(pool);
     CHECK(st.num_device_full >= 1);
@@ -75,9 +52,9 @@ int main(void) {
     /* The device is known full: a request needing a page more than its place has idle takes an
      * idle page from elsewhere without asking the device again. */
     CHECK_OK(nf_free(pool, d, NULL));
-    int creates_before = create_calls;
+    int creates_before = limited_create_calls;
     CHECK_OK(nf_alloc(pool, 7 * GRAN, NULL, &e));
-    CHECK(create_calls == creates_before);
+    CHECK(limited_create_calls == creates_before);
     CHECK_OK(nf_free(pool, e, NULL));
 
     /* More than the pool holds: a clean out-of-memory, the pool consistent. */
@@ -87,11 +64,11 @@ int main(void) {
     CHECK_OK(nf_pool_check(pool));
 
     /* The other user gives memory back; after a trim the pool grows again. */
-    device_pages = UINT64_MAX;
+    limited_device_pages = UINT64_MAX;
     CHECK_OK(nf_trim(pool, 0, NULL));
-    creates_before = create_calls;
+    creates_before = limited_create_calls;
     CHECK_OK(nf_alloc(pool, 20 * GRAN, NULL, &big));
-    CHECK(create_calls > creates_before);
+    CHECK(limited_create_calls > creates_before);
     CHECK_OK(nf_pool_check(pool));
 
     CHECK_OK(nf_free(pool, big, NULL));
@@ -100,7 +77,7 @@ int main(void) {
     CHECK_OK(nf_free(pool, c, NULL));
     CHECK_OK(nf_pool_check(pool));
     CHECK_OK(nf_pool_destroy(pool));
-    CHECK(nf_host_all_released(inner));
-    nf_backend_destroy(inner);
+    CHECK(nf_host_all_released(limited_inner));
+    nf_backend_destroy(limited_inner);
     return check_exit("test_device_full");
 }

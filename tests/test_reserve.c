@@ -4,28 +4,9 @@
  * above it; a reserve the device cannot hold fails creation cleanly (out of memory, nothing left
  * behind); bad reserves are refused. The invariants (I16: physical pages >= reserve) are checked
  * after every step. */
-#include "check.h"
+#include "limited_device.h"
 
 enum { GRAN = 64 * 1024 };
-
-static nf_backend *inner;
-static uint64_t device_pages = UINT64_MAX;
-static uint64_t live_handles;
-static int create_calls;
-
-static int w_page_create(void *c, uint64_t pages, uint64_t *handle_out) {
-    create_calls++;
-    if (live_handles + pages > device_pages) return NF_BACKEND_OUT_OF_MEMORY;
-    int rc = inner->page_create(c, pages, handle_out);
-    if (!rc) live_handles += pages;
-    return rc;
-}
-
-static int w_page_release(void *c, uint64_t handle) {
-    int rc = inner->page_release(c, handle);
-    if (!rc) live_handles--;
-    return rc;
-}
 
 static uint64_t held_pages(nf_pool *pool) {
     nf_stats st;
@@ -34,10 +15,7 @@ static uint64_t held_pages(nf_pool *pool) {
 }
 
 int main(void) {
-    REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
-    nf_backend wrapped = *inner;
-    wrapped.page_create = w_page_create;
-    wrapped.page_release = w_page_release;
+    nf_backend wrapped = limited_device(GRAN);
     nf_config cfg = nf_config_default();
     cfg.virtual_bytes = 256 * GRAN;
     cfg.log = test_log;
@@ -54,27 +32,27 @@ int main(void) {
     cfg.pin_pages = true;
     CHECK_STATUS(nf_pool_create(&cfg, &wrapped, &pool), NF_ERR_INVALID_ARG);
     cfg.pin_pages = false;
-    CHECK(pool == NULL && live_handles == 0);
+    CHECK(pool == NULL && limited_live_pages == 0);
 
     /* A reserve the device cannot hold: out of memory, and every page made so far given back. */
-    device_pages = 5;
+    limited_device_pages = 5;
     cfg.reserve_bytes = 6 * GRAN;
     CHECK_STATUS(nf_pool_create(&cfg, &wrapped, &pool), NF_ERR_OUT_OF_MEMORY);
-    CHECK(pool == NULL && live_handles == 0);
-    device_pages = UINT64_MAX;
-    create_calls = 0;
+    CHECK(pool == NULL && limited_live_pages == 0);
+    limited_device_pages = UINT64_MAX;
+    limited_create_calls = 0;
 
     /* 10 pages and a bit, no cap: 11 pages made at once. */
     cfg.reserve_bytes = 10 * GRAN + 1;
     REQUIRE(nf_pool_create(&cfg, &wrapped, &pool) == NF_OK);
-    CHECK(held_pages(pool) == 11 && create_calls == 11);
+    CHECK(held_pages(pool) == 11 && limited_create_calls == 11);
     CHECK_OK(nf_pool_check(pool));
 
     /* Requests within the reserve make no page; their bytes are backed. */
     void *a, *b, *c;
     CHECK_OK(nf_alloc(pool, 6 * GRAN, NULL, &a));
     CHECK_OK(nf_alloc(pool, 4 * GRAN, NULL, &b));
-    CHECK(create_calls == 11 && held_pages(pool) == 11);
+    CHECK(limited_create_calls == 11 && held_pages(pool) == 11);
     ((unsigned char *)a)[6 * GRAN - 1] = 1;
     ((unsigned char *)b)[0] = 2;
     CHECK_OK(nf_pool_check(pool));
@@ -100,7 +78,7 @@ int main(void) {
     CHECK_OK(nf_free(pool, a, NULL));
     CHECK_OK(nf_pool_check(pool));
     CHECK_OK(nf_pool_destroy(pool));
-    CHECK(live_handles == 0 && nf_host_all_released(inner));
-    nf_backend_destroy(inner);
+    CHECK(limited_live_pages == 0 && nf_host_all_released(limited_inner));
+    nf_backend_destroy(limited_inner);
     return check_exit("test_reserve");
 }

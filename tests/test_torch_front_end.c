@@ -155,6 +155,9 @@ int main(int argc, char **argv) {
     CHECK(other_stream != NULL && graphs().pools == 2);
     nf_torch_end_allocate_to_pool(0, 7, 0);
     CHECK_OK(nf_torch_check(0));
+    /* A device out of range names no pool, graph pools included (nothing read past the table). */
+    CHECK_OK(nf_torch_trim(99, 0));
+    CHECK_OK(nf_torch_check(99));
 
     /* After the capture: the device pool again, never at the graph's addresses. */
     char *after = nf_torch_alloc(MIB, 0, A);

@@ -238,14 +238,14 @@ static nf_pool *device_pool_get(int device) {
             if (!cap) s = NF_ERR_OUT_OF_MEMORY;
             else if (cfg.reserve_bytes > cap) s = NF_ERR_INVALID_ARG;
             else s = nf_pool_create(&cfg, d->backend, &created);
-            if (s != NF_OK && cfg.reserve_bytes > cap) {
-                set_error("cannot create the pool of cuda:%d: the reserve (%llu bytes) is more than its capacity "
-                          "(%llu bytes)", device, (unsigned long long)cfg.reserve_bytes, (unsigned long long)cap);
-                nf_backend_destroy(d->backend);
-                d->backend = NULL;
-            } else if (s != NF_OK) {
-                set_error("cannot create the pool of cuda:%d (capacity %llu bytes): %s", device,
-                          (unsigned long long)cap, nf_status_str(s));
+            if (s != NF_OK) {
+                if (cfg.reserve_bytes > cap)
+                    set_error("cannot create the pool of cuda:%d: the reserve (%llu bytes) is more than its "
+                              "capacity (%llu bytes)", device, (unsigned long long)cfg.reserve_bytes,
+                              (unsigned long long)cap);
+                else
+                    set_error("cannot create the pool of cuda:%d (capacity %llu bytes): %s", device,
+                              (unsigned long long)cap, nf_status_str(s));
                 nf_backend_destroy(d->backend);
                 d->backend = NULL;
             } else {
@@ -510,11 +510,15 @@ int nf_torch_record_stream(void *ptr, int device, void *stream) {
     return pool ? nf_record_stream(pool, ptr, stream) : NF_ERR_INVALID_POINTER;
 }
 
+/* The devices `device` names: itself, or every device when negative; none out of range. */
+#define FOR_EACH_DEVICE(device, d) \
+    for (int d = (device) < 0 ? 0 : (device); d < ((device) < 0 ? MAX_DEVICES : (device) + 1) && d < MAX_DEVICES; d++)
+
 /* device < 0: every device with a pool. */
-#define FOR_EACH_POOL(device, pool, body)                                        \
-    for (int d_ = device < 0 ? 0 : device; d_ < (device < 0 ? MAX_DEVICES : device + 1); d_++) { \
-        nf_pool *pool = device_pool_peek(d_);                                     \
-        if (pool) body                                                            \
+#define FOR_EACH_POOL(device, pool, body)            \
+    FOR_EACH_DEVICE(device, d_) {                    \
+        nf_pool *pool = device_pool_peek(d_);         \
+        if (pool) body                                \
     }
 
 /* PyTorch's record-stream callback (CUDAPluggableAllocator::set_record_stream_fn), which its C++
@@ -626,7 +630,7 @@ int nf_torch_trim(int device, uint64_t keep_bytes) {
     })
     if (graph_activity()) {
         pthread_mutex_lock(&torch_state.graph_lock);
-        for (int d = device < 0 ? 0 : device; d < (device < 0 ? MAX_DEVICES : device + 1); d++) {
+        FOR_EACH_DEVICE(device, d) {
             int r = graph_pools_reap(d);
             if (r != NF_OK) s = r;
         }
@@ -650,7 +654,7 @@ int nf_torch_check(int device) {
     int s = on_each_pool(device, nf_pool_check);
     if (!graph_activity()) return s;
     pthread_mutex_lock(&torch_state.graph_lock);
-    for (int d = device < 0 ? 0 : device; d < (device < 0 ? MAX_DEVICES : device + 1) && d < MAX_DEVICES; d++)
+    FOR_EACH_DEVICE(device, d)
         for (graph_pool *g = torch_state.devices[d].graphs; g; g = g->next) {
             int r = nf_pool_check(g->pool);
             if (r != NF_OK) s = r;

@@ -239,10 +239,13 @@ typedef struct nf_gauge {
     X(calls_event_sync, "backend calls: wait for an event")                                 \
     X(calls_event_release, "backend calls: destroy an event")                               \
     X(calls_stream_wait, "backend calls: order a stream after another's work, no host wait") \
+    X(calls_block_alloc, "backend calls: allocate a block (block backends: CUDA memory pools)") \
+    X(calls_block_free, "backend calls: free a block (block backends)")                      \
+    X(calls_trim_to, "backend calls: give a block backend's cached memory back")             \
     X(backend_ns, "nanoseconds spent inside backend calls (host monotonic clock, waits included)") \
     X(event_wait_ns, "nanoseconds of backend_ns the host spent waiting for streams' work")
 
-#define NF_STATS_VERSION 3
+#define NF_STATS_VERSION 4
 
 typedef struct nf_stats {
     uint32_t size;    /* sizeof(nf_stats), set by nf_stats_get */

@@ -1,8 +1,12 @@
 /*
  * The backend interface: the small table of primitives the core needs from the memory system.
- * Two backends ship: host (simulated device memory, optionally real host memory) and CUDA virtual
- * memory. Each primitive returns 0 on success, or a backend-specific non-zero code that
- * `error_name` turns into text (the CUDA backend returns CUresult values).
+ * Backends of two kinds ship. Page backends give the core address space and physical pages, and
+ * the core places every block: host (simulated device memory, optionally real host memory) and
+ * CUDA virtual memory. Block backends place blocks themselves (NF_BACKEND_CAP_PLACES_BLOCKS: CUDA's
+ * stream-ordered memory pools, and a host stand-in for tests); the core keeps the books, the cap,
+ * groups, statistics and the checks around them. Each primitive returns 0 on success, or a
+ * backend-specific non-zero code that `error_name` turns into text (the CUDA backends return
+ * CUresult values).
  *
  * The core serialises calls per pool (it holds its lock), so a backend used by one pool needs no
  * locking of its own. Addresses and handles are plain integers so no backend type leaks out.
@@ -25,6 +29,10 @@ enum {
     NF_BACKEND_CAP_HOST_ACCESSIBLE = 1u << 1, /* mapped memory can be read and written by the CPU */
     NF_BACKEND_CAP_ALIASING = 1u << 2,        /* one physical page may be mapped at two places */
     NF_BACKEND_CAP_STREAM_WAIT = 1u << 3,     /* stream_wait orders one stream after another's event */
+    /* A block backend: block_alloc, block_free, held_bytes and trim_to serve the pool; reserve,
+     * unreserve, page_create, page_release, map, unmap and set_access are never called (may be
+     * NULL), and granularity is only the unit the pool reports. */
+    NF_BACKEND_CAP_PLACES_BLOCKS = 1u << 4,
 };
 
 /* What event_query returns when the event's work is still running. */
@@ -82,6 +90,22 @@ struct nf_backend {
      * set_access runs on them again (nf_pool_enable_peer_access does). NULL where the backend has
      * no peers. */
     int (*add_peers)(void *ctx, int device);
+
+    /* Block backends only (NF_BACKEND_CAP_PLACES_BLOCKS). */
+    /* Allocate `bytes` for work on `stream`, ordered on it: the memory may be memory freed by
+     * block_free on this stream (reusable at once, in stream order) or, as the backend's own
+     * dependency tracking allows, on others. NF_BACKEND_OUT_OF_MEMORY when the device has no room.
+     * post: *addr_out != 0, aligned to 512 bytes at least. */
+    int (*block_alloc)(void *ctx, uint64_t bytes, void *stream, uint64_t *addr_out);
+    /* Free a block of block_alloc, ordered on `stream`: work queued there before it may still use
+     * the block; the backend reuses it only after that work (stream-ordered free). */
+    int (*block_free)(void *ctx, uint64_t addr, void *stream);
+    /* Physical bytes the backend holds for the pool now: live blocks and what it keeps cached. */
+    int (*held_bytes)(void *ctx, uint64_t *bytes_out);
+    /* Give cached memory back to the device until at most keep_bytes are held (or nothing more
+     * can go: memory of live blocks, or of frees whose work is still pending, stays). */
+    int (*trim_to)(void *ctx, uint64_t keep_bytes);
+
     /* Text for a code returned by any primitive above. Never NULL. */
     const char *(*error_name)(void *ctx, int code);
     /* Frees the backend itself (ctx and the table). Called by nf_backend_destroy. */
@@ -136,6 +160,30 @@ bool nf_host_all_released(nf_backend *backend);
  */
 nf_status nf_backend_cuda_create(int device, bool peer_access, nf_log_fn log, void *log_user,
                                  nf_backend **backend_out);
+
+/*
+ * CUDA stream-ordered memory-pool backend (src/backends/backend_cuda.c): a block backend over a
+ * memory pool of the device's own (cuMemPoolCreate; cuMemAllocFromPoolAsync, cuMemFreeAsync), its
+ * release threshold set to keep freed memory cached until a trim (cuMemPoolTrimTo), as PyTorch's
+ * cudaMallocAsync backend does. The driver places blocks, so there are no page moves to count and
+ * no placement policy: for jobs that want CUDA's own pool with nofrag's cap, groups, statistics and
+ * reports, and to measure what CUDA's pool holds on a trace (`nofrag replay --backend cuda-pool`).
+ * Same arguments and failures as nf_backend_cuda_create; NF_ERR_UNSUPPORTED also iff the device
+ * lacks memory pools.
+ */
+nf_status nf_backend_cuda_pool_create(int device, bool peer_access, nf_log_fn log, void *log_user,
+                                      nf_backend **backend_out);
+
+/*
+ * Host block backend (src/backends/backend_host_pool.c): a stand-in for a stream-ordered pool in
+ * real host memory, for tests and for C programs without a GPU. Freed blocks stay cached and serve
+ * later requests of at most their size (a cached block serves whole: a simple model of a caching
+ * pool's own waste); trim_to frees cached blocks, largest first. With device_bytes != 0, a request
+ * that no cached block serves fails with NF_BACKEND_OUT_OF_MEMORY when held memory would pass it.
+ * Streams are tokens: a free is reusable at once. Fails with NF_ERR_INVALID_ARG iff backend_out is
+ * NULL, NF_ERR_NO_MEMORY_HOST iff the backend cannot be allocated.
+ */
+nf_status nf_backend_host_pool_create(uint64_t device_bytes, nf_backend **backend_out);
 
 /* Free and total device memory of `device` in bytes, through the same run-time loaded driver.
  * Same failures as nf_backend_cuda_create. */

@@ -1,6 +1,8 @@
 /*
- * CUDA virtual-memory backend: cuMemAddressReserve / cuMemCreate / cuMemMap / cuMemSetAccess,
- * events for stream-ordered reuse.
+ * CUDA backends: virtual memory (cuMemAddressReserve / cuMemCreate / cuMemMap / cuMemSetAccess,
+ * events for stream-ordered reuse), and the block backend over a stream-ordered memory pool
+ * (cuMemPoolCreate / cuMemAllocFromPoolAsync / cuMemFreeAsync / cuMemPoolTrimTo) sharing the same
+ * driver loading, context handling, events and peers.
  *
  * The driver is loaded at run time (dlopen of libcuda.so.1, then cuGetProcAddress for each entry
  * point, as PyTorch and NCCL do), so the library builds and loads where there is no GPU and no
@@ -53,6 +55,14 @@
     X(cuEventDestroy, (CUevent event))                                                             \
     X(cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned int flags))                     \
     X(cuThreadExchangeStreamCaptureMode, (CUstreamCaptureMode * mode))                             \
+    X(cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props))                          \
+    X(cuMemPoolDestroy, (CUmemoryPool pool))                                                       \
+    X(cuMemPoolSetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value))           \
+    X(cuMemPoolGetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value))           \
+    X(cuMemPoolTrimTo, (CUmemoryPool pool, size_t keep))                                           \
+    X(cuMemPoolSetAccess, (CUmemoryPool pool, const CUmemAccessDesc *map, size_t count))           \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr * ptr, size_t bytes, CUmemoryPool pool, CUstream s))   \
+    X(cuMemFreeAsync, (CUdeviceptr ptr, CUstream stream))                                          \
     X(cuGetErrorName, (CUresult error, const char **name))
 
 typedef struct driver_api {
@@ -123,6 +133,7 @@ typedef struct cuda_ctx {
     CUmemAccessDesc access[64]; /* the device first, then peers */
     size_t access_count;
     uint64_t gran;
+    CUmemoryPool mempool; /* the block backend's pool; NULL for virtual memory */
 } cuda_ctx;
 
 /* Runs `call` with the device's primary context current, then restores the caller's. The calling
@@ -270,6 +281,11 @@ static const char *cuda_error_name(void *ctx, int code) {
 
 static void cuda_destroy(nf_backend *self) {
     cuda_ctx *c = self->ctx;
+    if (c->mempool) { /* blocks still allocated keep it until they are freed (the driver's rule) */
+        CUresult rc;
+        WITH_CONTEXT(c, driver.cuMemPoolDestroy(c->mempool));
+        checked(c, "cuMemPoolDestroy", rc);
+    }
     driver.cuDevicePrimaryCtxRelease(c->device);
     free(c);
     free(self);
@@ -324,7 +340,68 @@ static int cuda_add_peers(void *ctx, int only) {
         c->access[c->access_count].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
         c->access_count++;
     }
+    if (c->mempool && c->access_count > 1) { /* a memory pool grants for all its memory at once */
+        WITH_CONTEXT(c, driver.cuMemPoolSetAccess(c->mempool, c->access + 1, c->access_count - 1));
+        return checked(c, "cuMemPoolSetAccess", rc);
+    }
     return 0;
+}
+
+/* The context both CUDA backends share: the device opened, its primary context retained, its
+ * allocation properties and granularity, access for the device itself. NF_OK or the status. */
+static nf_status ctx_open(int ordinal, nf_log_fn log, void *log_user, cuda_ctx **ctx_out) {
+    CUdevice device;
+    nf_status s = device_open(ordinal, &device, log, log_user);
+    if (s != NF_OK) return s;
+    cuda_ctx *c = calloc(1, sizeof *c);
+    if (!c) return NF_ERR_NO_MEMORY_HOST;
+    c->log = log;
+    c->log_user = log_user;
+    c->ordinal = ordinal;
+    c->device = device;
+    CUresult rc;
+    if ((rc = driver.cuDevicePrimaryCtxRetain(&c->primary, device)) != CUDA_SUCCESS) {
+        report(log, log_user, "cuda backend: cuDevicePrimaryCtxRetain failed: %s (%d)", result_name(rc), (int)rc);
+        free(c);
+        return NF_ERR_BACKEND;
+    }
+    c->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    c->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->prop.location.id = device;
+    size_t gran = 0;
+    WITH_CONTEXT(c, driver.cuMemGetAllocationGranularity(&gran, &c->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    if (rc != CUDA_SUCCESS || gran == 0 || (gran & (gran - 1))) {
+        report(log, log_user, "cuda backend: cuMemGetAllocationGranularity failed: %s (%d)", result_name(rc), (int)rc);
+        driver.cuDevicePrimaryCtxRelease(device);
+        free(c);
+        return NF_ERR_BACKEND;
+    }
+    c->gran = gran;
+    c->access[0].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->access[0].location.id = device;
+    c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    c->access_count = 1;
+    *ctx_out = c;
+    return NF_OK;
+}
+
+/* A backend table around c with the primitives both CUDA backends have. */
+static nf_backend *table_new(cuda_ctx *c, const char *name, uint32_t caps) {
+    nf_backend *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->name = name;
+    b->caps = caps | NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_STREAM_WAIT;
+    b->granularity = c->gran;
+    b->ctx = c;
+    b->add_peers = cuda_add_peers;
+    b->event_record = cuda_event_record;
+    b->event_query = cuda_event_query;
+    b->event_sync = cuda_event_sync;
+    b->stream_wait = cuda_stream_wait;
+    b->event_release = cuda_event_release;
+    b->error_name = cuda_error_name;
+    b->destroy = cuda_destroy;
+    return b;
 }
 
 nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, void *log_user,
@@ -342,46 +419,15 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
                result_name(rc), (int)rc);
         return NF_ERR_UNSUPPORTED;
     }
-    nf_backend *b = calloc(1, sizeof *b);
-    cuda_ctx *c = calloc(1, sizeof *c);
-    if (!b || !c) {
-        free(b);
+    cuda_ctx *c;
+    if ((s = ctx_open(ordinal, log, log_user, &c)) != NF_OK) return s;
+    nf_backend *b = table_new(c, "cuda", NF_BACKEND_CAP_ALIASING);
+    if (!b) {
+        driver.cuDevicePrimaryCtxRelease(c->device);
         free(c);
         return NF_ERR_NO_MEMORY_HOST;
     }
-    c->log = log;
-    c->log_user = log_user;
-    c->ordinal = ordinal;
-    c->device = device;
-    if ((rc = driver.cuDevicePrimaryCtxRetain(&c->primary, device)) != CUDA_SUCCESS) {
-        report(log, log_user, "cuda backend: cuDevicePrimaryCtxRetain failed: %s (%d)", result_name(rc), (int)rc);
-        free(b);
-        free(c);
-        return NF_ERR_BACKEND;
-    }
-    c->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    c->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    c->prop.location.id = device;
-    size_t gran = 0;
-    WITH_CONTEXT(c, driver.cuMemGetAllocationGranularity(&gran, &c->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
-    CUresult grc = rc;
-    if (grc != CUDA_SUCCESS || gran == 0 || (gran & (gran - 1))) {
-        report(log, log_user, "cuda backend: cuMemGetAllocationGranularity failed: %s (%d)", result_name(grc), (int)grc);
-        driver.cuDevicePrimaryCtxRelease(device);
-        free(b);
-        free(c);
-        return NF_ERR_BACKEND;
-    }
-    c->gran = gran;
-    c->access[0].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    c->access[0].location.id = device;
-    c->access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    c->access_count = 1;
     if (peer_access) cuda_add_peers(c, -1);
-    b->name = "cuda";
-    b->caps = NF_BACKEND_CAP_EVENTS | NF_BACKEND_CAP_ALIASING | NF_BACKEND_CAP_STREAM_WAIT;
-    b->granularity = gran;
-    b->ctx = c;
     b->reserve = cuda_reserve;
     b->unreserve = cuda_unreserve;
     b->page_create = cuda_page_create;
@@ -389,14 +435,90 @@ nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, v
     b->map = cuda_map;
     b->unmap = cuda_unmap;
     b->set_access = cuda_set_access;
-    b->add_peers = cuda_add_peers;
-    b->event_record = cuda_event_record;
-    b->event_query = cuda_event_query;
-    b->event_sync = cuda_event_sync;
-    b->stream_wait = cuda_stream_wait;
-    b->event_release = cuda_event_release;
-    b->error_name = cuda_error_name;
-    b->destroy = cuda_destroy;
+    *backend_out = b;
+    return NF_OK;
+}
+
+/* ---- the memory-pool block backend ---------------------------------------------------------- */
+
+static int pool_block_alloc(void *ctx, uint64_t bytes, void *stream, uint64_t *addr_out) {
+    cuda_ctx *c = ctx;
+    CUdeviceptr ptr = 0;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemAllocFromPoolAsync(&ptr, bytes, c->mempool, (CUstream)stream));
+    *addr_out = ptr;
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY) return NF_BACKEND_OUT_OF_MEMORY; /* not an error to log */
+    return checked(c, "cuMemAllocFromPoolAsync", rc);
+}
+
+static int pool_block_free(void *ctx, uint64_t addr, void *stream) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemFreeAsync(addr, (CUstream)stream));
+    return checked(c, "cuMemFreeAsync", rc);
+}
+
+static int pool_held_bytes(void *ctx, uint64_t *bytes_out) {
+    cuda_ctx *c = ctx;
+    cuuint64_t held = 0;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemPoolGetAttribute(c->mempool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &held));
+    *bytes_out = held;
+    return checked(c, "cuMemPoolGetAttribute", rc);
+}
+
+static int pool_trim_to(void *ctx, uint64_t keep_bytes) {
+    cuda_ctx *c = ctx;
+    CUresult rc;
+    WITH_CONTEXT(c, driver.cuMemPoolTrimTo(c->mempool, keep_bytes));
+    return checked(c, "cuMemPoolTrimTo", rc);
+}
+
+nf_status nf_backend_cuda_pool_create(int ordinal, bool peer_access, nf_log_fn log, void *log_user,
+                                      nf_backend **backend_out) {
+    if (!backend_out) return NF_ERR_INVALID_ARG;
+    *backend_out = NULL;
+    CUdevice device;
+    nf_status s = device_open(ordinal, &device, log, log_user);
+    if (s != NF_OK) return s;
+    int pools = 0;
+    CUresult rc = driver.cuDeviceGetAttribute(&pools, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, device);
+    if (rc != CUDA_SUCCESS || !pools) {
+        report(log, log_user, "cuda-pool backend: device lacks memory pools (%s, %d)", result_name(rc), (int)rc);
+        return NF_ERR_UNSUPPORTED;
+    }
+    cuda_ctx *c;
+    if ((s = ctx_open(ordinal, log, log_user, &c)) != NF_OK) return s;
+    CUmemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props.location.id = device;
+    WITH_CONTEXT(c, driver.cuMemPoolCreate(&c->mempool, &props));
+    if (rc == CUDA_SUCCESS) { /* keep freed memory until a trim, rather than at every synchronisation */
+        cuuint64_t threshold = UINT64_MAX;
+        WITH_CONTEXT(c, driver.cuMemPoolSetAttribute(c->mempool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold));
+        if (rc != CUDA_SUCCESS) driver.cuMemPoolDestroy(c->mempool);
+    }
+    nf_backend *b = rc == CUDA_SUCCESS ? table_new(c, "cuda-pool", NF_BACKEND_CAP_PLACES_BLOCKS) : NULL;
+    if (!b) {
+        if (rc != CUDA_SUCCESS)
+            report(log, log_user, "cuda-pool backend: making the memory pool failed: %s (%d)", result_name(rc), (int)rc);
+        else
+            driver.cuMemPoolDestroy(c->mempool);
+        driver.cuDevicePrimaryCtxRelease(c->device);
+        free(c);
+        return rc != CUDA_SUCCESS ? NF_ERR_BACKEND : NF_ERR_NO_MEMORY_HOST;
+    }
+    b->block_alloc = pool_block_alloc;
+    b->block_free = pool_block_free;
+    b->held_bytes = pool_held_bytes;
+    b->trim_to = pool_trim_to;
+    if (peer_access && cuda_add_peers(c, -1) != 0) {
+        cuda_destroy(b);
+        return NF_ERR_BACKEND;
+    }
     *backend_out = b;
     return NF_OK;
 }
@@ -427,6 +549,11 @@ nf_status nf_backend_cuda_create(int device, bool peer_access, nf_log_fn log, vo
     if (log) log(log_user, NF_LOG_ERROR, "cuda backend: this nofrag was built without cuda.h");
     if (backend_out) *backend_out = NULL;
     return backend_out ? NF_ERR_UNSUPPORTED : NF_ERR_INVALID_ARG;
+}
+
+nf_status nf_backend_cuda_pool_create(int device, bool peer_access, nf_log_fn log, void *log_user,
+                                      nf_backend **backend_out) {
+    return nf_backend_cuda_create(device, peer_access, log, log_user, backend_out);
 }
 
 nf_status nf_cuda_mem_info(int device, uint64_t *free_out, uint64_t *total_out) {

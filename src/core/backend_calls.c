@@ -126,3 +126,36 @@ nf_status call_event_release(nf_pool *pool, uint64_t event) {
     TIMED(pool, rc, pool->backend->event_release(pool->backend->ctx, event));
     return rc ? failed(pool, "event_release", event, rc) : NF_OK;
 }
+
+/* ---- block backends (NF_BACKEND_CAP_PLACES_BLOCKS) ---------------------------------------- */
+
+nf_status call_block_alloc(nf_pool *pool, uint64_t bytes, void *stream, uint64_t *addr_out) {
+    pool->stats.calls_block_alloc++;
+    int rc;
+    TIMED(pool, rc, pool->backend->block_alloc(pool->backend->ctx, bytes, stream, addr_out));
+    if (rc == NF_BACKEND_OUT_OF_MEMORY) { /* the device is full: the caller makes room or fails */
+        pool->stats.num_device_full++;
+        return NF_ERR_OUT_OF_MEMORY;
+    }
+    return rc ? failed(pool, "block_alloc", bytes, rc) : NF_OK;
+}
+
+nf_status call_block_free(nf_pool *pool, uint64_t addr, void *stream) {
+    pool->stats.calls_block_free++;
+    int rc;
+    TIMED(pool, rc, pool->backend->block_free(pool->backend->ctx, addr, stream));
+    return rc ? failed(pool, "block_free", addr, rc) : NF_OK;
+}
+
+nf_status call_held_bytes(nf_pool *pool, uint64_t *bytes_out) {
+    int rc;
+    TIMED(pool, rc, pool->backend->held_bytes(pool->backend->ctx, bytes_out));
+    return rc ? failed(pool, "held_bytes", 0, rc) : NF_OK;
+}
+
+nf_status call_trim_to(nf_pool *pool, uint64_t keep_bytes) {
+    pool->stats.calls_trim_to++;
+    int rc;
+    TIMED(pool, rc, pool->backend->trim_to(pool->backend->ctx, keep_bytes));
+    return rc ? failed(pool, "trim_to", keep_bytes, rc) : NF_OK;
+}

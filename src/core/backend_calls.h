@@ -25,5 +25,12 @@ nf_status call_event_query(nf_pool *pool, uint64_t event, bool *done_out);
 nf_status call_event_sync(nf_pool *pool, uint64_t event);
 nf_status call_event_release(nf_pool *pool, uint64_t event);
 nf_status call_stream_wait(nf_pool *pool, void *stream, uint64_t event);
+/* Block backends. call_block_alloc returns NF_ERR_OUT_OF_MEMORY, not logged, when the device
+ * has no room (NF_BACKEND_OUT_OF_MEMORY). call_held_bytes is timed but not counted as a call: it
+ * reads a figure the driver keeps. */
+nf_status call_block_alloc(nf_pool *pool, uint64_t bytes, void *stream, uint64_t *addr_out);
+nf_status call_block_free(nf_pool *pool, uint64_t addr, void *stream);
+nf_status call_held_bytes(nf_pool *pool, uint64_t *bytes_out);
+nf_status call_trim_to(nf_pool *pool, uint64_t keep_bytes);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend_calls.h"
+#include "delegated.h"
 #include "pages.h"
 #include "placement.h"
 #include "pool_internal.h"
@@ -40,7 +41,7 @@ void pool_log(nf_pool *pool, nf_log_level level, const char *fmt, ...) {
 
 /* ---- block structs ---------------------------------------------------------------------- */
 
-static block *block_new(nf_pool *pool) {
+block *block_new(nf_pool *pool) {
     if (!pool->spare_blocks) {
         block_slab *slab = malloc(sizeof *slab + BLOCKS_PER_SLAB * sizeof(block));
         if (!slab) return NULL;
@@ -57,7 +58,7 @@ static block *block_new(nf_pool *pool) {
     return b;
 }
 
-static void block_recycle(nf_pool *pool, block *b) {
+void block_recycle(nf_pool *pool, block *b) {
     b->next = pool->spare_blocks;
     pool->spare_blocks = b;
 }
@@ -391,11 +392,41 @@ static void pool_free_host_memory(nf_pool *pool) {
     free(pool);
 }
 
+/* A pool over a block backend (delegated.c): no range, pages or index; the cap in whole pages of
+ * the backend's granularity, as for a page backend. */
+static nf_status delegated_pool_create(const nf_config *config, nf_backend *backend, uint64_t align,
+                                       nf_pool **pool_out) {
+    uint64_t gran = backend->granularity;
+    if (align < 256 || (align & (align - 1)) || gran == 0 || (gran & (gran - 1)) || config->page_bytes ||
+        (config->capacity && config->capacity < gran))
+        return NF_ERR_INVALID_ARG;
+    nf_pool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NF_ERR_NO_MEMORY_HOST;
+    pool->config = *config;
+    pool->config.alignment = align;
+    pool->backend = backend;
+    pool->gran = gran;
+    pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
+    pool->backend_pages = 1;
+    pool->cap_pages = config->capacity / gran;
+    pool->stats.size = sizeof(nf_stats);
+    pool->stats.version = NF_STATS_VERSION;
+    nf_status s = delegated_create(pool);
+    if (s == NF_OK && pthread_mutex_init(&pool->lock, NULL) != 0) s = NF_ERR_NO_MEMORY_HOST;
+    if (s != NF_OK) {
+        pool_free_host_memory(pool);
+        return s;
+    }
+    *pool_out = pool;
+    return NF_OK;
+}
+
 nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool **pool_out) {
     if (!config || !backend || !pool_out) return NF_ERR_INVALID_ARG;
     *pool_out = NULL;
     uint64_t align = config->alignment ? config->alignment : DEFAULT_ALIGNMENT;
     uint64_t unit = backend->granularity;
+    if (backend->caps & NF_BACKEND_CAP_PLACES_BLOCKS) return delegated_pool_create(config, backend, align, pool_out);
     uint64_t gran = config->page_bytes ? config->page_bytes : unit;
     if (align < 256 || (align & (align - 1)) || unit == 0 || (unit & (unit - 1)) || (gran & (gran - 1)) ||
         gran % unit || align > gran)
@@ -458,7 +489,7 @@ nf_status nf_pool_destroy(nf_pool *pool) {
     nf_status first_error = NF_OK, s;
 #define KEEP_FIRST(expr) \
     if ((s = (expr)) != NF_OK && first_error == NF_OK) first_error = s
-    KEEP_FIRST(pages_destroy(pool));
+    KEEP_FIRST(pool->delegated ? delegated_destroy(pool) : pages_destroy(pool));
     for (uint32_t i = 0; i < pool->stream_count; i++)
         if (pool->streams[i].event) KEEP_FIRST(call_event_release(pool, pool->streams[i].event));
     if (pool->base) KEEP_FIRST(call_unreserve(pool, pool->base, pool->virtual_bytes));
@@ -551,6 +582,11 @@ static nf_status streams_learn(nf_pool *pool, bool wait, uint32_t requester, boo
 }
 
 static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out) {
+    if (pool->delegated) {
+        uint32_t idx;
+        nf_status s = stream_index(pool, stream, &idx);
+        return s == NF_OK ? delegated_alloc(pool, size, idx, group, ptr_out) : s;
+    }
     uint64_t align = pool->config.alignment;
     if ((uint64_t)size > UINT64_MAX - align || round_up(size, align) > pool->virtual_bytes ||
         (pool->cap_pages && round_up(size, align) > pool->cap_pages * pool->gran)) {
@@ -641,6 +677,12 @@ static bool freed_recently(const nf_pool *pool, uint64_t addr) {
  * and since merged), else a pointer never allocated. */
 static nf_status classify_bad_free(nf_pool *pool, uint64_t addr) {
     pool->stats.num_invalid_frees++;
+    if (pool->delegated) { /* no free blocks to look in: the recent frees are all there is */
+        bool twice = freed_recently(pool, addr);
+        pool_log(pool, NF_LOG_ERROR, "free of 0x%llx: %s", (unsigned long long)addr,
+                 twice ? "already free (double free)" : "not a live block of this pool");
+        return twice ? NF_ERR_DOUBLE_FREE : NF_ERR_INVALID_POINTER;
+    }
     const block *b = pool->first;
     if (addr >= pool->base && addr < pool->base + pool->virtual_bytes)
         while (b && addr >= b->addr + b->size) b = b->next;
@@ -668,9 +710,11 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
     uint32_t idx;
     if (!b) s = classify_bad_free(pool, addr);
     else if ((s = stream_index(pool, stream, &idx)) == NF_OK) {
-        pool->recent_frees[pool->recent_free_next++ % 256] = addr;
-        s = block_release_live(pool, b, idx);
-        pool->stats.num_frees++;
+        s = pool->delegated ? delegated_release(pool, b, idx) : block_release_live(pool, b, idx);
+        if (s == NF_OK) {
+            pool->recent_frees[pool->recent_free_next++ % 256] = addr;
+            pool->stats.num_frees++;
+        }
     }
     pthread_mutex_unlock(&pool->lock);
     return s;
@@ -680,12 +724,13 @@ nf_status nf_free_group(nf_pool *pool, uint64_t group, void *stream, uint64_t *f
     if (freed_out) *freed_out = 0;
     if (!pool || group == 0) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
-    /* The group's blocks are listed first: freeing one merges free neighbours, which would
-     * unlink blocks under a walk. */
+    /* The group's blocks are listed first, from the pointer map (every live block, in either kind
+     * of pool): freeing changes the map under a walk. */
     uint64_t count = 0, capacity = 0, *addrs = NULL;
     nf_status s = NF_OK;
-    for (const block *b = pool->first; b && s == NF_OK; b = b->next) {
-        if (!b->live || b->group != group) continue;
+    for (uint64_t i = 0; i < pool->live.capacity && s == NF_OK; i++) {
+        const block *b = pool->live.keys[i] ? pool->live.values[i] : NULL;
+        if (!b || b->group != group) continue;
         if (count == capacity) {
             capacity = capacity ? 2 * capacity : 64;
             uint64_t *grown = realloc(addrs, capacity * sizeof *grown);
@@ -698,9 +743,11 @@ nf_status nf_free_group(nf_pool *pool, uint64_t group, void *stream, uint64_t *f
     if (s == NF_OK && count) s = stream_index(pool, stream, &idx);
     for (uint64_t i = 0; s == NF_OK && i < count; i++) {
         block *b = ptr_map_get(&pool->live, addrs[i]);
+        s = pool->delegated ? delegated_release(pool, b, idx) : block_release_live(pool, b, idx);
+        if (s != NF_OK) break;
         pool->recent_frees[pool->recent_free_next++ % 256] = addrs[i];
-        if ((s = block_release_live(pool, b, idx)) == NF_OK) pool->stats.num_frees++;
-        if (s == NF_OK && freed_out) (*freed_out)++;
+        pool->stats.num_frees++;
+        if (freed_out) (*freed_out)++;
     }
     pthread_mutex_unlock(&pool->lock);
     free(addrs);
@@ -724,7 +771,8 @@ nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     if (!pool) return NF_ERR_INVALID_ARG;
     uint64_t released = 0;
     pthread_mutex_lock(&pool->lock);
-    nf_status s = pages_trim(pool, keep_bytes / pool->gran, &released);
+    nf_status s = pool->delegated ? delegated_trim(pool, keep_bytes, &released)
+                                  : pages_trim(pool, keep_bytes / pool->gran, &released);
     pthread_mutex_unlock(&pool->lock);
     if (released_out) *released_out = released;
     return s;
@@ -735,7 +783,7 @@ nf_status nf_pool_enable_peer_access(nf_pool *pool, int device) {
     if (!pool->backend->add_peers) return NF_ERR_UNSUPPORTED;
     pthread_mutex_lock(&pool->lock);
     nf_status s = call_add_peers(pool, device);
-    if (s == NF_OK) s = pages_grant_access_again(pool);
+    if (s == NF_OK && !pool->delegated) s = pages_grant_access_again(pool); /* a block backend grants at once */
     pthread_mutex_unlock(&pool->lock);
     return s;
 }
@@ -761,6 +809,11 @@ nf_status nf_pool_set_capacity(nf_pool *pool, uint64_t capacity) {
     uint64_t cap_pages = capacity / pool->gran; /* whole pages, rounded down, as in nf_pool_create */
     if (capacity && !cap_pages) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
+    if (pool->delegated) {
+        nf_status s = delegated_set_capacity(pool, cap_pages);
+        pthread_mutex_unlock(&pool->lock);
+        return s;
+    }
     if (cap_pages > pool->page_count) cap_pages = 0;
     pool->cap_pages = cap_pages;
     uint64_t released = 0;

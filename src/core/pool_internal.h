@@ -206,6 +206,9 @@ struct nf_pool {
      * outside the pool took it. Until a page is created again or a trim gives memory back, the
      * pool grows no further and serves requests from its idle pages (pages.c, phys_for). */
     bool device_full;
+    /* The backend places blocks (NF_BACKEND_CAP_PLACES_BLOCKS): delegated.c keeps the books; no
+     * virtual range, pages or free index. */
+    bool delegated;
     /* Set once the host has had to wait for a stream: from then on each step mark records every
      * stream's event (nf_step_mark), so that a later wait for work queued before the step finds it
      * done by a query instead of a new record and a wait for everything queued since. */
@@ -252,6 +255,10 @@ static inline uint64_t page_of(const nf_pool *pool, uint64_t addr) {
 static inline uint64_t page_last(const nf_pool *pool, uint64_t addr, uint64_t size) {
     return (addr + size - 1 - pool->base) >> pool->gran_log2;
 }
+
+/* Block structs from the pool's slabs (pool.c): a zeroed block, NULL when host memory runs out. */
+block *block_new(nf_pool *pool);
+void block_recycle(nf_pool *pool, block *b);
 
 bool blocks_mergeable(const nf_pool *pool, const block *a, const block *b);
 /* Stream bookkeeping (pool.c), for the page layer. */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "delegated.h"
 #include "pages.h"
 #include "pool_internal.h"
 
@@ -124,6 +125,7 @@ nf_status nf_stats_to_json(const nf_stats *stats, char *buf, size_t buf_size, si
 /* ---- invariants (the equations are listed in pool_internal.h) ---------------------------- */
 
 static nf_status check_locked(nf_pool *pool) {
+    if (pool->delegated) return delegated_check(pool);
     uint64_t sum = 0, live_sum = 0, live_count = 0, free_count = 0;
     const block *prev = NULL;
     for (const block *b = pool->first; b; b = b->next) {
@@ -194,6 +196,11 @@ nf_status nf_pool_check(nf_pool *pool) {
 nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user) {
     if (!pool || !visitor) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
+    if (pool->delegated) {
+        nf_status s = delegated_walk(pool, visitor, user);
+        pthread_mutex_unlock(&pool->lock);
+        return s;
+    }
     for (const block *b = pool->first; b; b = b->next) {
         nf_block_info info;
         info.address = b->addr;

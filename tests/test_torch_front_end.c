@@ -1,4 +1,5 @@
-/* The PyTorch front end's CUDA graph pools, without a GPU: the entry points PyTorch calls
+/* The PyTorch front end's CUDA graph pools, and its device pools over CUDA's memory pool (the
+ * "cuda_pool" phase), without a GPU: the entry points PyTorch calls
  * (nf_torch_alloc / free, the begin- and end-allocate-to-pool and release-pool hooks, the
  * record-stream callback, empty_cache's trim), driven as PyTorch drives them around a capture, on
  * pools made on the host backend (nf_torch_use_host_backend). Checks where each block goes, what
@@ -22,6 +23,9 @@ int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
 int nf_torch_use_host_backend(void);
 int nf_torch_set_reserve(uint64_t reserve_bytes);
+int nf_torch_set_cuda_pool(int on);
+int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
+                       int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_stats_json(int device, char *buf, size_t size);
 const char *nf_torch_last_error(void);
 
@@ -120,8 +124,64 @@ static int threads_main(void) {
     return check_exit("test_torch_front_end threads");
 }
 
+/* ---- device pools over CUDA's memory pool (the block backend's host stand-in) ---------------- */
+
+/* The figure `key` of the device pool's statistics JSON, or -1 if absent. */
+static long long stat_of(const char *key) {
+    char json[16384], pattern[96];
+    CHECK_OK(nf_torch_stats_json(0, json, sizeof json));
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *at = strstr(json, pattern);
+    return at ? atoll(at + strlen(pattern)) : -1;
+}
+
+static int cuda_pool_main(void) {
+    REQUIRE(nf_torch_use_host_backend() == NF_OK);
+    /* A page size or a reserve shapes nofrag's own pages: refused with the block backend. */
+    CHECK_OK(nf_torch_configure(0, 0.0, 512ull << 20, 2, 1, 4 * MIB, 0));
+    CHECK(nf_torch_set_cuda_pool(1) == NF_ERR_INVALID_ARG);
+    CHECK_OK(nf_torch_configure(0, 0.0, 512ull << 20, 2, 1, 0, 0));
+    CHECK_OK(nf_torch_set_reserve(64 * MIB));
+    CHECK(nf_torch_set_cuda_pool(1) == NF_ERR_INVALID_ARG);
+    CHECK_OK(nf_torch_set_reserve(0));
+    CHECK_OK(nf_torch_set_cuda_pool(1));
+    char *blocks[8];
+    for (int i = 0; i < 8; i++) {
+        blocks[i] = nf_torch_alloc((size_t)(i + 1) * MIB, 0, i % 2 ? B : A);
+        REQUIRE(blocks[i] != NULL);
+        memset(blocks[i], i + 1, (size_t)(i + 1) * MIB);
+    }
+    /* The backend placed them: block calls, no pages. */
+    CHECK(stat_of("calls_block_alloc") == 8 && stat_of("calls_map") == 0 && stat_of("num_page_maps") == 0);
+    CHECK(stat_of("allocated_bytes.current") == 36 * MIB && stat_of("reserved_bytes.current") >= 36 * MIB);
+    nf_torch_record_stream_hook(blocks[0], B);
+    for (int i = 0; i < 8; i += 2) nf_torch_free(blocks[i], 0, 0, A);
+    CHECK_OK(nf_torch_check(0));
+    /* A capture still goes to a pinned graph pool of its own, apart from the device pool. */
+    nf_torch_begin_allocate_to_pool(0, 3, 0, NULL);
+    char *captured = nf_torch_alloc(2 * MIB, 0, A);
+    nf_torch_end_allocate_to_pool(0, 3, 0);
+    CHECK(captured != NULL && graphs().pools == 1 && graphs().allocated == 2 * MIB);
+    CHECK(stat_of("calls_block_alloc") == 8);
+    /* empty_cache: the cached memory goes back; live blocks keep their bytes. */
+    CHECK_OK(nf_torch_trim(0, 0));
+    CHECK(stat_of("reserved_bytes.current") == stat_of("allocated_bytes.current"));
+    bool intact = true;
+    for (int i = 1; i < 8; i += 2)
+        for (size_t k = 0; k < (size_t)(i + 1) * MIB; k += 4096) intact &= blocks[i][k] == i + 1;
+    CHECK(intact);
+    for (int i = 1; i < 8; i += 2) nf_torch_free(blocks[i], 0, 0, B);
+    nf_torch_free(captured, 0, 0, A);
+    nf_torch_release_pool(0, 3, 0);
+    CHECK_OK(nf_torch_trim(0, 0));
+    CHECK(graphs().pools == 0 && stat_of("reserved_bytes.current") == 0);
+    CHECK_OK(nf_torch_check(0));
+    return check_exit("test_torch_front_end cuda_pool");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "threads") == 0) return threads_main();
+    if (argc > 1 && strcmp(argv[1], "cuda_pool") == 0) return cuda_pool_main();
     REQUIRE(nf_torch_use_host_backend() == NF_OK);
     /* A reserve over the device (16 GiB here) is refused when the device's pool is made. */
     CHECK_OK(nf_torch_set_reserve(32ull << 30));

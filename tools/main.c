@@ -59,6 +59,9 @@ static const char USAGE[] =
     "  --layout-log FILE       write every placement, free and step mark to FILE (one trace\n"
     "                          only; for layout studies, read by bench/physical_oracle.py)\n"
     "  --cuda DEVICE           replay on that GPU through the CUDA backend (real device memory)\n"
+    "  --cuda-pool DEVICE      replay on that GPU through CUDA's own stream-ordered memory pool\n"
+    "                          (cuMemAllocFromPoolAsync): the driver places blocks, so the held\n"
+    "                          figures are CUDA's pool's, for comparison (no page moves)\n"
     "  -h, --help              this text\n";
 
 /* A whole decimal number in [min, max] (no sign, nothing after it) into *out; 0 or -1. */
@@ -292,7 +295,8 @@ static int cmd_replay(int argc, char **argv) {
             c.json = true;
         } else if (strcmp(a, "--per-step") == 0) {
             c.opts.per_step = true;
-        } else if (strcmp(a, "--cuda") == 0) {
+        } else if (strcmp(a, "--cuda") == 0 || strcmp(a, "--cuda-pool") == 0) {
+            c.opts.cuda_pool = strcmp(a, "--cuda-pool") == 0;
             if (i + 1 >= argc) return usage_error("%s needs a device number", a);
             char *end;
             long d = strtol(argv[++i], &end, 10);

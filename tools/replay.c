@@ -232,6 +232,11 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         snprintf(err, err_size, "--real-memory backs the host backend; --cuda replays on device memory");
         return -1;
     }
+    if (opts->cuda_pool && (opts->page_bytes || opts->hold_near_live || opts->reuse_across_streams || opts->layout_log)) {
+        snprintf(err, err_size, "--page-size, --hold-near-live, --reuse-across-streams and --layout-log steer nofrag's "
+                                "placement; with --cuda-pool the driver places blocks");
+        return -1;
+    }
     if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {
         snprintf(err, err_size, "the trace has %u streams; a replay on CUDA handles at most %d", t->stream_count,
                  (int)CUDA_STREAMS);
@@ -239,11 +244,13 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     }
     nf_backend *backend;
     char reason[256] = "";
-    nf_status s = opts->cuda_device >= 0
-                      ? nf_backend_cuda_create(opts->cuda_device, false, keep_backend_reason, reason, &backend)
-                      : nf_backend_host_create(opts->real_memory, opts->granularity, &backend);
+    nf_status s = opts->cuda_device < 0 ? nf_backend_host_create(opts->real_memory, opts->granularity, &backend)
+                  : opts->cuda_pool
+                      ? nf_backend_cuda_pool_create(opts->cuda_device, false, keep_backend_reason, reason, &backend)
+                      : nf_backend_cuda_create(opts->cuda_device, false, keep_backend_reason, reason, &backend);
     if (s != NF_OK) {
-        snprintf(err, err_size, "cannot create the %s backend: %s%s%s%s", opts->cuda_device >= 0 ? "cuda" : "host",
+        snprintf(err, err_size, "cannot create the %s backend: %s%s%s%s",
+                 opts->cuda_device < 0 ? "host" : opts->cuda_pool ? "cuda-pool" : "cuda",
                  nf_status_str(s), reason[0] ? " (" : "", reason, reason[0] ? ")" : "");
         return -1;
     }

@@ -31,6 +31,8 @@ typedef struct replay_options {
     uint64_t stream_lag;
     bool progress;        /* draw a progress line on stderr */
     int cuda_device;      /* >= 0: replay on this GPU through the CUDA backend (real memory) */
+    bool cuda_pool;       /* with cuda_device: through CUDA's own memory pool (the block backend,
+                           * nf_backend_cuda_pool_create): what CUDA's placement holds */
     bool per_step;        /* record backend calls and remaps of every step (result.step_*) */
     FILE *layout_log;     /* if set: every placement, free and step mark, for layout studies
                            * (bench/physical_oracle.py reads it; format in tools/replay.c) */

@@ -34,6 +34,12 @@ Settings (argument, else environment variable, else default):
                                                  crosses streams only once all their work is done:
                                                  safe even for uses never declared, but FSDP holds
                                                  more and its steps wait (README, "Streams")
+    backend            NOFRAG_BACKEND            "vmm" (default): nofrag places blocks in virtual memory
+                                                 and backs them with pages; "cuda-pool": CUDA's own
+                                                 stream-ordered memory pool places them
+                                                 (cuMemAllocFromPoolAsync), with nofrag's cap,
+                                                 statistics, trim and checks around it (no page size
+                                                 or reserve then); CUDA graphs' pools stay on vmm
 Setting NOFRAG_ENABLE=1 and importing nofrag.torch enables it with these settings.
 """
 import os
@@ -89,8 +95,18 @@ def _page_size(x):
     return n
 
 
+_BACKENDS = ("vmm", "cuda-pool")
+
+
+def _backend(x):
+    name = str(x).strip().lower()
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {x!r}")
+    return name
+
+
 def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-             page_size=None, reuse_across_streams=None, reserve=None):
+             page_size=None, reuse_across_streams=None, reserve=None, backend=None):
     """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
     return {
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
@@ -103,6 +119,7 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         # None: decided by enable(), on where the record-stream callback could be set.
         "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, None),
         "reserve": _setting(reserve, "NOFRAG_RESERVE", parse_bytes, 0),
+        "backend": _setting(backend, "NOFRAG_BACKEND", _backend, "vmm"),
     }
 
 
@@ -116,7 +133,7 @@ def active_settings():
 
 
 def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-           page_size=None, reuse_across_streams=None, reserve=None):
+           page_size=None, reuse_across_streams=None, reserve=None, backend=None):
     """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
     tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
     Calling it again after success does nothing."""
@@ -129,7 +146,11 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "nofrag.torch.enable() must run before CUDA is initialised, and CUDA already is in this "
             "process (something created a CUDA tensor or queried the device). Call it at the very "
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
-    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams, reserve)
+    s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams, reserve,
+                 backend)
+    if s["backend"] == "cuda-pool" and (s["page_size"] or s["reserve"]):
+        raise ValueError("page_size and reserve shape nofrag's own pages; with backend='cuda-pool' CUDA's "
+                         "memory pool places the blocks, so neither can be set")
     L = lib()
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     hooked = _hook_record_stream(allocator, L)
@@ -150,6 +171,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
     check(L.nf_torch_set_reserve(s["reserve"]), "nofrag.torch.enable")
+    check(L.nf_torch_set_cuda_pool(int(s["backend"] == "cuda-pool")), "nofrag.torch.enable")
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch, wrap_record_stream=not hooked)
     _active.update(s)

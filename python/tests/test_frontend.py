@@ -120,11 +120,20 @@ class SettingsTest(unittest.TestCase):
                 with self.assertRaisesRegex(ValueError, "page size"):
                     nt.settings(page_size=bad)
             self.assertEqual(nt.settings(capacity="1G")["capacity"], 1 << 30)
+            self.assertEqual(nt.settings()["backend"], "vmm")
+            self.assertEqual(nt.settings(backend="CUDA-pool")["backend"], "cuda-pool")
+            os.environ["NOFRAG_BACKEND"] = "cuda-pool"
+            self.assertEqual(nt.settings()["backend"], "cuda-pool")
+            os.environ["NOFRAG_BACKEND"] = "malloc"
+            with self.assertRaisesRegex(ValueError, "NOFRAG_BACKEND.*vmm, cuda-pool"):
+                nt.settings()
+            del os.environ["NOFRAG_BACKEND"]
             os.environ["NOFRAG_CAPACITY_FRACTION"] = "1.5"
             with self.assertRaisesRegex(ValueError, "NOFRAG_CAPACITY_FRACTION"):
                 nt.settings()
         finally:
             os.environ.pop("NOFRAG_CAPACITY_FRACTION", None)
+            os.environ.pop("NOFRAG_BACKEND", None)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -239,6 +248,19 @@ class EnableTest(StandInTorchCase):
         self.assertNotIn("original_empty_cache", calls)
         nt.enable()  # a second call does nothing
         importlib.reload(nt)  # reloading without NOFRAG_ENABLE must not enable again
+
+    def test_cuda_pool_backend_refuses_page_size_and_reserve(self):
+        torch, calls = fake_torch()
+        self.use_torch(torch)
+        import nofrag.torch as nt
+        for extra in ({"page_size": "4M"}, {"reserve": "1G"}):
+            with self.assertRaisesRegex(ValueError, "backend='cuda-pool'"):
+                nt.enable(backend="cuda-pool", **extra)
+            self.assertNotIn("changed", calls)
+            self.assertFalse(nt.enabled())
+        nt.enable(backend="cuda-pool")
+        self.assertTrue(nt.enabled())
+        self.assertEqual(nt.active_settings()["backend"], "cuda-pool")
 
     def test_empty_cache_and_trim_wait_for_the_device_first(self):
         """Released CUDA graph pools are destroyed by the trim, so empty_cache and nofrag.trim

@@ -24,6 +24,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
                        int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_set_reserve(uint64_t reserve_bytes);
+int nf_torch_set_cuda_pool(int on);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 void nf_torch_record_stream_hook(void *ptr, void *stream);
 void nf_torch_begin_allocate_to_pool(int device, uint64_t pool_first, uint64_t pool_second, void *filter);
@@ -98,6 +99,9 @@ static struct {
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     uint64_t reserve_bytes; /* nf_config.reserve_bytes of every device pool (nf_torch_set_reserve) */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
+    /* nf_torch_set_cuda_pool: device pools over CUDA's stream-ordered memory pool (the block
+     * backend) rather than virtual memory; CUDA graphs' pools stay on virtual memory (pinned). */
+    bool cuda_pool;
     bool any_pool;
     bool host_backend; /* nf_torch_use_host_backend: tests of the front end without a GPU */
     pthread_mutex_t graph_lock; /* guards every device's graph pools and capture state */
@@ -177,11 +181,16 @@ static void grant_peers_between(int fresh, nf_pool *created) {
     }
 }
 
-/* A new backend for `device`: CUDA's, or the host backend's under nf_torch_use_host_backend. */
-static nf_status device_backend_create(int device, nf_backend **backend_out) {
-    if (torch_state.host_backend) return nf_backend_host_create(true, 0, backend_out);
-    return nf_backend_cuda_create(device, torch_state.peer_access == PEERS_ALWAYS, torch_log,
-                                  (void *)(intptr_t)device, backend_out);
+/* A new backend for `device`: CUDA's virtual memory (pages: a graph pool always, a device pool by
+ * default) or CUDA's memory pool (blocks: a device pool under nf_torch_set_cuda_pool), or their
+ * host stand-ins under nf_torch_use_host_backend. */
+static nf_status device_backend_create(int device, bool blocks, nf_backend **backend_out) {
+    bool peers = torch_state.peer_access == PEERS_ALWAYS;
+    if (torch_state.host_backend)
+        return blocks ? nf_backend_host_pool_create(HOST_DEVICE_BYTES, backend_out)
+                      : nf_backend_host_create(true, 0, backend_out);
+    return blocks ? nf_backend_cuda_pool_create(device, peers, torch_log, (void *)(intptr_t)device, backend_out)
+                  : nf_backend_cuda_create(device, peers, torch_log, (void *)(intptr_t)device, backend_out);
 }
 
 /* The pool of `device`, created on first use. NULL on failure (last_error says why). */
@@ -201,7 +210,7 @@ static nf_pool *device_pool_get(int device) {
             free_bytes = total = HOST_DEVICE_BYTES;
         else
             s = nf_cuda_mem_info(device, &free_bytes, &total);
-        if (s == NF_OK) s = device_backend_create(device, &d->backend);
+        if (s == NF_OK) s = device_backend_create(device, torch_state.cuda_pool, &d->backend);
         if (s != NF_OK && torch_state.host_backend) {
             set_error("cannot open cuda:%d: the host backend: %s", device, nf_status_str(s));
         } else if (s != NF_OK) {
@@ -210,7 +219,8 @@ static nf_pool *device_pool_get(int device) {
              * only to hear that reason. */
             char why[BACKEND_REASON_SIZE] = "";
             nf_backend *probe = NULL;
-            if (nf_backend_cuda_create(device, false, keep_backend_reason, why, &probe) == NF_OK)
+            if ((torch_state.cuda_pool ? nf_backend_cuda_pool_create : nf_backend_cuda_create)(
+                    device, false, keep_backend_reason, why, &probe) == NF_OK)
                 nf_backend_destroy(probe);
             if (why[0]) set_error("cannot open cuda:%d: %s (device %d: %s)", device, nf_status_str(s), device, why);
             else set_error("cannot open cuda:%d: %s", device, nf_status_str(s));
@@ -227,8 +237,8 @@ static nf_pool *device_pool_get(int device) {
             /* A cap the user did not set is the device's limit, not a budget: held memory should
              * follow the live peak (about 1.02x) rather than fill the device to save page moves. */
             cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
-            cfg.page_bytes = torch_state.page_bytes;
-            cfg.reserve_bytes = torch_state.reserve_bytes;
+            cfg.page_bytes = torch_state.cuda_pool ? 0 : torch_state.page_bytes; /* refused at set-up */
+            cfg.reserve_bytes = torch_state.cuda_pool ? 0 : torch_state.reserve_bytes;
             cfg.reuse_across_streams = torch_state.reuse_across_streams;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
@@ -323,7 +333,7 @@ static graph_pool *graph_pool_for(int device, void *stream) {
     cfg.log = torch_log;
     cfg.log_user = (void *)(intptr_t)device;
     cfg.log_level = NF_LOG_DEBUG;
-    nf_status s = device_backend_create(device, &g->backend);
+    nf_status s = device_backend_create(device, false, &g->backend);
     if (s == NF_OK && (s = nf_pool_create(&cfg, g->backend, &g->pool)) != NF_OK) nf_backend_destroy(g->backend);
     if (s != NF_OK) {
         set_error("cuda:%d: cannot create a CUDA graph's pool: %s", device, nf_status_str(s));
@@ -484,6 +494,18 @@ int nf_torch_set_reserve(uint64_t reserve_bytes) {
     torch_state.reserve_bytes = reserve_bytes;
     pthread_mutex_unlock(&torch_state.lock);
     return NF_OK;
+}
+
+/* Device pools made from now on use CUDA's stream-ordered memory pool (on != 0) or virtual
+ * memory (0, the default). NF_ERR_INVALID_ARG when a page size or a reserve is set with it (they
+ * shape nofrag's own pages; the driver places blocks there). */
+int nf_torch_set_cuda_pool(int on) {
+    pthread_mutex_lock(&torch_state.lock);
+    int s = NF_OK;
+    if (on && (torch_state.page_bytes || torch_state.reserve_bytes)) s = NF_ERR_INVALID_ARG;
+    else torch_state.cuda_pool = on != 0;
+    pthread_mutex_unlock(&torch_state.lock);
+    return s;
 }
 
 int nf_torch_set_memory_fraction(double fraction, int device) {

@@ -196,6 +196,41 @@ python3 gpu/compile_check.py 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/compil
 grep -q "compile_check: PASSED" "$OUT/compile.log" || status=1
 
 fi
+if want cudapool; then
+step "CUDA's own memory pool (backend cuda-pool) beside nofrag's placement: the bundled traces replayed on the GPU through each, no cap and at 1.02x the live peak; GPT-2 trained on it"
+for t in "${traces[@]}"; do
+  for backend in cuda cuda-pool; do
+    for cap in "" "--capacity-factor 1.02"; do
+      build-gpu/nofrag replay --json --$backend 0 $cap "$t" | sed "s/^{/{\"backend\": \"$backend\", \"cap\": \"${cap:+1.02}\", /" \
+        || echo "{\"trace\": \"$t\", \"backend\": \"$backend\", \"cap\": \"${cap:+1.02}\", \"failed\": true}"
+    done
+  done
+done >"$OUT/replay_cuda_pool.jsonl"
+python3 - "$OUT/replay_cuda_pool.jsonl" <<'PY' | tee "$OUT/replay_cuda_pool.txt" || status=1
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows.setdefault(r["trace"], {})[(r["backend"], r["cap"])] = r
+print(f'{"trace":32} {"nofrag held/live":>17} {"cuda-pool held/live":>20} {"failed at 1.02x: nofrag":>24} {"cuda-pool":>10}')
+bad = False
+for name, by in rows.items():
+    def ratio(key):
+        r = by.get(key)
+        return "failed" if not r or r.get("failed") else f'{r["peak_mapped_bytes"] / r["peak_live_bytes"]:.4f}'
+    def fails(key):
+        r = by.get(key)
+        return "-" if not r or r.get("failed") else str(r["failed_allocs"])
+    bad |= any(not r or r.get("failed") for r in by.values())
+    print(f'{name:32} {ratio(("cuda", "")):>17} {ratio(("cuda-pool", "")):>20} {fails(("cuda", "1.02")):>24} {fails(("cuda-pool", "1.02")):>10}')
+sys.exit(1 if bad else 0)
+PY
+python3 gpu/gpt2_losses.py native "$OUT/gpt2_native.json" 2>&1 | grep -v Warning | tail -1
+NOFRAG_BACKEND=cuda-pool python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_cuda_pool.json" 2>&1 | grep -v Warning | tail -2
+python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_cuda_pool.json" || status=1
+python3 gpu/memory_table.py native="$OUT/gpt2_native.json" cuda-pool="$OUT/gpt2_cuda_pool.json" | tee "$OUT/gpt2_cuda_pool.txt"
+
+fi
 if want graphs; then
 step "CUDA graphs under nofrag: captured into pools of their own, replays right, no other tensor touched, pools released"
 for mode in capture compile others train; do

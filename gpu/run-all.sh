@@ -231,6 +231,14 @@ python3 gpu/compare_losses.py "$OUT/gpt2_native.json" "$OUT/gpt2_cuda_pool.json"
 python3 gpu/memory_table.py native="$OUT/gpt2_native.json" cuda-pool="$OUT/gpt2_cuda_pool.json" | tee "$OUT/gpt2_cuda_pool.txt"
 
 fi
+if want devicefull; then
+step "the device filled by memory taken outside nofrag: idle pages serve, failures are clean, the reserve holds, CUDA's pool likewise"
+for mode in full reserve cuda-pool; do
+  python3 gpu/device_full_check.py $mode 2>&1 | grep -v -i warn | tee "$OUT/device_full_$mode.log" | tail -12
+  grep -q "device_full_check $mode: PASSED" "$OUT/device_full_$mode.log" || status=1
+done
+
+fi
 if want graphs; then
 step "CUDA graphs under nofrag: captured into pools of their own, replays right, no other tensor touched, pools released"
 for mode in capture compile others train; do

@@ -304,6 +304,9 @@ nf_status nf_pool_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
 
 /* Releases idle physical memory until at most keep_bytes are held (or nothing idle is left):
  * idle pages are unmapped once no pending work can touch them, then released to the backend.
+ * Over a block backend (CUDA's memory pool), the host first waits until every stream has reached
+ * the frees queued on it (the driver gives back only memory whose free has run), then the backend
+ * gives back its cache (cuMemPoolTrimTo).
  * *released_out (may be NULL) receives the bytes released; a pool with pin_pages releases
  * nothing. Fails with NF_ERR_BACKEND iff a driver call fails; what was released before that stays
  * released. O(pages); thread-safe. */

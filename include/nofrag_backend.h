@@ -103,7 +103,8 @@ struct nf_backend {
     /* Physical bytes the backend holds for the pool now: live blocks and what it keeps cached. */
     int (*held_bytes)(void *ctx, uint64_t *bytes_out);
     /* Give cached memory back to the device until at most keep_bytes are held (or nothing more
-     * can go: memory of live blocks, or of frees whose work is still pending, stays). */
+     * can go: memory of live blocks, or of frees whose work is still pending, stays). May wait
+     * for the device (CUDA's pool: it synchronises first). */
     int (*trim_to)(void *ctx, uint64_t keep_bytes);
 
     /* Text for a code returned by any primitive above. Never NULL. */

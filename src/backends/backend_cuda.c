@@ -63,6 +63,7 @@
     X(cuMemPoolSetAccess, (CUmemoryPool pool, const CUmemAccessDesc *map, size_t count))           \
     X(cuMemAllocFromPoolAsync, (CUdeviceptr * ptr, size_t bytes, CUmemoryPool pool, CUstream s))   \
     X(cuMemFreeAsync, (CUdeviceptr ptr, CUstream stream))                                          \
+    X(cuCtxSynchronize, (void))                                                                    \
     X(cuGetErrorName, (CUresult error, const char **name))
 
 typedef struct driver_api {
@@ -467,9 +468,15 @@ static int pool_held_bytes(void *ctx, uint64_t *bytes_out) {
     return checked(c, "cuMemPoolGetAttribute", rc);
 }
 
+/* The driver gives back only memory whose asynchronous free it has seen complete from the host
+ * ("observed, e.g. by a synchronize"): on an H200, waiting for events recorded after the frees was
+ * not enough, and the pool kept every byte. So the device is synchronised first, as PyTorch's
+ * cudaMallocAsync backend does before it trims. */
 static int pool_trim_to(void *ctx, uint64_t keep_bytes) {
     cuda_ctx *c = ctx;
     CUresult rc;
+    WITH_CONTEXT(c, driver.cuCtxSynchronize());
+    if (rc != CUDA_SUCCESS) return checked(c, "cuCtxSynchronize", rc);
     WITH_CONTEXT(c, driver.cuMemPoolTrimTo(c->mempool, keep_bytes));
     return checked(c, "cuMemPoolTrimTo", rc);
 }

@@ -56,15 +56,22 @@ nf_status delegated_create(nf_pool *pool) {
     return NF_OK;
 }
 
-/* Waits for every stream's frees, so that the backend may reuse or give back all freed memory,
- * then gives back everything cached. What a request does before it fails. */
-static nf_status make_room(nf_pool *pool) {
+/* Waits for the frees queued on every stream: the backend gives back (or, to other streams, reuses)
+ * a freed block only once its stream has reached the free (CUDA's pool does). */
+static nf_status frees_reached(nf_pool *pool) {
     for (uint32_t i = 0; i < pool->stream_count; i++) {
         bool done;
         nf_status s = pool_stream_reach(pool, i, pool->free_seq, true, &done);
         if (s != NF_OK) return s;
     }
-    nf_status s = call_trim_to(pool, pool->stats.allocated_bytes.current);
+    return NF_OK;
+}
+
+/* Gives back everything cached, once every stream has reached its frees: what a request does
+ * before it fails. */
+static nf_status make_room(nf_pool *pool) {
+    nf_status s = frees_reached(pool);
+    if (s == NF_OK) s = call_trim_to(pool, pool->stats.allocated_bytes.current);
     return s == NF_OK ? held_sync(pool) : s;
 }
 
@@ -94,8 +101,14 @@ nf_status delegated_alloc(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t g
             break; /* nothing to give back can help */
         }
         uint64_t addr = 0;
-        if ((s = call_block_alloc(pool, rounded, stream, &addr)) == NF_ERR_OUT_OF_MEMORY) continue;
-        if (s != NF_OK) break;
+        if ((s = call_block_alloc(pool, rounded, stream, &addr)) != NF_OK) {
+            /* A request the device refused may still have grown the backend's holding (CUDA's pool
+             * did by 288 MiB on an H200 filled to the last GiB): D1 keeps the books true. */
+            nf_status read = held_sync(pool);
+            if (s == NF_ERR_OUT_OF_MEMORY && read == NF_OK) continue;
+            if (s == NF_ERR_OUT_OF_MEMORY) s = read;
+            break;
+        }
         gauge_add(&pool->stats.allocated_bytes, rounded); /* before held_sync: idle = held - live */
         if (pool->stats.allocated_bytes.current > pool->live_high_water) /* I13 */
             pool->live_high_water = pool->stats.allocated_bytes.current;
@@ -166,7 +179,8 @@ nf_status delegated_release(nf_pool *pool, block *b, uint32_t idx) {
 
 nf_status delegated_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     uint64_t before = pool->stats.reserved_bytes.current;
-    nf_status s = call_trim_to(pool, keep_bytes);
+    nf_status s = frees_reached(pool);
+    if (s == NF_OK) s = call_trim_to(pool, keep_bytes);
     if (s == NF_OK) s = held_sync(pool);
     *released_out = before > pool->stats.reserved_bytes.current ? before - pool->stats.reserved_bytes.current : 0;
     return s;
@@ -176,7 +190,8 @@ nf_status delegated_set_capacity(nf_pool *pool, uint64_t cap_pages) {
     pool->cap_pages = cap_pages;
     pool->cap_slack = 0;
     if (!cap_pages || pool->stats.reserved_bytes.current <= cap_bytes(pool)) return NF_OK;
-    nf_status s = call_trim_to(pool, cap_bytes(pool));
+    nf_status s = frees_reached(pool);
+    if (s == NF_OK) s = call_trim_to(pool, cap_bytes(pool));
     if (s == NF_OK) s = held_sync(pool);
     uint64_t cap = cap_pages * pool->gran, held = pool->stats.reserved_bytes.current;
     if (held > cap) pool->cap_slack = (held - cap + pool->gran - 1) / pool->gran; /* live or pending */

@@ -1,8 +1,8 @@
 /* When the device runs out of memory below the pool's cap (memory taken outside the pool: NCCL's
  * buffers, another process), page_create fails with NF_BACKEND_OUT_OF_MEMORY. The pool must then
- * serve requests from the idle pages it holds, not fail them, stop asking for new pages until a
- * trim gives memory back, and fail with NF_ERR_OUT_OF_MEMORY (not a backend error) only when no
- * idle page is left. The device is tests/limited_device.h's, whose size is set here. */
+ * serve requests from the idle pages it holds, not fail them, stop asking for new pages while
+ * idle ones serve, ask again before failing a request they cannot serve (the memory may be back),
+ * and fail with NF_ERR_OUT_OF_MEMORY (not a backend error) only when the device still refuses. The device is tests/limited_device.h's, whose size is set here. */
 #include "limited_device.h"
 
 enum { GRAN = 64 * 1024 };
@@ -57,18 +57,26 @@ int main(void) {
     CHECK(limited_create_calls == creates_before);
     CHECK_OK(nf_free(pool, e, NULL));
 
-    /* More than the pool holds: a clean out-of-memory, the pool consistent. */
+    /* More than the pool holds: the device is asked again (it may have room by now), still
+     * refuses, and the request fails cleanly as out of memory, the pool consistent. */
     void *big = NULL;
+    creates_before = limited_create_calls;
     CHECK_STATUS(nf_alloc(pool, 20 * GRAN, NULL, &big), NF_ERR_OUT_OF_MEMORY);
     CHECK(big == NULL);
+    CHECK(limited_create_calls > creates_before && stats_of(pool).num_alloc_failures == 1);
     CHECK_OK(nf_pool_check(pool));
 
-    /* The other user gives memory back; after a trim the pool grows again. */
+    /* The other user gives memory back: the next request that the idle pages cannot serve asks
+     * the device again and gets its pages, with no trim needed (a GPU run stayed refused until a
+     * trim before this). */
     limited_device_pages = UINT64_MAX;
-    CHECK_OK(nf_trim(pool, 0, NULL));
     creates_before = limited_create_calls;
     CHECK_OK(nf_alloc(pool, 20 * GRAN, NULL, &big));
     CHECK(limited_create_calls > creates_before);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_free(pool, big, NULL));
+    CHECK_OK(nf_trim(pool, 0, NULL));
+    CHECK_OK(nf_alloc(pool, 20 * GRAN, NULL, &big));
     CHECK_OK(nf_pool_check(pool));
 
     CHECK_OK(nf_free(pool, big, NULL));

@@ -195,6 +195,7 @@ static int cuda_page_create(void *ctx, uint64_t pages, uint64_t *handle_out) {
     CUresult rc;
     WITH_CONTEXT(c, driver.cuMemCreate(&h, pages * c->gran, &c->prop, 0));
     *handle_out = h;
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY) return NF_BACKEND_OUT_OF_MEMORY; /* the pool reports it */
     return checked(c, "cuMemCreate", rc);
 }
 

@@ -581,22 +581,11 @@ static nf_status streams_learn(nf_pool *pool, bool wait, uint32_t requester, boo
     return s;
 }
 
-static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out) {
-    if (pool->delegated) {
-        uint32_t idx;
-        nf_status s = stream_index(pool, stream, &idx);
-        return s == NF_OK ? delegated_alloc(pool, size, idx, group, ptr_out) : s;
-    }
-    uint64_t align = pool->config.alignment;
-    if ((uint64_t)size > UINT64_MAX - align || round_up(size, align) > pool->virtual_bytes ||
-        (pool->cap_pages && round_up(size, align) > pool->cap_pages * pool->gran)) {
-        report_out_of_memory(pool, size, "larger than the capacity");
-        return NF_ERR_OUT_OF_MEMORY;
-    }
-    uint64_t rounded = round_up(size, align);
-    uint32_t idx;
-    nf_status s = stream_index(pool, stream, &idx);
-    if (s != NF_OK) return s;
+/* One search for a place of `rounded` bytes and the pages under it. NF_ERR_OUT_OF_MEMORY, not
+ * reported, when none fits, or when the backend had no memory for a page half-way (the pool is
+ * then device_full, and the pages it took are back). */
+static nf_status alloc_placed(nf_pool *pool, uint64_t rounded, uint32_t idx, uint64_t group, void **ptr_out) {
+    nf_status s;
 
     /* Stage 0: what is known to be reusable now; 1: after asking the backend which streams' work
      * has finished (and merging the free blocks that frees); 2: after waiting for it. A stage runs
@@ -648,8 +637,38 @@ static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, uint64_t
         if ((s = streams_learn(pool, true, idx, &progress)) != NF_OK) return s;
         if (!progress) break;
     }
-    report_out_of_memory(pool, rounded, "no placement fits under the capacity");
     return NF_ERR_OUT_OF_MEMORY;
+}
+
+static nf_status alloc_locked(nf_pool *pool, size_t size, void *stream, uint64_t group, void **ptr_out) {
+    uint32_t idx;
+    nf_status s = stream_index(pool, stream, &idx);
+    if (s != NF_OK) return s;
+    if (pool->delegated) return delegated_alloc(pool, size, idx, group, ptr_out);
+    uint64_t align = pool->config.alignment;
+    if ((uint64_t)size > UINT64_MAX - align || round_up(size, align) > pool->virtual_bytes ||
+        (pool->cap_pages && round_up(size, align) > pool->cap_pages * pool->gran)) {
+        report_out_of_memory(pool, size, "larger than the capacity");
+        return NF_ERR_OUT_OF_MEMORY;
+    }
+    uint64_t rounded = round_up(size, align);
+    bool full_before = pool->device_full;
+    s = alloc_placed(pool, rounded, idx, group, ptr_out);
+    if (s == NF_ERR_OUT_OF_MEMORY && !full_before && pool->device_full) {
+        /* The device turned out full half-way: search again, now within the idle pages. */
+        s = alloc_placed(pool, rounded, idx, group, ptr_out);
+    } else if (s == NF_ERR_OUT_OF_MEMORY && full_before) {
+        /* The idle pages are not enough; the memory taken outside may have been given back since
+         * (on an H200 a full device stayed refused until a trim before this): ask the driver
+         * again, once a failing request. */
+        pool->device_full = false;
+        s = alloc_placed(pool, rounded, idx, group, ptr_out);
+        if (s == NF_ERR_OUT_OF_MEMORY) pool->device_full = true;
+    }
+    if (s == NF_ERR_OUT_OF_MEMORY)
+        report_out_of_memory(pool, rounded, pool->device_full ? "the device is full and the idle pages are not enough"
+                                                              : "no placement fits under the capacity");
+    return s;
 }
 
 nf_status nf_alloc(nf_pool *pool, size_t size, void *stream, void **ptr_out) {

@@ -161,7 +161,10 @@ nf_status nf_pool_destroy(nf_pool *pool);
  * Fails with NF_ERR_OUT_OF_MEMORY iff no placement fits under the capacity even after reclaiming
  * idle pages (a report goes to the log), the device's own limit counting as the capacity once
  * the backend has had no memory for a page (NF_BACKEND_OUT_OF_MEMORY: memory taken outside the
- * pool; the pool then serves requests from its idle pages until a trim, stats num_device_full);
+ * pool; the pool then serves requests from its idle pages, asking the backend again only before it
+ * fails a request they cannot serve, or after a trim; stats num_device_full). Over a block backend
+ * (CUDA's memory pool): iff the request would pass the cap, or the backend refuses it even after
+ * every stream's frees are waited for and its cache is given back;
  * NF_ERR_BACKEND iff a driver call fails otherwise.
  * O(1) block search (TLSF) plus O(pages mapped) for the pages touched; thread-safe.
  * For memory used inside a CUDA graph, use a pool of the graph's own with pin_pages: a graph

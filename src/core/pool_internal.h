@@ -204,7 +204,8 @@ struct nf_pool {
     bool budget_tight;
     /* The backend had no memory for a page below the cap (NF_BACKEND_OUT_OF_MEMORY): memory
      * outside the pool took it. Until a page is created again or a trim gives memory back, the
-     * pool grows no further and serves requests from its idle pages (pages.c, phys_for). */
+     * pool grows no further and serves requests from its idle pages (pages.c, phys_for); a request
+     * they cannot serve asks the backend once more before failing (pool.c, alloc_locked). */
     bool device_full;
     /* The backend places blocks (NF_BACKEND_CAP_PLACES_BLOCKS): delegated.c keeps the books; no
      * virtual range, pages or free index. */

@@ -334,6 +334,31 @@ nf_status nf_pool_enable_peer_access(nf_pool *pool, int device);
  * (the step is counted either way). O(streams); thread-safe. */
 nf_status nf_step_mark(nf_pool *pool);
 
+/*
+ * Phases: a job's evaluation, a checkpoint save, a generation pass may raise its live peak above
+ * the training steps' for a while. The pool grows with the highest live peak it has seen, so
+ * after such a phase it would keep that phase's memory idle for the rest of the job, memory that
+ * NCCL, another process or the next phase of another kind cannot have. nf_phase_mark records where
+ * the pool stands at a quiet point before the phase; nf_phase_return, at the quiet point after it
+ * (work of the phase finished or not: pages with pending work are waited for), gives back what the
+ * pool holds above the mark, idle memory only, and makes the pool grow again as it did before
+ * the phase (its live peak for growth goes back to the mark's, or to the live bytes now if more).
+ * Statistics peaks are left alone. The PyTorch front end's `with nofrag.phase():` does both.
+ */
+typedef struct nf_phase {
+    uint64_t held_bytes; /* physical memory held at the mark */
+    uint64_t live_peak;  /* the live peak the pool grew with at the mark */
+} nf_phase;
+
+/* Fills *mark. NF_ERR_INVALID_ARG iff pool or mark is NULL. O(1); thread-safe. */
+nf_status nf_phase_mark(nf_pool *pool, nf_phase *mark);
+
+/* Returns the pool to the mark as far as live blocks allow, as described above; *released_out
+ * (may be NULL) receives the bytes given back. A pool with pin_pages gives back nothing, and the
+ * reserve stays. Fails as nf_trim does, and with NF_ERR_INVALID_ARG iff pool or mark is NULL.
+ * O(pages); thread-safe. */
+nf_status nf_phase_return(nf_pool *pool, const nf_phase *mark, uint64_t *released_out);
+
 /* Changes the physical cap of a live pool, in whole pages rounded down like nf_config.capacity.
  * Lowering it below what is held trims idle pages; if live blocks still need more, the cap applies
  * to future growth. 0 removes the cap, but never beyond the reserved address space.

@@ -8,13 +8,14 @@ The PyTorch front end is nofrag.torch; enable it before CUDA is initialised:
 These functions work once nofrag serves PyTorch's allocations. `device` is a CUDA device index;
 None means every device nofrag has a pool on (stats: the current device).
 """
+import contextlib
 import json
 import sys
 
-from ._lib import NofragError, check, lib, parse_bytes
+from ._lib import NofragError, Phase, check, lib, parse_bytes
 
-__all__ = ["stats", "reset_peak_stats", "torch_memory_stats", "reset_accumulated_stats", "step", "trim", "check_pools", "last_error",
-           "version", "NofragError", "parse_bytes"]
+__all__ = ["stats", "reset_peak_stats", "torch_memory_stats", "reset_accumulated_stats", "step", "trim", "phase",
+           "check_pools", "last_error", "version", "NofragError", "parse_bytes"]
 
 # nofrag stats whose meaning matches a key of torch.cuda.memory_stats(): they are reported under
 # PyTorch's name as well, so code written against memory_stats can read them.
@@ -149,10 +150,45 @@ def trim(keep_bytes=0, device=-1):
     """Gives idle physical memory back to the driver, keeping at most keep_bytes per pool, and
     destroys the pools of deleted CUDA graphs (after waiting for the device: their last replays
     may still run)."""
+    _synchronize()
+    check(lib().nf_torch_trim(-1 if device is None else device, parse_bytes(keep_bytes)), "nofrag.trim")
+
+
+def _synchronize():
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.synchronize()
-    check(lib().nf_torch_trim(-1 if device is None else device, parse_bytes(keep_bytes)), "nofrag.trim")
+
+
+@contextlib.contextmanager
+def phase(device=None):
+    """A phase whose live peak may pass the training steps' (evaluation, a checkpoint save, a
+    generation pass): memory the pools hold on leaving it beyond what they held on entering is
+    given back, idle memory only, and they grow again as before it rather than up to the phase's
+    peak. `device`: an index, or None for every device that has a pool on entering. The phase's
+    work is waited for on leaving (torch.cuda.synchronize). Yields a dict that, once the phase is
+    over, maps each device to the bytes given back.
+
+        with nofrag.phase():
+            evaluate(model)
+    """
+    L = lib()
+    import ctypes
+    devices = [_device(device)] if device is not None else [d for d in range(64) if L.nf_torch_pool_exists(d)]
+    marks = {}
+    for d in devices:
+        mark = Phase()
+        if L.nf_torch_phase_mark(d, ctypes.byref(mark)) == 0:
+            marks[d] = mark
+    released = {}
+    try:
+        yield released
+    finally:
+        _synchronize()
+        for d, mark in marks.items():
+            out = ctypes.c_uint64(0)
+            check(L.nf_torch_phase_return(d, ctypes.byref(mark), ctypes.byref(out)), "nofrag.phase")
+            released[d] = out.value
 
 
 def check_pools(device=-1):

@@ -39,6 +39,11 @@ def library_path():
         "or set NOFRAG_LIBRARY to its path")
 
 
+class Phase(ctypes.Structure):
+    """nf_phase: where a pool stood at nf_phase_mark (include/nofrag.h)."""
+    _fields_ = [("held_bytes", ctypes.c_uint64), ("live_peak", ctypes.c_uint64)]
+
+
 def lib():
     """The loaded library, with argument and result types declared."""
     global _LIB
@@ -68,6 +73,10 @@ def lib():
         L.nf_torch_graph_pools.argtypes = [c_int, ctypes.c_char_p, ctypes.c_size_t]
         L.nf_torch_step.argtypes = [c_int]
         L.nf_torch_trim.argtypes = [c_int, u64]
+        L.nf_torch_phase_mark.argtypes = [c_int, ctypes.POINTER(Phase)]
+        L.nf_torch_phase_mark.restype = c_int
+        L.nf_torch_phase_return.argtypes = [c_int, ctypes.POINTER(Phase), ctypes.POINTER(u64)]
+        L.nf_torch_phase_return.restype = c_int
         L.nf_torch_check.argtypes = [c_int]
         L.nf_torch_stats_json.argtypes = [c_int, ctypes.c_char_p, ctypes.c_size_t]
         L.nf_torch_pool_exists.argtypes = [c_int]

@@ -249,6 +249,44 @@ class EnableTest(StandInTorchCase):
         nt.enable()  # a second call does nothing
         importlib.reload(nt)  # reloading without NOFRAG_ENABLE must not enable again
 
+    def test_phase_gives_back_what_the_phase_took(self):
+        """nofrag.phase() on device pools made on the host backend, in a child process (the
+        choice of backend is for the process's life): a phase that allocates 64 MiB and frees it
+        gives it back on leaving; without the phase the pool keeps it."""
+        import subprocess
+        import sys
+        child = '''
+import ctypes, json, nofrag
+from nofrag import _lib
+L = _lib.lib()
+assert L.nf_torch_use_host_backend() == 0
+L.nf_torch_alloc.restype = ctypes.c_void_p
+L.nf_torch_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+L.nf_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+keep = L.nf_torch_alloc(8 << 20, 0, None)
+def burst():
+    blocks = [L.nf_torch_alloc(4 << 20, 0, None) for _ in range(16)]
+    assert all(blocks)
+    for b in blocks:
+        L.nf_torch_free(b, 0, 0, None)
+before = nofrag.stats(0)["reserved_bytes.current"]
+with nofrag.phase() as released:
+    burst()
+inside = nofrag.stats(0)["reserved_bytes.current"]
+burst()
+without = nofrag.stats(0)["reserved_bytes.current"]
+nofrag.check_pools()
+print(json.dumps({"before": before, "after_phase": inside, "released": released.get(0, -1),
+                  "after_plain_burst": without}))
+'''
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(nofrag.__file__)))
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual(r["after_phase"], r["before"])
+        self.assertGreaterEqual(r["released"], 64 << 20)
+        self.assertGreaterEqual(r["after_plain_burst"], r["before"] + (64 << 20))
+
     def test_cuda_pool_backend_refuses_page_size_and_reserve(self):
         torch, calls = fake_torch()
         self.use_torch(torch)

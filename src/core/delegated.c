@@ -230,7 +230,7 @@ nf_status delegated_check(nf_pool *pool) {
 #define NF_X_PEAK(name, desc) INVARIANT(st->name.current <= st->name.peak, "I12 " #name);
     NF_STATS_GAUGES(NF_X_PEAK)
 #undef NF_X_PEAK
-    INVARIANT(st->allocated_bytes.peak <= pool->live_high_water, "I13 allocated_bytes.peak above the high-water mark");
+    INVARIANT(st->allocated_bytes.current <= pool->live_high_water, "I13 allocated_bytes above the high-water mark");
     return NF_OK;
 }
 

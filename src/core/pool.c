@@ -797,6 +797,35 @@ nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     return s;
 }
 
+nf_status nf_phase_mark(nf_pool *pool, nf_phase *mark) {
+    if (!pool || !mark) return NF_ERR_INVALID_ARG;
+    pthread_mutex_lock(&pool->lock);
+    mark->held_bytes = pool->stats.reserved_bytes.current;
+    mark->live_peak = pool->live_high_water;
+    pthread_mutex_unlock(&pool->lock);
+    return NF_OK;
+}
+
+nf_status nf_phase_return(nf_pool *pool, const nf_phase *mark, uint64_t *released_out) {
+    if (released_out) *released_out = 0;
+    if (!pool || !mark) return NF_ERR_INVALID_ARG;
+    uint64_t released = 0;
+    pthread_mutex_lock(&pool->lock);
+    /* Growth forgets the phase's peak (I13 keeps it at or above the live bytes); a tight budget
+     * may turn loose again, which only makes fewer free neighbours mergeable (I2 still holds). */
+    uint64_t live = pool->stats.allocated_bytes.current;
+    uint64_t peak = mark->live_peak > live ? mark->live_peak : live;
+    if (peak < pool->live_high_water) {
+        pool->live_high_water = peak;
+        budget_check(pool);
+    }
+    nf_status s = pool->delegated ? delegated_trim(pool, mark->held_bytes, &released)
+                                  : pages_trim(pool, (mark->held_bytes + pool->gran - 1) / pool->gran, &released);
+    pthread_mutex_unlock(&pool->lock);
+    if (released_out) *released_out = released;
+    return s;
+}
+
 nf_status nf_pool_enable_peer_access(nf_pool *pool, int device) {
     if (!pool) return NF_ERR_INVALID_ARG;
     if (!pool->backend->add_peers) return NF_ERR_UNSUPPORTED;

@@ -27,7 +27,8 @@
  *   I10 reserved_bytes.current == |physical pages| * gran
  *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
- *   I13 allocated_bytes.peak <= live_high_water  (nf_stats_reset_peaks lowers only the former)
+ *   I13 allocated_bytes.current <= live_high_water  (the policy's peak; nf_stats_reset_peaks
+ *       leaves it, nf_phase_return lowers it to no less than the live bytes)
  *   I14 every page's last_free_seq <= free_seq
  *   I15 config.pin_pages  =>  |mapped virtual pages| == |physical pages| (one place each), and no
  *       unmap or release call was ever made

@@ -180,8 +180,8 @@ static nf_status check_locked(nf_pool *pool) {
 #define NF_X_PEAK(name, desc) INVARIANT(pool->stats.name.current <= pool->stats.name.peak, "I12 " #name);
     NF_STATS_GAUGES(NF_X_PEAK)
 #undef NF_X_PEAK
-    INVARIANT(pool->stats.allocated_bytes.peak <= pool->live_high_water, "I13 allocated_bytes.peak %" PRIu64
-              " above the live high-water mark %" PRIu64, pool->stats.allocated_bytes.peak, pool->live_high_water);
+    INVARIANT(pool->stats.allocated_bytes.current <= pool->live_high_water, "I13 allocated_bytes %" PRIu64
+              " above the live high-water mark %" PRIu64, pool->stats.allocated_bytes.current, pool->live_high_water);
     return NF_OK;
 }
 

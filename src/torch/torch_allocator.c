@@ -35,6 +35,8 @@ int nf_torch_use_host_backend(void);
 const char *nf_torch_graph_refusal(int device);
 int nf_torch_step(int device);
 int nf_torch_trim(int device, uint64_t keep_bytes);
+int nf_torch_phase_mark(int device, nf_phase *mark);
+int nf_torch_phase_return(int device, const nf_phase *mark, uint64_t *released_out);
 int nf_torch_check(int device);
 int nf_torch_stats_json(int device, char *buf, size_t size);
 int nf_torch_reset_peaks(int device);
@@ -659,6 +661,18 @@ int nf_torch_trim(int device, uint64_t keep_bytes) {
         pthread_mutex_unlock(&torch_state.graph_lock);
     }
     return s;
+}
+
+/* nofrag.phase(): the mark of one device's pool (NF_ERR_INVALID_ARG when it has none), and the
+ * return to it. CUDA graphs' pools are pinned and take no part. */
+int nf_torch_phase_mark(int device, nf_phase *mark) {
+    nf_pool *pool = device >= 0 && device < MAX_DEVICES ? device_pool_peek(device) : NULL;
+    return pool ? nf_phase_mark(pool, mark) : NF_ERR_INVALID_ARG;
+}
+
+int nf_torch_phase_return(int device, const nf_phase *mark, uint64_t *released_out) {
+    nf_pool *pool = device >= 0 && device < MAX_DEVICES ? device_pool_peek(device) : NULL;
+    return pool ? nf_phase_return(pool, mark, released_out) : NF_ERR_INVALID_ARG;
 }
 
 /* op on the device's pool (device < 0: every pool); the last failure, or NF_OK. */

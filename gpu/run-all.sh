@@ -239,6 +239,20 @@ for mode in full reserve cuda-pool; do
 done
 
 fi
+if want phase; then
+step "nofrag.phase() around an evaluation pass on GPT-2: held memory back to the training level, no page made after it, losses as without it"
+python3 gpu/phase_check.py plain 2>&1 | grep -v -i warn | tee "$OUT/phase_plain.log" | tail -2
+python3 gpu/phase_check.py phase 2>&1 | grep -v -i warn | tee "$OUT/phase_phase.log" | tail -2
+grep -q "phase_check phase: PASSED" "$OUT/phase_phase.log" || status=1
+python3 - "$OUT/phase_plain.log" "$OUT/phase_phase.log" <<'PY' || status=1
+import json, sys
+runs = [json.loads(next(l for l in open(p) if l.startswith("{"))) for p in sys.argv[1:]]
+same = runs[0]["losses"] == runs[1]["losses"]
+print(f"losses identical with and without the phase: {same}")
+sys.exit(0 if same else 1)
+PY
+
+fi
 if want graphs; then
 step "CUDA graphs under nofrag: captured into pools of their own, replays right, no other tensor touched, pools released"
 for mode in capture compile others train; do

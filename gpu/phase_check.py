@@ -6,10 +6,13 @@ and once without.
   python3 gpu/phase_check.py phase|plain
 
 Prints held memory (GiB) before the evaluation, after it, and at the end, the live peaks of the
-training steps and of the evaluation, pages created after the evaluation, and the losses (the
-same in both runs: a phase changes no byte). "phase_check MODE: PASSED" when, with the phase, held
-memory after it is no more than before it plus 2% of the training peak and the steps after it
-create no page; the plain run only reports."""
+training steps and of the evaluation, pages created after the evaluation, and the losses
+(deterministic algorithms: the same in both runs, a phase changes no byte). "phase_check MODE:
+PASSED" when, with the phase, held memory right after it is no more than before it plus 2% of the
+training peak, and at the end no more than the growth allowance above the training peak (1.02x
+and a page): the evaluation's memory is not kept. (The steps after it may still make pages up to
+that allowance, as they would have had the pool not reached it before the phase.) The plain run
+only reports."""
 import json
 import os
 import sys
@@ -24,10 +27,12 @@ if mode not in ("phase", "plain"):
 nofrag.torch.enable()
 import contextlib  # noqa: E402
 
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 torch.manual_seed(0)
+torch.use_deterministic_algorithms(True)
 GIB = 2 ** 30
 model = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)).cuda()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -74,6 +79,6 @@ print(json.dumps({"mode": mode, "train_live_peak_gib": train_peak / GIB, "eval_l
                   "released_gib": {d: b / GIB for d, b in released.items()}, "pages_created_after": created,
                   "losses": [float.hex(v) for v in losses]}))
 nofrag.check_pools()
-ok = mode == "plain" or (after <= before + train_peak * 0.02 and created == 0)
+ok = mode == "plain" or (after <= before + train_peak * 0.02 and end <= train_peak * 1.02 + 2 ** 21)
 print(f"phase_check {mode}: {'PASSED' if ok else 'FAILED'}")
 sys.exit(0 if ok else 1)

@@ -240,7 +240,7 @@ done
 
 fi
 if want phase; then
-step "nofrag.phase() around an evaluation pass on GPT-2: held memory back to the training level, no page made after it, losses as without it"
+step "nofrag.phase() around an evaluation pass on GPT-2: held memory back to the training level and kept there, losses as without it"
 python3 gpu/phase_check.py plain 2>&1 | grep -v -i warn | tee "$OUT/phase_plain.log" | tail -2
 python3 gpu/phase_check.py phase 2>&1 | grep -v -i warn | tee "$OUT/phase_phase.log" | tail -2
 grep -q "phase_check phase: PASSED" "$OUT/phase_phase.log" || status=1

@@ -406,21 +406,28 @@ static nf_backend *table_new(cuda_ctx *c, const char *name, uint32_t caps) {
     return b;
 }
 
+/* device_open, then NF_ERR_UNSUPPORTED (reported as `lacking`) unless the device has `feature`. */
+static nf_status device_open_with(int ordinal, CUdevice_attribute feature, const char *lacking, nf_log_fn log,
+                                  void *log_user) {
+    CUdevice device;
+    nf_status s = device_open(ordinal, &device, log, log_user);
+    if (s != NF_OK) return s;
+    int has = 0;
+    CUresult rc = driver.cuDeviceGetAttribute(&has, feature, device);
+    if (rc != CUDA_SUCCESS || !has) {
+        report(log, log_user, lacking, result_name(rc), (int)rc);
+        return NF_ERR_UNSUPPORTED;
+    }
+    return NF_OK;
+}
+
 nf_status nf_backend_cuda_create(int ordinal, bool peer_access, nf_log_fn log, void *log_user,
                                  nf_backend **backend_out) {
     if (!backend_out) return NF_ERR_INVALID_ARG;
     *backend_out = NULL;
-    CUdevice device;
-    nf_status s = device_open(ordinal, &device, log, log_user);
+    nf_status s = device_open_with(ordinal, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                                   "cuda backend: device lacks virtual memory management (%s, %d)", log, log_user);
     if (s != NF_OK) return s;
-    int vmm = 0;
-    CUresult rc = driver.cuDeviceGetAttribute(
-        &vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device);
-    if (rc != CUDA_SUCCESS || !vmm) {
-        report(log, log_user, "cuda backend: device lacks virtual memory management (%s, %d)",
-               result_name(rc), (int)rc);
-        return NF_ERR_UNSUPPORTED;
-    }
     cuda_ctx *c;
     if ((s = ctx_open(ordinal, log, log_user, &c)) != NF_OK) return s;
     nf_backend *b = table_new(c, "cuda", NF_BACKEND_CAP_ALIASING);
@@ -486,15 +493,10 @@ nf_status nf_backend_cuda_pool_create(int ordinal, bool peer_access, nf_log_fn l
                                       nf_backend **backend_out) {
     if (!backend_out) return NF_ERR_INVALID_ARG;
     *backend_out = NULL;
-    CUdevice device;
-    nf_status s = device_open(ordinal, &device, log, log_user);
+    nf_status s = device_open_with(ordinal, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
+                                   "cuda-pool backend: device lacks memory pools (%s, %d)", log, log_user);
     if (s != NF_OK) return s;
-    int pools = 0;
-    CUresult rc = driver.cuDeviceGetAttribute(&pools, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, device);
-    if (rc != CUDA_SUCCESS || !pools) {
-        report(log, log_user, "cuda-pool backend: device lacks memory pools (%s, %d)", result_name(rc), (int)rc);
-        return NF_ERR_UNSUPPORTED;
-    }
+    CUresult rc;
     cuda_ctx *c;
     if ((s = ctx_open(ordinal, log, log_user, &c)) != NF_OK) return s;
     CUmemPoolProps props;
@@ -502,7 +504,7 @@ nf_status nf_backend_cuda_pool_create(int ordinal, bool peer_access, nf_log_fn l
     props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
     props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
     props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    props.location.id = device;
+    props.location.id = c->device;
     WITH_CONTEXT(c, driver.cuMemPoolCreate(&c->mempool, &props));
     if (rc == CUDA_SUCCESS) { /* keep freed memory until a trim, rather than at every synchronisation */
         cuuint64_t threshold = UINT64_MAX;

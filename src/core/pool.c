@@ -392,6 +392,22 @@ static void pool_free_host_memory(nf_pool *pool) {
     free(pool);
 }
 
+/* A zeroed pool with what every pool has set: its config (alignment resolved), backend, page
+ * size and statistics header. NULL when host memory runs out. */
+static nf_pool *pool_new(const nf_config *config, nf_backend *backend, uint64_t align, uint64_t gran) {
+    nf_pool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->config = *config;
+    pool->config.alignment = align;
+    pool->backend = backend;
+    pool->gran = gran;
+    pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
+    pool->backend_pages = gran / backend->granularity;
+    pool->stats.size = sizeof(nf_stats);
+    pool->stats.version = NF_STATS_VERSION;
+    return pool;
+}
+
 /* A pool over a block backend (delegated.c): no range, pages or index; the cap in whole pages of
  * the backend's granularity, as for a page backend. */
 static nf_status delegated_pool_create(const nf_config *config, nf_backend *backend, uint64_t align,
@@ -400,17 +416,9 @@ static nf_status delegated_pool_create(const nf_config *config, nf_backend *back
     if (align < 256 || (align & (align - 1)) || gran == 0 || (gran & (gran - 1)) || config->page_bytes ||
         (config->capacity && config->capacity < gran))
         return NF_ERR_INVALID_ARG;
-    nf_pool *pool = calloc(1, sizeof *pool);
+    nf_pool *pool = pool_new(config, backend, align, gran);
     if (!pool) return NF_ERR_NO_MEMORY_HOST;
-    pool->config = *config;
-    pool->config.alignment = align;
-    pool->backend = backend;
-    pool->gran = gran;
-    pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
-    pool->backend_pages = 1;
     pool->cap_pages = config->capacity / gran;
-    pool->stats.size = sizeof(nf_stats);
-    pool->stats.version = NF_STATS_VERSION;
     nf_status s = delegated_create(pool);
     if (s == NF_OK && pthread_mutex_init(&pool->lock, NULL) != 0) s = NF_ERR_NO_MEMORY_HOST;
     if (s != NF_OK) {
@@ -443,22 +451,14 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
         (config->reserve_bytes && config->pin_pages)) /* a pinned pool's pages each have their place */
         return NF_ERR_INVALID_ARG;
 
-    nf_pool *pool = calloc(1, sizeof *pool);
+    nf_pool *pool = pool_new(config, backend, align, gran);
     if (!pool) return NF_ERR_NO_MEMORY_HOST;
-    pool->config = *config;
-    pool->config.alignment = align;
-    pool->backend = backend;
-    pool->gran = gran;
-    pool->gran_log2 = (uint32_t)__builtin_ctzll(gran);
-    pool->backend_pages = gran / unit;
     pool->virtual_bytes = virtual_bytes;
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
     pool->reserve_pages = round_up(config->reserve_bytes, gran) / gran;
     pool->order_on_device = config->reuse_across_streams && (backend->caps & NF_BACKEND_CAP_EVENTS) &&
                             (backend->caps & NF_BACKEND_CAP_STREAM_WAIT) && backend->stream_wait;
-    pool->stats.size = sizeof(nf_stats);
-    pool->stats.version = NF_STATS_VERSION;
     block *whole = NULL;
     nf_status s = NF_ERR_NO_MEMORY_HOST;
     if (pages_init(pool) != NF_OK || !ptr_map_init(&pool->live, 1024) || !(whole = block_new(pool)) ||

@@ -583,8 +583,9 @@ static nf_status streams_learn(nf_pool *pool, bool wait, uint32_t requester, boo
 
 /* One search for a place of `rounded` bytes and the pages under it. NF_ERR_OUT_OF_MEMORY, not
  * reported, when none fits, or when the backend had no memory for a page half-way (the pool is
- * then device_full, and the pages it took are back). */
-static nf_status alloc_placed(nf_pool *pool, uint64_t rounded, uint32_t idx, uint64_t group, void **ptr_out) {
+ * then device_full, and the pages it took are back). Inlined: as a call of its own it cost the
+ * replay 0.8% more instructions an event (callgrind, bert_mlm_dynpad at 1.02x). */
+static inline __attribute__((always_inline)) nf_status alloc_placed(nf_pool *pool, uint64_t rounded, uint32_t idx, uint64_t group, void **ptr_out) {
     nf_status s;
 
     /* Stage 0: what is known to be reusable now; 1: after asking the backend which streams' work

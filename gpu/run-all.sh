@@ -286,6 +286,10 @@ if [ "$gpus" -ge 2 ]; then
   NOFRAG_PAGE_SIZE=8M torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/ddp_nofrag_8m.json" \
     2>&1 | grep -E "final loss|Error" | tail -2
   python3 gpu/compare_losses.py "$OUT/ddp_native.json" "$OUT/ddp_nofrag_8m.json" || status=1
+  # CUDA's own memory pool under nofrag's books (backend cuda-pool).
+  NOFRAG_BACKEND=cuda-pool torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag \
+    "$OUT/ddp_cuda_pool.json" 2>&1 | grep -E "final loss|Error" | tail -2
+  python3 gpu/compare_losses.py "$OUT/ddp_native.json" "$OUT/ddp_cuda_pool.json" || status=1
   step "FSDP under torchrun on $gpus GPUs: native vs nofrag losses"
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/fsdp_native.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/fsdp_nofrag.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
@@ -304,7 +308,8 @@ if [ "$gpus" -ge 2 ]; then
   done
   python3 gpu/memory_table.py native="$OUT/fsdp_native.json" nofrag="$OUT/fsdp_nofrag.json" \
     "nofrag, no reuse across streams=$OUT/fsdp_nofrag_noacross.json" ddp_native="$OUT/ddp_native.json" \
-    ddp_nofrag="$OUT/ddp_nofrag.json" ddp_nofrag_8m_pages="$OUT/ddp_nofrag_8m.json" | tee "$OUT/fsdp_streams.txt"
+    ddp_nofrag="$OUT/ddp_nofrag.json" ddp_nofrag_8m_pages="$OUT/ddp_nofrag_8m.json" ddp_cuda_pool="$OUT/ddp_cuda_pool.json" \
+    | tee "$OUT/fsdp_streams.txt"
 fi
 fi
 

@@ -269,7 +269,9 @@ typedef struct nf_stats {
     double fragmentation;           /* 1 - largest_free_mapped / free_mapped (0 if nothing free) */
 } nf_stats;
 
-/* Fills *stats. Fails with NF_ERR_INVALID_ARG iff pool or stats is NULL.
+/* Fills *stats. Fails with NF_ERR_INVALID_ARG iff pool or stats is NULL; over a block backend
+ * (CUDA's memory pool) it first reads what the backend holds, and fails with NF_ERR_BACKEND iff
+ * that read fails (*stats then has the figures as last read).
  * O(blocks + pages up to the highest page ever mapped) for the fragmentation figures (a few us on
  * a pool of a few hundred blocks), under the pool's lock; thread-safe. */
 nf_status nf_stats_get(nf_pool *pool, nf_stats *stats);

@@ -9,9 +9,11 @@
  *                 back when it is over, and fails the request when that is not enough
  *
  * Invariants (nf_pool_check; D for delegated, beside I4, I5, I12 and I13 of pool_internal.h):
- *   D1  reserved_bytes.current == mapped_bytes.current == the backend's held memory at the last
- *       call that changed it; idle_bytes.current == reserved - allocated (>= 0)
- *   D2  the backend holds at least allocated_bytes.current now
+ *   D1  reserved_bytes.current == mapped_bytes.current == the backend's holding as last read
+ *       (at every request, trim, statistics read and check: the driver may give cached memory
+ *       away between them, CUDA's pool did to cuMemAlloc on a full H200, so no equation can
+ *       hold it at every moment); idle_bytes.current == max(0, reserved - allocated)
+ *   D2  the backend holds at least allocated_bytes.current (read afresh by the check)
  *   D3  capacity != 0  =>  reserved_bytes.current <= capacity + cap_slack * page
  */
 #include <inttypes.h>
@@ -25,26 +27,33 @@ static uint64_t round_up(uint64_t x, uint64_t align) { return (x + align - 1) & 
 
 static uint64_t cap_bytes(const nf_pool *pool) { return (pool->cap_pages + pool->cap_slack) * pool->gran; }
 
-/* Reads the backend's held memory into the gauges (D1). */
-static nf_status held_sync(nf_pool *pool) {
-    uint64_t held;
-    nf_status s = call_held_bytes(pool, &held);
-    if (s != NF_OK) return s;
-    nf_gauge *gauges[] = {&pool->stats.reserved_bytes, &pool->stats.mapped_bytes};
-    for (int i = 0; i < 2; i++) {
-        if (held > gauges[i]->current) gauge_add(gauges[i], held - gauges[i]->current);
-        else gauge_sub(gauges[i], gauges[i]->current - held);
-    }
-    uint64_t idle = held > pool->stats.allocated_bytes.current ? held - pool->stats.allocated_bytes.current : 0;
-    if (idle > pool->stats.idle_bytes.current) gauge_add(&pool->stats.idle_bytes, idle - pool->stats.idle_bytes.current);
-    else gauge_sub(&pool->stats.idle_bytes, pool->stats.idle_bytes.current - idle);
+static void gauge_set(nf_gauge *g, uint64_t value) {
+    if (value > g->current) gauge_add(g, value - g->current);
+    else gauge_sub(g, g->current - value);
+}
+
+/* Sets the books to `held` bytes held by the backend (D1). */
+static void books_set_held(nf_pool *pool, uint64_t held) {
+    gauge_set(&pool->stats.reserved_bytes, held);
+    gauge_set(&pool->stats.mapped_bytes, held);
+    uint64_t live = pool->stats.allocated_bytes.current;
+    gauge_set(&pool->stats.idle_bytes, held > live ? held - live : 0);
     /* A cap lowered below what was held: the slack shrinks as held memory falls (I11's rule). */
     if (pool->cap_slack && held <= cap_bytes(pool))
         pool->cap_slack = held > pool->cap_pages * pool->gran
                               ? (held - pool->cap_pages * pool->gran + pool->gran - 1) / pool->gran
                               : 0;
-    return NF_OK;
 }
+
+/* Reads what the backend holds into the books. */
+static nf_status held_sync(nf_pool *pool) {
+    uint64_t held;
+    nf_status s = call_held_bytes(pool, &held);
+    if (s == NF_OK) books_set_held(pool, held);
+    return s;
+}
+
+nf_status delegated_refresh(nf_pool *pool) { return held_sync(pool); }
 
 nf_status delegated_create(nf_pool *pool) {
     const nf_backend *b = pool->backend;
@@ -174,7 +183,11 @@ nf_status delegated_release(nf_pool *pool, block *b, uint32_t idx) {
     gauge_sub(&pool->stats.allocated_bytes, b->size);
     gauge_sub(&pool->stats.allocation, 1);
     block_recycle(pool, b);
-    return held_sync(pool);
+    /* A free never raises what the backend holds, and CUDA's pool (release threshold "never")
+     * gives nothing back at one: no read here, half of them on a job's calls. The next request,
+     * trim, statistics read or check reads it again. */
+    books_set_held(pool, pool->stats.reserved_bytes.current);
+    return NF_OK;
 }
 
 nf_status delegated_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
@@ -214,15 +227,14 @@ nf_status delegated_check(nf_pool *pool) {
     INVARIANT(live_sum == pool->stats.allocated_bytes.current, "I5 allocated_bytes %" PRIu64 " != %" PRIu64,
               pool->stats.allocated_bytes.current, live_sum);
     const nf_stats *st = &pool->stats;
-    INVARIANT(st->mapped_bytes.current == st->reserved_bytes.current &&
-                  st->idle_bytes.current + st->allocated_bytes.current == st->reserved_bytes.current,
+    uint64_t idle = st->reserved_bytes.current > st->allocated_bytes.current
+                        ? st->reserved_bytes.current - st->allocated_bytes.current : 0;
+    INVARIANT(st->mapped_bytes.current == st->reserved_bytes.current && st->idle_bytes.current == idle,
               "D1 held %" PRIu64 ", mapped %" PRIu64 ", idle %" PRIu64 ", live %" PRIu64, st->reserved_bytes.current,
               st->mapped_bytes.current, st->idle_bytes.current, st->allocated_bytes.current);
-    uint64_t held;
-    nf_status s = call_held_bytes(pool, &held);
+    nf_status s = held_sync(pool);
     if (s != NF_OK) return s;
-    INVARIANT(held == st->reserved_bytes.current, "D1 the backend holds %" PRIu64 ", the books say %" PRIu64, held,
-              st->reserved_bytes.current);
+    uint64_t held = st->reserved_bytes.current;
     INVARIANT(held >= st->allocated_bytes.current, "D2 the backend holds %" PRIu64 " for %" PRIu64 " live", held,
               st->allocated_bytes.current);
     INVARIANT(!pool->cap_pages || held <= cap_bytes(pool), "D3 held %" PRIu64 " over the capacity %" PRIu64, held,

@@ -17,7 +17,10 @@ nf_status delegated_alloc(nf_pool *pool, uint64_t size, uint32_t idx, uint64_t g
 nf_status delegated_release(nf_pool *pool, block *b, uint32_t idx);
 nf_status delegated_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out);
 nf_status delegated_set_capacity(nf_pool *pool, uint64_t cap_pages);
+/* The invariants; reads what the backend holds afresh (the books follow). */
 nf_status delegated_check(nf_pool *pool);
+/* Reads what the backend holds into the statistics (nf_stats_get). */
+nf_status delegated_refresh(nf_pool *pool);
 nf_status delegated_walk(nf_pool *pool, nf_walk_fn visitor, void *user);
 
 #endif

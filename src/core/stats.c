@@ -59,6 +59,7 @@ static void free_mapped_figures(const nf_pool *pool, uint64_t *largest_out, uint
 nf_status nf_stats_get(nf_pool *pool, nf_stats *stats) {
     if (!pool || !stats) return NF_ERR_INVALID_ARG;
     pthread_mutex_lock(&pool->lock);
+    nf_status s = pool->delegated ? delegated_refresh(pool) : NF_OK; /* the driver may have given some away */
     *stats = pool->stats;
     stats->capacity_bytes = pool->cap_pages * pool->gran;
     stats->granularity_bytes = pool->gran;
@@ -77,7 +78,7 @@ nf_status nf_stats_get(nf_pool *pool, nf_stats *stats) {
                                ? 1.0 - (double)stats->largest_free_mapped_bytes /
                                            (double)stats->free_mapped_bytes
                                : 0.0;
-    return NF_OK;
+    return s;
 }
 
 nf_status nf_stats_reset_peaks(nf_pool *pool) {

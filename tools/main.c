@@ -267,6 +267,13 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
         json_u64("min_capacity_bytes", min_cap);
         json_num("min_capacity_ratio", "%.6f", (double)min_cap / (double)t->peak_live);
     }
+    /* PyTorch's own allocator on the recorded job (NAME.pytorch), beside nofrag's figures. */
+    bool pytorch = t->pytorch_reserved_peak > 0;
+    json_key("pytorch_reserved_peak_bytes");
+    if (pytorch) printf("%llu", (unsigned long long)t->pytorch_reserved_peak);
+    else fputs("null", stdout);
+    json_num_or_null("pytorch_held_over_live", "%.6f",
+                     pytorch ? (double)t->pytorch_reserved_peak / (double)t->pytorch_allocated_peak : 0.0, pytorch);
     printf("}\n");
 }
 
@@ -412,6 +419,12 @@ static int cmd_replay(int argc, char **argv) {
                 header_done = true;
             }
             print_row(&c, &t, &r, min_cap);
+            if (t.pytorch_reserved_peak)
+                printf("  (%s: PyTorch's own allocator held %.3f GiB for a live peak of %.3f GiB when it was "
+                       "recorded, %.3fx; this replay held %.4fx)\n",
+                       t.name, gib(t.pytorch_reserved_peak), gib(t.pytorch_allocated_peak),
+                       (double)t.pytorch_reserved_peak / (double)t.pytorch_allocated_peak,
+                       t.peak_live ? (double)r.stats.reserved_bytes.peak / (double)t.peak_live : 0.0);
             if (!has_steps(&t))
                 printf("  (%s has no step marks, so no per-step figures: put the row index of each step's first "
                        "event in %s.steps, one a line; over the whole trace: %llu backend calls, %llu remaps, "

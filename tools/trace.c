@@ -161,15 +161,62 @@ static char *trace_name(const char *path) {
     return name;
 }
 
-static char *steps_path(const char *path) {
+/* The path of the trace's sidecar with `suffix` (".steps", ".pytorch"): the trace's path without
+ * .gz and .csv, plus suffix. */
+static char *sidecar_path(const char *path, const char *suffix) {
     size_t n = strlen(path);
-    char *p = malloc(n + 8);
+    char *p = malloc(n + strlen(suffix) + 1);
     if (!p) return NULL;
     memcpy(p, path, n + 1);
     if (n > 3 && strcmp(p + n - 3, ".gz") == 0) p[n -= 3] = '\0';
     if (n > 4 && strcmp(p + n - 4, ".csv") == 0) p[n -= 4] = '\0';
-    strcpy(p + n, ".steps");
+    strcpy(p + n, suffix);
     return p;
+}
+
+static char *steps_path(const char *path) { return sidecar_path(path, ".steps"); }
+
+/* The NAME.pytorch sidecar, if there is one (nofrag.record writes it): PyTorch's own allocator's
+ * peaks while the trace was recorded, "KEY VALUE" lines, '#' comments; allocated_bytes_peak and
+ * reserved_bytes_peak are read, other keys (allocator, torch) are for people. Both are needed
+ * when the file exists. */
+static int load_pytorch_figures(const char *path, trace *t, char *err, size_t err_size) {
+    char *sp = sidecar_path(path, ".pytorch");
+    if (!sp) return snprintf(err, err_size, "%s: out of memory", path), -1;
+    FILE *f = fopen(sp, "r");
+    if (!f) {
+        int missing = errno == ENOENT;
+        if (!missing) snprintf(err, err_size, "%s: %s", sp, strerror(errno));
+        free(sp);
+        return missing ? 0 : -1;
+    }
+    char line[256];
+    unsigned long long lineno = 0;
+    int rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '#' || line[0] == '\0') continue;
+        char *value = strchr(line, ' ');
+        if (value) *value++ = '\0';
+        uint64_t *field = strcmp(line, "allocated_bytes_peak") == 0 ? &t->pytorch_allocated_peak
+                          : strcmp(line, "reserved_bytes_peak") == 0 ? &t->pytorch_reserved_peak
+                                                                      : NULL;
+        if (!value) {
+            snprintf(err, err_size, "%s:%llu: expected 'KEY VALUE', got '%s'", sp, lineno, line);
+            rc = -1;
+        } else if (field && (!parse_u64(value, 10, field) || *field == 0)) {
+            snprintf(err, err_size, "%s:%llu: %s '%s' is not a positive number of bytes", sp, lineno, line, value);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && (!t->pytorch_allocated_peak || !t->pytorch_reserved_peak)) {
+        snprintf(err, err_size, "%s: needs both allocated_bytes_peak and reserved_bytes_peak", sp);
+        rc = -1;
+    }
+    fclose(f);
+    free(sp);
+    return rc;
 }
 
 /* Reads the sidecar's row indices (ascending). *rows_out NULL and 0 when there is no sidecar. */
@@ -430,6 +477,7 @@ int trace_load(const char *path, trace *out, char *err, size_t err_size) {
         snprintf(err, err_size, "%s: no allocation events", path);
         rc = -1;
     }
+    if (rc == 0) rc = load_pytorch_figures(path, out, err, err_size);
     if (rc) trace_free(out);
     return rc;
 }

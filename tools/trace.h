@@ -36,6 +36,10 @@ typedef struct trace {
     uint32_t stream_count;
     uint64_t peak_live;   /* most bytes live at once */
     uint64_t skipped_rows; /* rows that record no change (RMM's "allocate failure") */
+    /* From the NAME.pytorch sidecar (0: none): PyTorch's own allocator's peaks while the job was
+     * recorded (torch.cuda.max_memory_allocated / max_memory_reserved). */
+    uint64_t pytorch_allocated_peak;
+    uint64_t pytorch_reserved_peak;
 } trace;
 
 /* Loads `path`. On failure returns -1 and writes "FILE:LINE: what is wrong" into err. */

@@ -7,7 +7,7 @@ the job really need, and what would nofrag hold and do for it?
     for batch in loader:
         recorder.step()                  # at the start of every training step
         ...                              # forward, backward, optimizer step
-    recorder.stop()                      # writes traces/myjob.csv.gz and traces/myjob.steps
+    recorder.stop()                      # writes traces/myjob.csv.gz, .steps and .pytorch
 
     # then, no GPU needed:  nofrag replay --min-capacity traces/myjob.csv.gz
 
@@ -23,7 +23,9 @@ PyTorch's own caching allocator is asked for: run the job with PyTorch's allocat
 nofrag.torch.enable() (a pluggable allocator keeps no history). A block lives from its `alloc` to
 its `free_completed`, the moment PyTorch could reuse it (`free_requested` where a PyTorch version
 records no completions). The output is RMM's CSV log (Thread,Time,Action,Pointer,Size,Stream) with
-a NAME.steps sidecar listing the row where each step starts.
+a NAME.steps sidecar listing the row where each step starts, and a NAME.pytorch sidecar with
+PyTorch's own allocator's peaks in the recording process (what it held for the job; `nofrag
+replay` prints its own figures beside them).
 """
 import datetime
 import gzip
@@ -107,6 +109,28 @@ def _history_off(torch):
         torch.cuda.memory._record_memory_history(False)
 
 
+def _write_pytorch_figures(torch, device, out_base):
+    """OUT_BASE.pytorch: PyTorch's own allocator's peaks in this process (the allocator the job was
+    recorded under), which `nofrag replay` prints beside its own figures. Returns the path, or
+    None when PyTorch does not say (the file is then not written)."""
+    try:
+        allocated = int(torch.cuda.max_memory_allocated(device))
+        reserved = int(torch.cuda.max_memory_reserved(device))
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+    if allocated <= 0 or reserved <= 0:
+        return None
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    path = out_base + ".pytorch"
+    with open(path, "w") as f:
+        f.write("# PyTorch's own allocator while this trace was recorded: its peaks in the recording\n"
+                "# process (torch.cuda.max_memory_allocated / max_memory_reserved), read by nofrag replay\n")
+        f.write(f"allocated_bytes_peak {allocated}\nreserved_bytes_peak {reserved}\n")
+        f.write(f"allocator {'expandable_segments' if 'expandable_segments:True' in conf else 'native'}\n")
+        f.write(f"torch {getattr(torch, '__version__', 'unknown')}\n")
+    return path
+
+
 class Recorder:
     """Records one device's allocations between start() and stop(); step() marks step starts.
 
@@ -158,6 +182,7 @@ class Recorder:
         if not self.step_times_us:
             warnings.warn("no step() was marked: the trace has no steps, so per-step figures are not available")
         self.summary = convert(events, self.step_times_us, self.out_base, self.max_entries)
+        self.summary["pytorch_file"] = _write_pytorch_figures(torch, device, self.out_base)
         return self.summary
 
     def __enter__(self):

@@ -207,6 +207,40 @@ class RecorderTest(StandInTorchCase):
         with self.assertRaises(record.RecordingError):
             rec.stop()
 
+    def test_pytorch_figures_written_beside_the_trace_and_read_by_the_replay(self):
+        torch, _ = scripted_torch(two_steps())
+        torch.cuda.max_memory_allocated = lambda device: 3 << 20
+        torch.cuda.max_memory_reserved = lambda device: 6 << 20
+        torch.__version__ = "9.9.9"
+        self.use_torch(torch)
+        with tempfile.TemporaryDirectory() as d:
+            base = os.path.join(d, "job")
+            rec = record.Recorder(base).start()
+            rec.step()
+            summary = rec.stop()
+            self.assertEqual(summary["pytorch_file"], base + ".pytorch")
+            text = open(base + ".pytorch").read()
+            self.assertIn(f"allocated_bytes_peak {3 << 20}\n", text)
+            self.assertIn(f"reserved_bytes_peak {6 << 20}\n", text)
+            self.assertIn("torch 9.9.9", text)
+            nofrag_bin = os.environ.get("NOFRAG_CLI", os.path.join(REPO, "build", "nofrag"))
+            if os.access(nofrag_bin, os.X_OK):  # built: the replay prints PyTorch's figures beside its own
+                res = subprocess.run([nofrag_bin, "replay", "--json", base + ".csv.gz"], capture_output=True, text=True)
+                self.assertEqual(res.returncode, 0, res.stderr)
+                out = json.loads(res.stdout.splitlines()[0])
+                self.assertEqual(out["pytorch_reserved_peak_bytes"], 6 << 20)
+                self.assertAlmostEqual(out["pytorch_held_over_live"], 2.0)
+
+    def test_no_pytorch_figures_no_sidecar(self):
+        torch, _ = scripted_torch(two_steps())  # a stand-in that reports no peaks
+        self.use_torch(torch)
+        with tempfile.TemporaryDirectory() as d:
+            base = os.path.join(d, "job")
+            rec = record.Recorder(base).start()
+            rec.step()
+            self.assertIsNone(rec.stop()["pytorch_file"])
+            self.assertFalse(os.path.exists(base + ".pytorch"))
+
     def test_full_ring_is_refused(self):
         torch, _ = scripted_torch(two_steps())
         self.use_torch(torch)

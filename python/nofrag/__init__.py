@@ -15,7 +15,7 @@ import sys
 from ._lib import NofragError, Phase, check, lib, parse_bytes
 
 __all__ = ["stats", "reset_peak_stats", "torch_memory_stats", "reset_accumulated_stats", "step", "trim", "phase",
-           "check_pools", "last_error", "version", "NofragError", "parse_bytes"]
+           "StepMarks", "hf_callback", "check_pools", "last_error", "version", "NofragError", "parse_bytes"]
 
 # nofrag stats whose meaning matches a key of torch.cuda.memory_stats(): they are reported under
 # PyTorch's name as well, so code written against memory_stats can read them.
@@ -160,6 +160,33 @@ def _synchronize():
         torch.cuda.synchronize()
 
 
+def _marks_now(device=None):
+    """{device: where its pool stands now (nf_phase_mark)} for `device`, or for every device that has
+    a pool when None."""
+    import ctypes
+    L = lib()
+    devices = [_device(device)] if device is not None else [d for d in range(64) if L.nf_torch_pool_exists(d)]
+    marks = {}
+    for d in devices:
+        mark = Phase()
+        if L.nf_torch_phase_mark(d, ctypes.byref(mark)) == 0:
+            marks[d] = mark
+    return marks
+
+
+def _return_to(marks, what):
+    """Waits for the device, then returns each pool to its mark (nf_phase_return); {device: bytes
+    given back}."""
+    import ctypes
+    _synchronize()
+    released = {}
+    for d, mark in marks.items():
+        out = ctypes.c_uint64(0)
+        check(lib().nf_torch_phase_return(d, ctypes.byref(mark), ctypes.byref(out)), what)
+        released[d] = out.value
+    return released
+
+
 @contextlib.contextmanager
 def phase(device=None):
     """A phase whose live peak may pass the training steps' (evaluation, a checkpoint save, a
@@ -172,23 +199,53 @@ def phase(device=None):
         with nofrag.phase():
             evaluate(model)
     """
-    L = lib()
-    import ctypes
-    devices = [_device(device)] if device is not None else [d for d in range(64) if L.nf_torch_pool_exists(d)]
-    marks = {}
-    for d in devices:
-        mark = Phase()
-        if L.nf_torch_phase_mark(d, ctypes.byref(mark)) == 0:
-            marks[d] = mark
+    marks = _marks_now(device)
     released = {}
     try:
         yield released
     finally:
-        _synchronize()
-        for d, mark in marks.items():
-            out = ctypes.c_uint64(0)
-            check(L.nf_torch_phase_return(d, ctypes.byref(mark), ctypes.byref(out)), "nofrag.phase")
-            released[d] = out.value
+        released.update(_return_to(marks, "nofrag.phase"))
+
+
+class StepMarks:
+    """Training-loop hooks for loops whose phases are not one block of code (a trainer's callbacks):
+    step_end() marks a step boundary (nofrag.step()) and where the pools stand; settle(), after an
+    evaluation or a checkpoint save, returns them to the last step's mark as leaving
+    nofrag.phase() would. settle() before any step_end() does nothing."""
+
+    def __init__(self):
+        self._marks = {}
+
+    def step_end(self):
+        step()
+        self._marks = _marks_now()
+
+    def settle(self):
+        """{device: bytes given back}."""
+        return _return_to(self._marks, "nofrag.StepMarks.settle") if self._marks else {}
+
+
+def hf_callback():
+    """A transformers TrainerCallback doing StepMarks' work: a step mark at every optimizer step's
+    end, and the pools back to the last step's mark after every evaluation and checkpoint save.
+
+        trainer.add_callback(nofrag.hf_callback())
+    """
+    from transformers import TrainerCallback
+
+    marks = StepMarks()
+
+    class NofragCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.step_end()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            marks.settle()
+
+        def on_save(self, args, state, control, **kwargs):
+            marks.settle()
+
+    return NofragCallback()
 
 
 def check_pools(device=-1):

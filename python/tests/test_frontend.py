@@ -287,6 +287,57 @@ print(json.dumps({"before": before, "after_phase": inside, "released": released.
         self.assertGreaterEqual(r["released"], 64 << 20)
         self.assertGreaterEqual(r["after_plain_burst"], r["before"] + (64 << 20))
 
+    def test_hf_callback_settles_after_evaluation_and_save(self):
+        """hf_callback() with a stand-in transformers module, on host-backend pools in a child
+        process: after a step end, an evaluation burst is given back at on_evaluate, and a
+        checkpoint's at on_save; without a step end nothing is done."""
+        import subprocess
+        import sys
+        child = '''
+import ctypes, json, sys, types
+transformers = types.ModuleType("transformers")
+class TrainerCallback:
+    pass
+transformers.TrainerCallback = TrainerCallback
+sys.modules["transformers"] = transformers
+import nofrag
+from nofrag import _lib
+L = _lib.lib()
+assert L.nf_torch_use_host_backend() == 0
+L.nf_torch_alloc.restype = ctypes.c_void_p
+L.nf_torch_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+L.nf_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+def burst(n):
+    blocks = [L.nf_torch_alloc(4 << 20, 0, None) for _ in range(n)]
+    for b in blocks:
+        L.nf_torch_free(b, 0, 0, None)
+held = lambda: nofrag.stats(0)["reserved_bytes.current"]
+cb = nofrag.hf_callback()
+burst(4)
+cb.on_evaluate(None, None, None)   # no step mark yet: nothing to return to
+before_any_step = held()
+cb.on_step_end(None, None, None)
+marked = held()
+burst(16)                          # an evaluation
+after_eval = held()
+cb.on_evaluate(None, None, None)
+settled_eval = held()
+burst(24)                          # a checkpoint save
+cb.on_save(None, None, None)
+settled_save = held()
+print(json.dumps({"before_any_step": before_any_step, "marked": marked, "after_eval": after_eval,
+                  "settled_eval": settled_eval, "settled_save": settled_save,
+                  "steps": nofrag.stats(0)["num_steps"]}))
+'''
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(nofrag.__file__)))
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual(r["steps"], 1)
+        self.assertGreater(r["after_eval"], r["marked"])
+        self.assertEqual(r["settled_eval"], r["marked"])
+        self.assertEqual(r["settled_save"], r["marked"])
+
     def test_cuda_pool_backend_refuses_page_size_and_reserve(self):
         torch, calls = fake_torch()
         self.use_torch(torch)

@@ -256,6 +256,63 @@ static void check_catches_a_broken_cap(void) {
     nf_backend_destroy(be);
 }
 
+/* Driver failures (codes other than out of memory) in each block primitive: the call fails with
+ * NF_ERR_BACKEND, the books stay true (invariants), a block whose free failed stays live with its
+ * bytes and can be freed again. */
+static nf_backend *failing_inner;
+static int fail_alloc, fail_free, fail_held; /* the next call of each fails when set */
+
+static int failing_block_alloc(void *c, uint64_t bytes, void *stream, uint64_t *addr_out) {
+    if (fail_alloc) return fail_alloc = 0, 5;
+    return failing_inner->block_alloc(c, bytes, stream, addr_out);
+}
+static int failing_block_free(void *c, uint64_t addr, void *stream) {
+    if (fail_free) return fail_free = 0, 5;
+    return failing_inner->block_free(c, addr, stream);
+}
+static int failing_held_bytes(void *c, uint64_t *bytes_out) {
+    if (fail_held) return fail_held = 0, 5;
+    return failing_inner->held_bytes(c, bytes_out);
+}
+
+static void driver_failures(void) {
+    REQUIRE(nf_backend_host_pool_create(0, &failing_inner) == NF_OK);
+    nf_backend failing = *failing_inner;
+    failing.block_alloc = failing_block_alloc;
+    failing.block_free = failing_block_free;
+    failing.held_bytes = failing_held_bytes;
+    nf_pool *pool = pool_on(&failing, 0);
+    unsigned char *a = NULL, *b = NULL;
+    CHECK_OK(nf_alloc(pool, 3 * MIB, NULL, (void **)&a));
+    memset(a, 0xa5, 3 * MIB);
+    nf_stats before, after;
+    CHECK_OK(nf_stats_get(pool, &before));
+
+    fail_alloc = 1; /* the backend fails the request */
+    CHECK_STATUS(nf_alloc(pool, MIB, NULL, (void **)&b), NF_ERR_BACKEND);
+    CHECK(b == NULL);
+    fail_held = 1; /* the request succeeds, reading what is held fails: the block goes back */
+    CHECK_STATUS(nf_alloc(pool, MIB, NULL, (void **)&b), NF_ERR_BACKEND);
+    CHECK(b == NULL);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_stats_get(pool, &after));
+    CHECK(after.allocated_bytes.current == before.allocated_bytes.current && after.allocation.current == 1);
+
+    fail_free = 1; /* the free fails: the block stays live, bytes and all */
+    CHECK_STATUS(nf_free(pool, a, NULL), NF_ERR_BACKEND);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_stats_get(pool, &after));
+    CHECK(after.allocation.current == 1 && after.num_frees == 0);
+    bool intact = true;
+    for (size_t i = 0; i < 3 * MIB; i += 4093) intact &= a[i] == 0xa5;
+    CHECK(intact);
+    CHECK_OK(nf_free(pool, a, NULL)); /* and frees the second time */
+    CHECK_STATUS(nf_free(pool, a, NULL), NF_ERR_DOUBLE_FREE);
+    CHECK_OK(nf_pool_check(pool));
+    CHECK_OK(nf_pool_destroy(pool));
+    nf_backend_destroy(failing_inner);
+}
+
 int main(void) {
     refused_configs();
     random_operations();
@@ -263,5 +320,6 @@ int main(void) {
     full_device();
     bad_frees_and_trim();
     check_catches_a_broken_cap();
+    driver_failures();
     return check_exit("test_block_backend");
 }

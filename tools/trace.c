@@ -174,22 +174,32 @@ static char *sidecar_path(const char *path, const char *suffix) {
     return p;
 }
 
-static char *steps_path(const char *path) { return sidecar_path(path, ".steps"); }
+/* Opens the trace's sidecar with `suffix`: 0 with *f_out NULL when there is none, 0 with the file
+ * open and *sp_out its path (the caller frees it and closes the file), -1 with err set when it
+ * exists but cannot be read. */
+static int sidecar_open(const char *path, const char *suffix, FILE **f_out, char **sp_out, char *err,
+                        size_t err_size) {
+    *f_out = NULL;
+    *sp_out = sidecar_path(path, suffix);
+    if (!*sp_out) return snprintf(err, err_size, "%s: out of memory", path), -1;
+    *f_out = fopen(*sp_out, "r");
+    if (*f_out) return 0;
+    int missing = errno == ENOENT;
+    if (!missing) snprintf(err, err_size, "%s: %s", *sp_out, strerror(errno));
+    free(*sp_out);
+    *sp_out = NULL;
+    return missing ? 0 : -1;
+}
 
 /* The NAME.pytorch sidecar, if there is one (nofrag.record writes it): PyTorch's own allocator's
  * peaks while the trace was recorded, "KEY VALUE" lines, '#' comments; allocated_bytes_peak and
  * reserved_bytes_peak are read, other keys (allocator, torch) are for people. Both are needed
  * when the file exists. */
 static int load_pytorch_figures(const char *path, trace *t, char *err, size_t err_size) {
-    char *sp = sidecar_path(path, ".pytorch");
-    if (!sp) return snprintf(err, err_size, "%s: out of memory", path), -1;
-    FILE *f = fopen(sp, "r");
-    if (!f) {
-        int missing = errno == ENOENT;
-        if (!missing) snprintf(err, err_size, "%s: %s", sp, strerror(errno));
-        free(sp);
-        return missing ? 0 : -1;
-    }
+    FILE *f;
+    char *sp;
+    if (sidecar_open(path, ".pytorch", &f, &sp, err, err_size)) return -1;
+    if (!f) return 0;
     char line[256];
     unsigned long long lineno = 0;
     int rc = 0;
@@ -224,15 +234,10 @@ static int load_steps(const char *path, uint64_t **rows_out, uint32_t *count_out
                       size_t err_size) {
     *rows_out = NULL;
     *count_out = 0;
-    char *sp = steps_path(path);
-    if (!sp) return snprintf(err, err_size, "%s: out of memory", path), -1;
-    FILE *f = fopen(sp, "r");
-    if (!f) {
-        int missing = errno == ENOENT;
-        if (!missing) snprintf(err, err_size, "%s: %s", sp, strerror(errno));
-        free(sp);
-        return missing ? 0 : -1;
-    }
+    FILE *f;
+    char *sp;
+    if (sidecar_open(path, ".steps", &f, &sp, err, err_size)) return -1;
+    if (!f) return 0;
     char line[256];
     uint64_t *rows = NULL;
     uint32_t count = 0, cap = 0;

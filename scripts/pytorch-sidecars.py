@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes a NAME.pytorch sidecar beside every bundled trace (traces/ and traces/heldout/) from the
 PyTorch figures measured when it was recorded (traces/pytorch_measured.json and
-traces/pytorch_measured_recorded.json, PyTorch's default allocator), so that `nofrag replay`
-prints them beside its own. Recordings made with nofrag.record get theirs from the Recorder.
+traces/pytorch_measured_recorded.json: PyTorch's default allocator, and expandable segments where
+a second run measured them), so that `nofrag replay` prints them beside its own. Recordings made with nofrag.record get theirs from the Recorder.
 
 usage: python3 scripts/pytorch-sidecars.py
 """
@@ -31,6 +31,11 @@ def main():
                         "traces/pytorch_measured*.json\n")
                 f.write(f"allocated_bytes_peak {figures['allocated_bytes.all.peak']}\n")
                 f.write(f"reserved_bytes_peak {figures['reserved_bytes.all.peak']}\n")
+                expandable = (measured[trace].get("pytorch_expandable_segments")
+                              or measured[trace].get("pytorch_expandable"))
+                if expandable:  # a second run of the job with expandable_segments:True
+                    f.write(f"expandable_allocated_bytes_peak {expandable['allocated_bytes.all.peak']}\n")
+                    f.write(f"expandable_reserved_bytes_peak {expandable['reserved_bytes.all.peak']}\n")
                 f.write(f"allocator native\ntorch {measured[trace].get('torch', 'unknown')}\n")
             written += 1
     print(f"{written} sidecars written")

@@ -274,6 +274,10 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     else fputs("null", stdout);
     json_num_or_null("pytorch_held_over_live", "%.6f",
                      pytorch ? (double)t->pytorch_reserved_peak / (double)t->pytorch_allocated_peak : 0.0, pytorch);
+    bool expandable = t->expandable_reserved_peak > 0;
+    json_num_or_null("expandable_held_over_live", "%.6f",
+                     expandable ? (double)t->expandable_reserved_peak / (double)t->expandable_allocated_peak : 0.0,
+                     expandable);
     printf("}\n");
 }
 
@@ -419,12 +423,16 @@ static int cmd_replay(int argc, char **argv) {
                 header_done = true;
             }
             print_row(&c, &t, &r, min_cap);
-            if (t.pytorch_reserved_peak)
+            if (t.pytorch_reserved_peak) {
                 printf("  (%s: PyTorch's own allocator held %.3f GiB for a live peak of %.3f GiB when it was "
-                       "recorded, %.3fx; this replay held %.4fx)\n",
-                       t.name, gib(t.pytorch_reserved_peak), gib(t.pytorch_allocated_peak),
-                       (double)t.pytorch_reserved_peak / (double)t.pytorch_allocated_peak,
+                       "recorded, %.3fx", t.name, gib(t.pytorch_reserved_peak), gib(t.pytorch_allocated_peak),
+                       (double)t.pytorch_reserved_peak / (double)t.pytorch_allocated_peak);
+                if (t.expandable_reserved_peak)
+                    printf(", with expandable segments %.3fx",
+                           (double)t.expandable_reserved_peak / (double)t.expandable_allocated_peak);
+                printf("; this replay held %.4fx)\n",
                        t.peak_live ? (double)r.stats.reserved_bytes.peak / (double)t.peak_live : 0.0);
+            }
             if (!has_steps(&t))
                 printf("  (%s has no step marks, so no per-step figures: put the row index of each step's first "
                        "event in %s.steps, one a line; over the whole trace: %llu backend calls, %llu remaps, "

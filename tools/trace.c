@@ -193,8 +193,9 @@ static int sidecar_open(const char *path, const char *suffix, FILE **f_out, char
 
 /* The NAME.pytorch sidecar, if there is one (nofrag.record writes it): PyTorch's own allocator's
  * peaks while the trace was recorded, "KEY VALUE" lines, '#' comments; allocated_bytes_peak and
- * reserved_bytes_peak are read, other keys (allocator, torch) are for people. Both are needed
- * when the file exists. */
+ * reserved_bytes_peak are read (both needed when the file exists), and the same two prefixed
+ * expandable_ for a run with expandable segments (both or neither); other keys (allocator, torch)
+ * are for people. */
 static int load_pytorch_figures(const char *path, trace *t, char *err, size_t err_size) {
     FILE *f;
     char *sp;
@@ -209,9 +210,11 @@ static int load_pytorch_figures(const char *path, trace *t, char *err, size_t er
         if (line[0] == '#' || line[0] == '\0') continue;
         char *value = strchr(line, ' ');
         if (value) *value++ = '\0';
-        uint64_t *field = strcmp(line, "allocated_bytes_peak") == 0 ? &t->pytorch_allocated_peak
-                          : strcmp(line, "reserved_bytes_peak") == 0 ? &t->pytorch_reserved_peak
-                                                                      : NULL;
+        uint64_t *field = strcmp(line, "allocated_bytes_peak") == 0            ? &t->pytorch_allocated_peak
+                          : strcmp(line, "reserved_bytes_peak") == 0           ? &t->pytorch_reserved_peak
+                          : strcmp(line, "expandable_allocated_bytes_peak") == 0 ? &t->expandable_allocated_peak
+                          : strcmp(line, "expandable_reserved_bytes_peak") == 0  ? &t->expandable_reserved_peak
+                                                                                 : NULL;
         if (!value) {
             snprintf(err, err_size, "%s:%llu: expected 'KEY VALUE', got '%s'", sp, lineno, line);
             rc = -1;
@@ -222,6 +225,10 @@ static int load_pytorch_figures(const char *path, trace *t, char *err, size_t er
     }
     if (rc == 0 && (!t->pytorch_allocated_peak || !t->pytorch_reserved_peak)) {
         snprintf(err, err_size, "%s: needs both allocated_bytes_peak and reserved_bytes_peak", sp);
+        rc = -1;
+    }
+    if (rc == 0 && !t->expandable_allocated_peak != !t->expandable_reserved_peak) {
+        snprintf(err, err_size, "%s: expandable_allocated_bytes_peak and expandable_reserved_bytes_peak go together", sp);
         rc = -1;
     }
     fclose(f);

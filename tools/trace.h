@@ -40,6 +40,9 @@ typedef struct trace {
      * recorded (torch.cuda.max_memory_allocated / max_memory_reserved). */
     uint64_t pytorch_allocated_peak;
     uint64_t pytorch_reserved_peak;
+    /* The same under expandable_segments:True, where a second run measured it (0: not). */
+    uint64_t expandable_allocated_peak;
+    uint64_t expandable_reserved_peak;
 } trace;
 
 /* Loads `path`. On failure returns -1 and writes "FILE:LINE: what is wrong" into err. */

@@ -12,29 +12,11 @@
  *     behind the pool's back that passes the cap is caught. */
 #include <string.h>
 
-#include "check.h"
+#include "expected_blocks.h"
 
 enum { MIB = 1 << 20, SLOTS = 64, OPS = 4000, GROUPS = 4 };
 
-typedef struct expected {
-    unsigned char *ptr;
-    size_t size;
-    uint64_t group;
-    unsigned char fill;
-} expected;
-
-static expected live[SLOTS];
-
-static int count_live(void *user, const nf_block_info *block) {
-    uint64_t *counts = user; /* [0]: live blocks seen, [1]: ones not expected or in the wrong group */
-    counts[0] += block->live;
-    bool found = false;
-    for (int i = 0; i < SLOTS; i++)
-        if (live[i].ptr && (uint64_t)(uintptr_t)live[i].ptr == block->address)
-            found = live[i].group == block->group && block->size >= live[i].size;
-    counts[1] += !found;
-    return 0;
-}
+static expected_block live[SLOTS];
 
 static uint64_t backend_held(nf_backend *be) {
     uint64_t held = 0;
@@ -86,19 +68,14 @@ static void random_operations(void) {
         uint64_t r = rng_below(&seed, 100);
         void *stream = &streams[rng_below(&seed, 2)];
         if (r < 3) {
-            uint64_t group = 1 + rng_below(&seed, GROUPS - 1), want = 0;
-            for (int i = 0; i < SLOTS; i++)
-                if (live[i].ptr && live[i].group == group) {
-                    want++;
-                    live[i].ptr = NULL;
-                }
+            uint64_t group = 1 + rng_below(&seed, GROUPS - 1), want = expected_drop_group(live, SLOTS, group);
             CHECK_OK(nf_free_group(pool, group, stream, &freed));
             CHECK(freed == want);
         } else if (r < 6) {
             uint64_t released = 0;
             CHECK_OK(nf_trim(pool, rng_below(&seed, 64) * MIB, &released));
         } else {
-            expected *e = &live[rng_below(&seed, SLOTS)];
+            expected_block *e = &live[rng_below(&seed, SLOTS)];
             if (e->ptr) {
                 if (r < 10) CHECK_OK(nf_record_stream(pool, e->ptr, &streams[0]));
                 CHECK_OK(nf_free(pool, e->ptr, stream));
@@ -114,16 +91,7 @@ static void random_operations(void) {
             }
         }
         CHECK_OK(nf_pool_check(pool));
-        uint64_t counts[2] = {0, 0}, expected_live = 0, bytes_wrong = 0;
-        CHECK_OK(nf_pool_walk(pool, count_live, counts));
-        for (int i = 0; i < SLOTS; i++) {
-            if (!live[i].ptr) continue;
-            expected_live++;
-            for (size_t k = 0; k < live[i].size; k += 97) bytes_wrong += live[i].ptr[k] != live[i].fill;
-            bytes_wrong += live[i].ptr[live[i].size - 1] != live[i].fill;
-        }
-        CHECK(counts[0] == expected_live && counts[1] == 0);
-        CHECK(bytes_wrong == 0);
+        uint64_t expected_live = expected_check(pool, live, SLOTS, 97);
         nf_stats st;
         CHECK_OK(nf_stats_get(pool, &st));
         CHECK(st.allocation.current == expected_live);

@@ -4,37 +4,11 @@
  * exactly those expected, and every live block still holds its bytes. */
 #include <string.h>
 
-#include "check.h"
+#include "expected_blocks.h"
 
 enum { GRAN = 64 * 1024, SLOTS = 64, OPS = 4000, GROUPS = 5 };
 
-typedef struct expected {
-    unsigned char *ptr;
-    size_t size;
-    uint64_t group;
-    unsigned char fill;
-} expected;
-
-static expected live[SLOTS];
-
-typedef struct walk_count {
-    uint64_t live_blocks;
-    uint64_t mismatched; /* live blocks whose group is not the one expected */
-} walk_count;
-
-static int count_live(void *user, const nf_block_info *block) {
-    walk_count *c = user;
-    if (!block->live) return 0;
-    c->live_blocks++;
-    bool found = false;
-    for (int i = 0; i < SLOTS; i++)
-        if (live[i].ptr && (uint64_t)(uintptr_t)live[i].ptr == block->address) {
-            found = true;
-            c->mismatched += live[i].group != block->group;
-        }
-    c->mismatched += !found;
-    return 0;
-}
+static expected_block live[SLOTS];
 
 int main(void) {
     test_pool_spec spec = {.real_memory = true, .gran = GRAN, .virtual_bytes = 1024ull * GRAN};
@@ -54,17 +28,12 @@ int main(void) {
     for (int op = 0; op < OPS; op++) {
         uint64_t r = rng_below(&seed, 100);
         if (r < 3) { /* free a whole group */
-            uint64_t group = 1 + rng_below(&seed, GROUPS - 1), want = 0;
-            for (int i = 0; i < SLOTS; i++)
-                if (live[i].ptr && live[i].group == group) {
-                    want++;
-                    live[i].ptr = NULL;
-                }
+            uint64_t group = 1 + rng_below(&seed, GROUPS - 1), want = expected_drop_group(live, SLOTS, group);
             CHECK_OK(nf_free_group(pool, group, NULL, &freed));
             CHECK(freed == want);
         } else {
             int slot = (int)rng_below(&seed, SLOTS);
-            expected *e = &live[slot];
+            expected_block *e = &live[slot];
             if (e->ptr) {
                 CHECK_OK(nf_free(pool, e->ptr, NULL));
                 e->ptr = NULL;
@@ -78,17 +47,7 @@ int main(void) {
             }
         }
         CHECK_OK(nf_pool_check(pool));
-        walk_count c = {0, 0};
-        CHECK_OK(nf_pool_walk(pool, count_live, &c));
-        uint64_t want_live = 0;
-        bool bytes_ok = true;
-        for (int i = 0; i < SLOTS; i++) {
-            if (!live[i].ptr) continue;
-            want_live++;
-            bytes_ok &= live[i].ptr[0] == live[i].fill && live[i].ptr[live[i].size - 1] == live[i].fill;
-        }
-        CHECK(c.live_blocks == want_live && c.mismatched == 0);
-        CHECK(bytes_ok);
+        expected_check(pool, live, SLOTS, SIZE_MAX); /* the first and the last byte of each */
     }
     /* Group 0 is no group: nf_free_group cannot reach those blocks; nf_free can. */
     for (int i = 0; i < SLOTS; i++)

@@ -79,9 +79,8 @@ static nf_status frees_reached(nf_pool *pool) {
 /* Gives back everything cached, once every stream has reached its frees: what a request does
  * before it fails. */
 static nf_status make_room(nf_pool *pool) {
-    nf_status s = frees_reached(pool);
-    if (s == NF_OK) s = call_trim_to(pool, pool->stats.allocated_bytes.current);
-    return s == NF_OK ? held_sync(pool) : s;
+    uint64_t released;
+    return delegated_trim(pool, pool->stats.allocated_bytes.current, &released);
 }
 
 static void report_out_of_memory(nf_pool *pool, uint64_t size, const char *why) {
@@ -203,9 +202,8 @@ nf_status delegated_set_capacity(nf_pool *pool, uint64_t cap_pages) {
     pool->cap_pages = cap_pages;
     pool->cap_slack = 0;
     if (!cap_pages || pool->stats.reserved_bytes.current <= cap_bytes(pool)) return NF_OK;
-    nf_status s = frees_reached(pool);
-    if (s == NF_OK) s = call_trim_to(pool, cap_bytes(pool));
-    if (s == NF_OK) s = held_sync(pool);
+    uint64_t released;
+    nf_status s = delegated_trim(pool, cap_bytes(pool), &released);
     uint64_t cap = cap_pages * pool->gran, held = pool->stats.reserved_bytes.current;
     if (held > cap) pool->cap_slack = (held - cap + pool->gran - 1) / pool->gran; /* live or pending */
     return s;

@@ -722,6 +722,18 @@ static nf_status classify_bad_free(nf_pool *pool, uint64_t addr) {
     return s;
 }
 
+/* Frees live block b on stream idx, whichever kind of pool, and on success remembers its address
+ * for double-free reports and counts it: what nf_free and nf_free_group do for each block. */
+static nf_status release_counted(nf_pool *pool, block *b, uint32_t idx) {
+    uint64_t addr = b->addr; /* b is recycled by a delegated release */
+    nf_status s = pool->delegated ? delegated_release(pool, b, idx) : block_release_live(pool, b, idx);
+    if (s == NF_OK) {
+        pool->recent_frees[pool->recent_free_next++ % 256] = addr;
+        pool->stats.num_frees++;
+    }
+    return s;
+}
+
 nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
     if (!pool) return NF_ERR_INVALID_ARG;
     if (!ptr) return NF_OK;
@@ -731,13 +743,8 @@ nf_status nf_free(nf_pool *pool, void *ptr, void *stream) {
     block *b = ptr_map_get(&pool->live, addr);
     uint32_t idx;
     if (!b) s = classify_bad_free(pool, addr);
-    else if ((s = stream_index(pool, stream, &idx)) == NF_OK) {
-        s = pool->delegated ? delegated_release(pool, b, idx) : block_release_live(pool, b, idx);
-        if (s == NF_OK) {
-            pool->recent_frees[pool->recent_free_next++ % 256] = addr;
-            pool->stats.num_frees++;
-        }
-    }
+    else if ((s = stream_index(pool, stream, &idx)) == NF_OK)
+        s = release_counted(pool, b, idx);
     pthread_mutex_unlock(&pool->lock);
     return s;
 }
@@ -763,14 +770,8 @@ nf_status nf_free_group(nf_pool *pool, uint64_t group, void *stream, uint64_t *f
     }
     uint32_t idx;
     if (s == NF_OK && count) s = stream_index(pool, stream, &idx);
-    for (uint64_t i = 0; s == NF_OK && i < count; i++) {
-        block *b = ptr_map_get(&pool->live, addrs[i]);
-        s = pool->delegated ? delegated_release(pool, b, idx) : block_release_live(pool, b, idx);
-        if (s != NF_OK) break;
-        pool->recent_frees[pool->recent_free_next++ % 256] = addrs[i];
-        pool->stats.num_frees++;
-        if (freed_out) (*freed_out)++;
-    }
+    for (uint64_t i = 0; s == NF_OK && i < count; i++)
+        if ((s = release_counted(pool, ptr_map_get(&pool->live, addrs[i]), idx)) == NF_OK && freed_out) (*freed_out)++;
     pthread_mutex_unlock(&pool->lock);
     free(addrs);
     return s;
@@ -789,12 +790,18 @@ nf_status nf_record_stream(nf_pool *pool, void *ptr, void *stream) {
 
 /* ---- trimming, steps, capacity ------------------------------------------------------------ */
 
+/* Gives back idle memory down to keep_bytes held (whole pages, rounded down), whichever kind of
+ * pool; *released counts what went. */
+static nf_status trim_locked(nf_pool *pool, uint64_t keep_bytes, uint64_t *released) {
+    return pool->delegated ? delegated_trim(pool, keep_bytes, released)
+                           : pages_trim(pool, keep_bytes / pool->gran, released);
+}
+
 nf_status nf_trim(nf_pool *pool, uint64_t keep_bytes, uint64_t *released_out) {
     if (!pool) return NF_ERR_INVALID_ARG;
     uint64_t released = 0;
     pthread_mutex_lock(&pool->lock);
-    nf_status s = pool->delegated ? delegated_trim(pool, keep_bytes, &released)
-                                  : pages_trim(pool, keep_bytes / pool->gran, &released);
+    nf_status s = trim_locked(pool, keep_bytes, &released);
     pthread_mutex_unlock(&pool->lock);
     if (released_out) *released_out = released;
     return s;
@@ -822,8 +829,7 @@ nf_status nf_phase_return(nf_pool *pool, const nf_phase *mark, uint64_t *release
         pool->live_high_water = peak;
         budget_check(pool);
     }
-    nf_status s = pool->delegated ? delegated_trim(pool, mark->held_bytes, &released)
-                                  : pages_trim(pool, (mark->held_bytes + pool->gran - 1) / pool->gran, &released);
+    nf_status s = trim_locked(pool, mark->held_bytes, &released); /* held bytes are whole pages */
     pthread_mutex_unlock(&pool->lock);
     if (released_out) *released_out = released;
     return s;

@@ -4,44 +4,14 @@ within their live peak with nothing overflowing it; steps whose first block grow
 but overflow the plan; steps freeing in another order every other step never repeat the pattern
 of the step before; a trace too short is refused."""
 import json
-import os
 import subprocess
 import sys
 import tempfile
 
-from checks import check, finish
+from checks import check, finish, write_three_block_steps as write
 
 script = sys.argv[1]
 MIB = 1 << 20
-
-
-def write(directory, name, first_sizes, swapped=()):
-    """One 1 MiB block alive throughout, then a step per entry: A (first_sizes[k]) and B (4 MiB)
-    allocated, A freed, C (4 MiB) allocated, B and C freed (C first in the steps listed in
-    `swapped`)."""
-    rows, starts = [], []
-    t = [0]
-
-    def row(action, ptr, size):
-        t[0] += 1
-        rows.append(f"1,09:00:{t[0] // 1000000:02d}.{t[0] % 1000000:06d},{action},{hex(ptr)},{size},0")
-    row("allocate", 0x1000, MIB)
-    for k, a in enumerate(first_sizes):
-        starts.append(len(rows))
-        base = 0x10000000 + k * 0x10000000
-        row("allocate", base, a)
-        row("allocate", base + 0x1000000, 4 * MIB)
-        row("free", base, a)
-        row("allocate", base + 0x2000000, 4 * MIB)
-        last = [base + 0x1000000, base + 0x2000000]
-        for ptr in (reversed(last) if k in swapped else last):
-            row("free", ptr, 4 * MIB)
-    path = os.path.join(directory, name + ".csv")
-    with open(path, "w") as f:
-        f.write("Thread,Time,Action,Pointer,Size,Stream\n" + "\n".join(rows) + "\n")
-    with open(os.path.join(directory, name + ".steps"), "w") as f:
-        f.write("\n".join(map(str, starts)) + "\n")
-    return path
 
 
 def run(*args):

@@ -8,39 +8,10 @@ import subprocess
 import sys
 import tempfile
 
-from checks import check, finish
+from checks import check, finish, write_three_block_steps as write
 
 script = sys.argv[1]
 MIB = 1 << 20
-
-
-def write(directory, name, first_sizes):
-    """One 1 MiB block alive throughout, then a step per entry: A (first_sizes[k], about 2 MiB)
-    and B (4 MiB) allocated, A freed, C (4 MiB) allocated, B and C freed. Live peak 1 + 4 + 4 MiB.
-    Placed in arrival order C would not fit where A was (a footprint of 10 MiB for the step's
-    blocks, not 8); planned biggest first, B and C sit side by side and A on C's place."""
-    rows, starts = [], []
-    t = [0]
-
-    def row(action, ptr, size):
-        t[0] += 1
-        rows.append(f"1,09:00:{t[0] // 1000000:02d}.{t[0] % 1000000:06d},{action},{hex(ptr)},{size},0")
-    row("allocate", 0x1000, MIB)
-    for k, a in enumerate(first_sizes):
-        starts.append(len(rows))
-        base = 0x10000000 + k * 0x10000000
-        row("allocate", base, a)
-        row("allocate", base + 0x1000000, 4 * MIB)
-        row("free", base, a)
-        row("allocate", base + 0x2000000, 4 * MIB)
-        row("free", base + 0x1000000, 4 * MIB)
-        row("free", base + 0x2000000, 4 * MIB)
-    path = os.path.join(directory, name + ".csv")
-    with open(path, "w") as f:
-        f.write("Thread,Time,Action,Pointer,Size,Stream\n" + "\n".join(rows) + "\n")
-    with open(os.path.join(directory, name + ".steps"), "w") as f:
-        f.write("\n".join(map(str, starts)) + "\n")
-    return path
 
 
 def run(*args):

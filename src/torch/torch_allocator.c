@@ -666,12 +666,12 @@ int nf_torch_trim(int device, uint64_t keep_bytes) {
 /* nofrag.phase(): the mark of one device's pool (NF_ERR_INVALID_ARG when it has none), and the
  * return to it. CUDA graphs' pools are pinned and take no part. */
 int nf_torch_phase_mark(int device, nf_phase *mark) {
-    nf_pool *pool = device >= 0 && device < MAX_DEVICES ? device_pool_peek(device) : NULL;
+    nf_pool *pool = device_pool_peek(device); /* NULL for a device out of range too */
     return pool ? nf_phase_mark(pool, mark) : NF_ERR_INVALID_ARG;
 }
 
 int nf_torch_phase_return(int device, const nf_phase *mark, uint64_t *released_out) {
-    nf_pool *pool = device >= 0 && device < MAX_DEVICES ? device_pool_peek(device) : NULL;
+    nf_pool *pool = device_pool_peek(device); /* NULL for a device out of range too */
     return pool ? nf_phase_return(pool, mark, released_out) : NF_ERR_INVALID_ARG;
 }
 

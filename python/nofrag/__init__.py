@@ -165,7 +165,11 @@ def _marks_now(device=None):
     a pool when None."""
     import ctypes
     L = lib()
-    devices = [_device(device)] if device is not None else [d for d in range(64) if L.nf_torch_pool_exists(d)]
+    if device is not None:
+        devices = [_device(device)]
+    else:
+        mask = L.nf_torch_pool_devices()
+        devices = [d for d in range(mask.bit_length()) if mask >> d & 1]
     marks = {}
     for d in devices:
         mark = Phase()

@@ -80,6 +80,8 @@ def lib():
         L.nf_torch_check.argtypes = [c_int]
         L.nf_torch_stats_json.argtypes = [c_int, ctypes.c_char_p, ctypes.c_size_t]
         L.nf_torch_pool_exists.argtypes = [c_int]
+        L.nf_torch_pool_devices.argtypes = []
+        L.nf_torch_pool_devices.restype = u64
         L.nf_torch_reset_peaks.argtypes = [c_int]
         L.nf_torch_last_error.restype = ctypes.c_char_p
         L.nf_status_str.argtypes = [c_int]

@@ -252,7 +252,8 @@ class EnableTest(StandInTorchCase):
     def test_phase_gives_back_what_the_phase_took(self):
         """nofrag.phase() on device pools made on the host backend, in a child process (the
         choice of backend is for the process's life): a phase that allocates 64 MiB and frees it
-        gives it back on leaving; without the phase the pool keeps it."""
+        gives it back on leaving, on each of the two devices with a pool; without the phase the
+        pool keeps it."""
         import subprocess
         import sys
         child = '''
@@ -264,19 +265,25 @@ L.nf_torch_alloc.restype = ctypes.c_void_p
 L.nf_torch_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
 L.nf_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
 keep = L.nf_torch_alloc(8 << 20, 0, None)
-def burst():
-    blocks = [L.nf_torch_alloc(4 << 20, 0, None) for _ in range(16)]
+keep5 = L.nf_torch_alloc(8 << 20, 5, None)
+def burst(device=0):
+    blocks = [L.nf_torch_alloc(4 << 20, device, None) for _ in range(16)]
     assert all(blocks)
     for b in blocks:
-        L.nf_torch_free(b, 0, 0, None)
+        L.nf_torch_free(b, 0, device, None)
 before = nofrag.stats(0)["reserved_bytes.current"]
+before5 = nofrag.stats(5)["reserved_bytes.current"]
 with nofrag.phase() as released:
     burst()
+    burst(5)
 inside = nofrag.stats(0)["reserved_bytes.current"]
+inside5 = nofrag.stats(5)["reserved_bytes.current"]
 burst()
 without = nofrag.stats(0)["reserved_bytes.current"]
 nofrag.check_pools()
 print(json.dumps({"before": before, "after_phase": inside, "released": released.get(0, -1),
+                  "before5": before5, "after_phase5": inside5, "released5": released.get(5, -1),
+                  "devices": sorted(released), "mask": L.nf_torch_pool_devices(),
                   "after_plain_burst": without}))
 '''
         env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(nofrag.__file__)))
@@ -285,6 +292,11 @@ print(json.dumps({"before": before, "after_phase": inside, "released": released.
         r = json.loads(out.stdout.strip().splitlines()[-1])
         self.assertEqual(r["after_phase"], r["before"])
         self.assertGreaterEqual(r["released"], 64 << 20)
+        # a phase covers every device with a pool (found from one mask of them), and only those
+        self.assertEqual(r["mask"], 1 | 1 << 5)
+        self.assertEqual(r["devices"], [0, 5])
+        self.assertEqual(r["after_phase5"], r["before5"])
+        self.assertGreaterEqual(r["released5"], 64 << 20)
         self.assertGreaterEqual(r["after_plain_burst"], r["before"] + (64 << 20))
 
     def test_hf_callback_settles_after_evaluation_and_save(self):

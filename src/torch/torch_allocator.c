@@ -41,6 +41,7 @@ int nf_torch_check(int device);
 int nf_torch_stats_json(int device, char *buf, size_t size);
 int nf_torch_reset_peaks(int device);
 int nf_torch_pool_exists(int device);
+uint64_t nf_torch_pool_devices(void);
 const char *nf_torch_last_error(void);
 #pragma GCC visibility pop
 
@@ -727,6 +728,16 @@ int nf_torch_use_host_backend(void) {
 int nf_torch_reset_peaks(int device) { return on_each_pool(device, nf_stats_reset_peaks); }
 
 int nf_torch_pool_exists(int device) { return device_pool_peek(device) != NULL; }
+
+/* Bit d set when device d has a pool: one call where nofrag.phase() and StepMarks would otherwise
+ * ask each of the MAX_DEVICES slots at every step. */
+uint64_t nf_torch_pool_devices(void) {
+    _Static_assert(MAX_DEVICES <= 64, "the device mask has 64 bits");
+    uint64_t mask = 0;
+    for (int d = 0; d < MAX_DEVICES; d++)
+        if (device_pool_peek(d)) mask |= UINT64_C(1) << d;
+    return mask;
+}
 
 /* A copy made under the lock, per thread, so a message being written by another device's pool is
  * never read half done. */

@@ -316,6 +316,10 @@ static int cmd_replay(int argc, char **argv) {
         } else if (strcmp(a, "--layout-log") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a file name", a);
             layout_path = argv[++i];
+        } else if (strcmp(a, "--pair-pages") == 0) {
+            if (i + 1 >= argc) return usage_error("%s needs a number of pages", a);
+            if (parse_count(argv[++i], 0, UINT32_MAX, &c.opts.pair_min_pages))
+                return usage_error("'%s' is not a number of pages (0: no pairs)", argv[i]);
         } else if (strcmp(a, "--check") == 0) {
             if (i + 1 >= argc) return usage_error("%s needs a number of events", a);
             if (parse_count(argv[++i], 1, UINT64_MAX, &c.opts.check_every))

@@ -257,6 +257,7 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
     nf_config cfg = nf_config_default();
     cfg.capacity = opts->capacity;
     cfg.page_bytes = opts->page_bytes;
+    cfg.pair_min_pages = opts->pair_min_pages;
     cfg.hold_near_live = opts->hold_near_live;
     cfg.reuse_across_streams = opts->reuse_across_streams;
     if (opts->log) {

@@ -22,6 +22,7 @@ typedef struct replay_options {
     bool real_memory;
     uint64_t granularity; /* host backend's granularity; 0: 2 MiB, CUDA's */
     uint64_t page_bytes;  /* the pool's page size (nf_config.page_bytes); 0: the granularity */
+    uint64_t pair_min_pages; /* nf_config.pair_min_pages: blocks of this many pages or more take pairs */
     bool hold_near_live;  /* nf_config.hold_near_live: under the cap, grow only with the live peak */
     bool reuse_across_streams; /* nf_config.reuse_across_streams (the PyTorch front end's default) */
     /* Host backend only: 0, every stream's work is done by the time the pool asks (the default);

@@ -28,17 +28,28 @@ enum { MAX_ALIASES = 4 };
 
 static uint64_t va_of(const nf_pool *pool, uint64_t v) { return pool->base + (v << pool->gran_log2); }
 
-/* ---- idle list of physical pages: least recently idled first ----------------------------- */
+/* The place through which mapped virtual page v is reached: v, or for a pair its even page. */
+static inline uint64_t place_of(const nf_pool *pool, uint64_t v) {
+    return pool->phys[pool->pages[v].phys].span == 2 ? v & ~(uint64_t)1 : v;
+}
+
+/* Whether physical page p has a live block on a page of its place `place`. */
+static inline bool place_live(const nf_pool *pool, const phys_page *pp, uint64_t place) {
+    return pool->pages[place].live_blocks || (pp->span == 2 && pool->pages[place + 1].live_blocks);
+}
+
+/* ---- idle lists of physical pages (singles, pairs): least recently idled first ------------ */
 
 static inline void idle_push(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
+    int k = pp->span - 1;
     pp->idle_next = NF_NO_PAGE;
-    pp->idle_prev = pool->idle_tail;
-    if (pool->idle_tail != NF_NO_PAGE) pool->phys[pool->idle_tail].idle_next = p;
-    else pool->idle_head = p;
-    pool->idle_tail = p;
-    pool->idle_count++;
-    gauge_add(&pool->stats.idle_bytes, pool->gran);
+    pp->idle_prev = pool->idle_tail[k];
+    if (pool->idle_tail[k] != NF_NO_PAGE) pool->phys[pool->idle_tail[k]].idle_next = p;
+    else pool->idle_head[k] = p;
+    pool->idle_tail[k] = p;
+    pool->idle_count += pp->span;
+    gauge_add(&pool->stats.idle_bytes, pp->span * pool->gran);
 }
 
 /* Takes p off the list. p keeps its own links (a page off the list never has them read), so that
@@ -46,22 +57,24 @@ static inline void idle_push(nf_pool *pool, int32_t p) {
  * reverse order restore the list exactly (pages_claim_in_place's undo). */
 static inline void idle_remove(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
+    int k = pp->span - 1;
     if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
-    else pool->idle_head = pp->idle_next;
+    else pool->idle_head[k] = pp->idle_next;
     if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
-    else pool->idle_tail = pp->idle_prev;
-    pool->idle_count--;
-    gauge_sub(&pool->stats.idle_bytes, pool->gran);
+    else pool->idle_tail[k] = pp->idle_prev;
+    pool->idle_count -= pp->span;
+    gauge_sub(&pool->stats.idle_bytes, pp->span * pool->gran);
 }
 
 static inline void idle_relink(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
+    int k = pp->span - 1;
     if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = p;
-    else pool->idle_head = p;
+    else pool->idle_head[k] = p;
     if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = p;
-    else pool->idle_tail = p;
-    pool->idle_count++;
-    pool->stats.idle_bytes.current += pool->gran; /* back to what it was: not a new peak or total */
+    else pool->idle_tail[k] = p;
+    pool->idle_count += pp->span;
+    pool->stats.idle_bytes.current += pp->span * pool->gran; /* back to what it was: not a new peak or total */
 }
 
 /* ---- fences: work that may still touch a physical page ------------------------------------ */
@@ -127,7 +140,7 @@ static uint64_t headroom(const nf_pool *pool) {
     return held(pool) >= limit ? 0 : limit - held(pool);
 }
 
-static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
+static nf_status phys_create(nf_pool *pool, uint8_t span, int32_t *p_out) {
     if (pool->phys_free_count == 0 && pool->phys_used == pool->phys_capacity) {
         uint64_t cap = pool->phys_capacity ? pool->phys_capacity * 2 : 64;
         phys_page *grown = realloc(pool->phys, cap * sizeof *grown);
@@ -138,7 +151,7 @@ static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
         pool->phys_capacity = cap;
     }
     uint64_t handle;
-    nf_status s = call_page_create(pool, 1, &handle);
+    nf_status s = call_page_create(pool, span, &handle);
     if (s != NF_OK) return s;
     int32_t p = pool->phys_free_count ? pool->phys_free[--pool->phys_free_count] : (int32_t)pool->phys_used++;
     phys_page *pp = &pool->phys[p];
@@ -146,28 +159,34 @@ static nf_status phys_create(nf_pool *pool, int32_t *p_out) {
     pp->handle = handle;
     pp->busy_va = pp->last_va = pp->first_alias = NF_NO_PAGE;
     pp->idle_prev = pp->idle_next = NF_NO_PAGE;
-    pool->phys_count++;
-    gauge_add(&pool->stats.reserved_bytes, pool->gran);
+    pp->span = span;
+    pool->phys_count += span;
+    gauge_add(&pool->stats.reserved_bytes, span * pool->gran);
     *p_out = p;
     return NF_OK;
 }
 
-/* Virtual page v's mapping is gone (the driver unmapped it): drops it from its physical page. */
-static void alias_forget(nf_pool *pool, uint64_t v) {
+/* The mapping at place v is gone (the driver unmapped it): drops it from its physical page; the
+ * place's pages (two for a pair) are unmapped. Returns the place's page count. */
+static uint8_t alias_forget(nf_pool *pool, uint64_t v) {
     page *pg = &pool->pages[v];
     phys_page *pp = &pool->phys[pg->phys];
     int32_t *link = &pp->first_alias;
     while (*link != (int32_t)v) link = &pool->pages[*link].alias_next;
     *link = pg->alias_next;
     pg->alias_next = NF_NO_PAGE;
-    pg->phys = NF_NO_PAGE;
-    if (pg->no_access) {
-        pg->no_access = 0;
-        pool->pages_without_access--;
+    for (uint64_t u = v; u < v + pp->span; u++) {
+        page *half = &pool->pages[u];
+        half->phys = NF_NO_PAGE;
+        if (half->no_access) {
+            half->no_access = 0;
+            pool->pages_without_access--;
+        }
     }
     pp->aliases--;
-    gauge_sub(&pool->stats.mapped_bytes, pool->gran);
+    gauge_sub(&pool->stats.mapped_bytes, pp->span * pool->gran);
     pool->stats.num_page_unmaps++;
+    return pp->span;
 }
 
 /* Whether work queued through virtual page v, on any stream (a nonzero mask: all streams count),
@@ -177,7 +196,7 @@ static bool page_work_pending(const nf_pool *pool, uint64_t v) {
     return seq && !pool_fence_known_done(pool, 1, seq, NO_STREAM);
 }
 
-/* Unmaps virtual pages [v, v + count) (each mapped, no live block on them) in one driver call,
+/* Unmaps virtual pages [v, v + count) (each mapped, whole places only, no live block on them) in one driver call,
  * after the work queued through them is done: the work before each page's own last free
  * (last_free_seq), not the newer work its physical page may have gathered at another place, so
  * that the host rarely waits for a running step (on the accumulation recordings under a lagging
@@ -192,11 +211,14 @@ static nf_status alias_unmap_run(nf_pool *pool, uint64_t v, uint64_t count) {
             (s = pool_order_after(pool, 1, pool->pages[v + i].last_free_seq, NO_STREAM)) != NF_OK)
             return s;
     if ((s = call_unmap(pool, va_of(pool, v), count)) != NF_OK) return s;
-    for (uint64_t i = 0; i < count; i++) alias_forget(pool, v + i);
+    for (uint64_t i = 0; i < count;) i += alias_forget(pool, v + i);
     return NF_OK;
 }
 
-static nf_status alias_unmap(nf_pool *pool, int64_t v) { return alias_unmap_run(pool, (uint64_t)v, 1); }
+/* Unmaps the place v of a physical page (one or two pages). */
+static nf_status alias_unmap(nf_pool *pool, int64_t v) {
+    return alias_unmap_run(pool, (uint64_t)v, pool->phys[pool->pages[v].phys].span);
+}
 
 /* Releases idle physical page p: unmaps every alias, then gives the page back. */
 static nf_status phys_release(nf_pool *pool, int32_t p) {
@@ -209,27 +231,29 @@ static nf_status phys_release(nf_pool *pool, int32_t p) {
     idle_remove(pool, p);
     pp->handle = 0;
     pool->phys_free[pool->phys_free_count++] = p;
-    pool->phys_count--;
-    gauge_sub(&pool->stats.reserved_bytes, pool->gran);
+    pool->phys_count -= pp->span;
+    gauge_sub(&pool->stats.reserved_bytes, pp->span * pool->gran);
     return NF_OK;
 }
 
-/* Maps physical page p (idle, with room for an alias) at virtual page v (unmapped). Access is
- * granted by the caller (access_add), once for each run of pages mapped together. */
+/* Maps physical page p (idle, with room for an alias) at place v (unmapped; for a pair, an even
+ * page and the next, both unmapped). Access is granted by the caller (access_add), once for each
+ * run of pages mapped together. */
 static nf_status alias_map(nf_pool *pool, int32_t p, uint64_t v) {
     phys_page *pp = &pool->phys[p];
     uint64_t va = va_of(pool, v);
-    nf_status s = call_map(pool, va, 1, pp->handle);
+    nf_status s = call_map(pool, va, pp->span, pp->handle);
     if (s != NF_OK) return s;
     page *pg = &pool->pages[v];
     pg->phys = p;
-    if (v >= pool->mapped_end_page) pool->mapped_end_page = v + 1;
+    if (pp->span == 2) pool->pages[v + 1].phys = p;
+    if (v + pp->span > pool->mapped_end_page) pool->mapped_end_page = v + pp->span;
     pg->alias_next = pp->first_alias;
     pp->first_alias = (int32_t)v;
     if (pp->ever_mapped) pool->stats.num_remaps++;
     pp->ever_mapped = 1;
     pp->aliases++;
-    gauge_add(&pool->stats.mapped_bytes, pool->gran);
+    gauge_add(&pool->stats.mapped_bytes, pp->span * pool->gran);
     pool->stats.num_page_maps++;
     return NF_OK;
 }
@@ -289,7 +313,7 @@ nf_status pages_grant_access_again(nf_pool *pool) {
         /* The run keeps the access it had; its idle pages are granted again when claimed (I7 keeps
          * live pages off that path: they still have their own device's access). */
         for (uint64_t u = start; u < v; u++)
-            if (!pool->pages[u].live_blocks) {
+            if (!place_live(pool, &pool->phys[pool->pages[u].phys], place_of(pool, u))) { /* a pair's pages together */
                 pool->pages[u].no_access = 1;
                 pool->pages_without_access++;
             }
@@ -297,7 +321,7 @@ nf_status pages_grant_access_again(nf_pool *pool) {
     return first_failure;
 }
 
-/* Makes physical page p busy through virtual page v. */
+/* Makes physical page p busy through its place v. */
 static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
     phys_page *pp = &pool->phys[p];
     idle_remove(pool, p);
@@ -353,12 +377,12 @@ static bool idle_page_waits(const nf_pool *pool, int32_t p, uint32_t idx) {
  * that served the same neighbourhood served the same kind of block: it tends to be free when v's
  * block is live, while a page serving far-away blocks is more often wanted by both at once
  * (measured in docs/placement.md: remaps per step at a 1.02x cap fell on five of seven traces). */
-static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
+static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx, uint8_t span) {
     enum { WAITS = 62 }; /* the key's bit for a page that would make the host wait: ranks it last */
-    int32_t best = pool->idle_head;
+    int32_t best = pool->idle_head[span - 1];
     uint64_t best_key = UINT64_MAX;
     int n = 0;
-    for (int32_t p = pool->idle_head; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++) {
+    for (int32_t p = best; p != NF_NO_PAGE && n < IDLE_CHOICES; p = pool->phys[p].idle_next, n++) {
         const phys_page *pp = &pool->phys[p];
         uint64_t distance = UINT32_MAX;
         for (int32_t a = pp->first_alias; a != NF_NO_PAGE; a = pool->pages[a].alias_next) {
@@ -376,30 +400,49 @@ static int32_t idle_choice(const nf_pool *pool, uint64_t v, uint32_t idx) {
     return best;
 }
 
-/* A physical page for unmapped virtual page v, mapped there and busy through it: a new one while
- * growth_room allows (always with pin_pages: an idle page stays where it is), else an idle one
- * (idle_choice), its oldest mapping giving way if it has no alias slot free. When the backend has
- * no memory for a new page (device_full), an idle one too, if there is one. */
-static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused, access_run *run) {
+/* A physical page of `span` pages for place v (unmapped: v, or for a pair the even page v and
+ * v + 1), mapped there and busy through it: a new one while growth_room allows (always with
+ * pin_pages: an idle page stays where it is), else an idle one (idle_choice), its oldest mapping
+ * giving way if it has no alias slot free. When the backend has no memory for a new page
+ * (device_full), an idle one too, if there is one. A single page that finds no idle single and no
+ * room to grow takes the memory of the least recently idled idle pair (released, so that the
+ * single can be made). A pair that can be neither made nor found idle is NF_ERR_OUT_OF_MEMORY
+ * with nothing changed: the caller backs the two pages as singles. */
+static nf_status phys_for(nf_pool *pool, uint64_t v, uint8_t span, uint32_t idx, bool *reused, access_run *run) {
     int32_t p = NF_NO_PAGE;
     nf_status s;
-    if (pool->config.pin_pages || growth_room(pool) > 0 || pool->idle_head == NF_NO_PAGE) {
-        if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
-        s = phys_create(pool, &p);
-        if (s == NF_ERR_OUT_OF_MEMORY && !pool->device_full)
-            pool_log(pool, NF_LOG_WARN, "the device has no memory for another page with %llu bytes held, under a cap of "
-                     "%llu: memory outside this pool took it; serving requests from idle pages from now on",
-                     (unsigned long long)(held(pool) * pool->gran), (unsigned long long)(pool->cap_pages * pool->gran));
-        if (s == NF_ERR_OUT_OF_MEMORY) pool->device_full = true;
-        if (s == NF_OK) {
-            pool->device_full = false;
-            idle_push(pool, p);
-        } else if (s != NF_ERR_OUT_OF_MEMORY || pool->config.pin_pages || pool->idle_head == NF_NO_PAGE) {
-            return s;
+    if (span == 2) {
+        /* Made only within growth_room: beyond it, idle singles are what to use, if any. */
+        if (growth_room(pool) >= 2) {
+            s = phys_create(pool, 2, &p);
+            if (s == NF_OK) idle_push(pool, p);
+            else if (s != NF_ERR_OUT_OF_MEMORY) return s;
+        }
+        if (p == NF_NO_PAGE && pool->idle_head[1] == NF_NO_PAGE) return NF_ERR_OUT_OF_MEMORY;
+    } else {
+        if (pool->idle_head[0] == NF_NO_PAGE && pool->idle_head[1] != NF_NO_PAGE && !pool->config.pin_pages &&
+            (headroom(pool) == 0 || growth_room(pool) == 0)) {
+            if ((s = phys_release(pool, pool->idle_head[1])) != NF_OK) return s;
+            *reused = true;
+        }
+        if (pool->config.pin_pages || growth_room(pool) > 0 || pool->idle_head[0] == NF_NO_PAGE) {
+            if (headroom(pool) == 0) return NF_ERR_OUT_OF_MEMORY;
+            s = phys_create(pool, 1, &p);
+            if (s == NF_ERR_OUT_OF_MEMORY && !pool->device_full)
+                pool_log(pool, NF_LOG_WARN, "the device has no memory for another page with %llu bytes held, under a cap of "
+                         "%llu: memory outside this pool took it; serving requests from idle pages from now on",
+                         (unsigned long long)(held(pool) * pool->gran), (unsigned long long)(pool->cap_pages * pool->gran));
+            if (s == NF_ERR_OUT_OF_MEMORY) pool->device_full = true;
+            if (s == NF_OK) {
+                pool->device_full = false;
+                idle_push(pool, p);
+            } else if (s != NF_ERR_OUT_OF_MEMORY || pool->config.pin_pages || pool->idle_head[0] == NF_NO_PAGE) {
+                return s;
+            }
         }
     }
     if (p == NF_NO_PAGE) {
-        p = idle_choice(pool, v, idx);
+        p = idle_choice(pool, v, idx, span);
         *reused = true;
         if (pool->phys[p].aliases >= MAX_ALIASES && (s = alias_unmap(pool, oldest_alias(pool, p))) != NF_OK)
             return s;
@@ -410,7 +453,8 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused,
     alias_fence_take(pool, &pool->phys[p]);
     if ((s = alias_map(pool, p, v)) != NF_OK) return s;
     phys_claim(pool, p, v);
-    return access_add(pool, run, v);
+    if (span == 2 && (s = access_add(pool, run, v)) != NF_OK) return s;
+    return access_add(pool, run, v + span - 1);
 }
 
 /* ---- what the block layer asks -------------------------------------------------------------- */
@@ -419,17 +463,22 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint32_t idx, bool *reused,
  * anything: *need_out = pages that need a physical page mapped, *claimed_out = idle physical pages
  * the range would make busy through their existing mapping. */
 static void range_cost(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *need_out, uint64_t *claimed_out) {
-    uint64_t need = 0, claimed = 0;
+    uint64_t need = 0, claimed = 0, claimed_pair = UINT64_MAX;
     uint32_t stamp = ++pool->stamp;
     for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++) {
         const page *pg = &pool->pages[v];
         if (pg->live_blocks) continue;
         if (pg->phys != NF_NO_PAGE) {
             phys_page *pp = &pool->phys[pg->phys];
-            /* A page mapped at one place cannot appear twice in the range: no mark needed. */
-            if (pp->busy_va == NF_NO_PAGE && (pp->aliases == 1 || pp->stamp != stamp)) {
-                if (pp->aliases > 1) pp->stamp = stamp;
-                claimed++;
+            uint64_t place = pp->span == 2 ? v & ~(uint64_t)1 : v;
+            /* A pair busy through this place (a block on its other page), or claimed already
+             * through its first page in the range: backed. */
+            if (pp->busy_va == (int32_t)place || place == claimed_pair) continue;
+            /* A single mapped at one place cannot appear twice in the range: no mark needed. */
+            if (pp->busy_va == NF_NO_PAGE && ((pp->aliases == 1 && pp->span == 1) || pp->stamp != stamp)) {
+                pp->stamp = stamp;
+                claimed += pp->span; /* a pair claimed through one page holds both */
+                if (pp->span == 2) claimed_pair = place;
                 continue;
             }
         }
@@ -463,12 +512,15 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
     return need == 0 || busy <= pages_spare(pool);
 }
 
-/* Undoes pages_claim_in_place on pages [first, stop), last page first. */
+/* Undoes pages_claim_in_place on pages [first, stop), last page first, so that physical pages go
+ * back onto the idle lists in the reverse of the order they left. */
 static void claim_undo(nf_pool *pool, uint64_t first, uint64_t stop) {
     for (uint64_t v = stop; v-- > first;) {
         page *pg = &pool->pages[v];
         if (--pg->live_blocks) continue;
-        pool->phys[pg->phys].busy_va = NF_NO_PAGE;
+        phys_page *pp = &pool->phys[pg->phys];
+        if (place_live(pool, pp, place_of(pool, v))) continue; /* a pair still used through its other page */
+        pp->busy_va = NF_NO_PAGE;
         idle_relink(pool, pg->phys);
     }
 }
@@ -483,16 +535,17 @@ bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t 
             return false;
         }
         phys_page *pp = &pool->phys[pg->phys];
-        /* Busy through v already, or idle and last used here: only work from the page's other
-         * places could be in the way, and only the own stream's is known not to be. */
+        int32_t place = (int32_t)place_of(pool, v);
+        /* Busy through v's place already, or idle and last used there: only work from the page's
+         * other places could be in the way, and only the own stream's is known not to be. */
         bool ok = fence_only_own(pp->alias_fence_mask, idx) &&
-                  (pg->live_blocks || (pp->busy_va == NF_NO_PAGE && pp->last_va == (int32_t)v));
+                  (pp->busy_va == place || (pp->busy_va == NF_NO_PAGE && pp->last_va == place));
         if (!ok) {
             claim_undo(pool, first, v);
             return false;
         }
-        if (pg->live_blocks++) continue;
-        phys_claim(pool, pg->phys, v);
+        if (pg->live_blocks++ || pp->busy_va == place) continue;
+        phys_claim(pool, pg->phys, (uint64_t)place);
     }
     return true;
 }
@@ -508,6 +561,12 @@ static nf_status count_rest(nf_pool *pool, uint64_t from, uint64_t last, nf_stat
     return failure;
 }
 
+/* Whether the block on [addr, addr + size) backs the aligned pairs of pages wholly inside it with
+ * pairs (nf_config.pair_min_pages). */
+static bool block_takes_pairs(const nf_pool *pool, uint64_t first, uint64_t last) {
+    return pool->config.pair_min_pages && !pool->config.pin_pages && last - first + 1 >= pool->config.pair_min_pages;
+}
+
 nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused) {
     uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
     nf_status s = NF_OK;
@@ -518,8 +577,10 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
-        if (pg->live_blocks++) {
-            /* Busy through v already: only work from the page's other places can be in the way. */
+        uint64_t place = pp && pp->span == 2 ? v & ~(uint64_t)1 : v;
+        if (pg->live_blocks++ || (pp && pp->busy_va == (int32_t)place)) {
+            /* Busy through v's place already: only work from the page's other places can be in
+             * the way. */
             if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
             continue;
         }
@@ -528,26 +589,28 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
             continue;
         }
         if (pp->busy_va != NF_NO_PAGE) {
-            /* Its physical page is busy elsewhere: the mapping goes, one unmap call for each run
-             * of adjacent such pages (two locals rather than a run struct like access_run: this
-             * loop is the allocator's hot path, and the struct cost 0.4% of replay instructions). */
+            /* Its physical page is busy elsewhere: the mapping goes (the whole place: a pair's
+             * other page too, inside the range or not), one unmap call for each run of adjacent
+             * such places (two locals rather than a run struct like access_run: this loop is the
+             * allocator's hot path, and the struct cost 0.4% of replay instructions). */
             missing = true;
-            if (conflicts && conflict_start + conflicts == v) {
-                conflicts++;
+            if (conflicts && conflict_start + conflicts > v) continue; /* a pair's page, in the run */
+            if (conflicts && conflict_start + conflicts == place) {
+                conflicts += pp->span;
                 continue;
             }
             if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK)
                 return count_rest(pool, v + 1, last, s);
-            conflict_start = v;
-            conflicts = 1;
+            conflict_start = place;
+            conflicts = pp->span;
             continue;
         }
-        if (pp->last_va != (int32_t)v) {
+        if (pp->last_va != (int32_t)place) {
             if ((s = fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
             alias_fence_take(pool, pp);
         }
         if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
-        phys_claim(pool, pg->phys, v);
+        phys_claim(pool, pg->phys, place);
     }
     /* Only after a failed set-access: pages claimed in place may still need access granted. */
     if (pool->pages_without_access)
@@ -555,13 +618,29 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     if (!missing) return NF_OK;
     if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
     access_run run = {0, 0};
+    bool pairs = block_takes_pairs(pool, first, last);
+    /* The pages wholly inside the block: [inner_first, inner_end). */
+    uint64_t inner_first = page_of(pool, addr + pool->gran - 1), inner_end = page_of(pool, addr + size);
     for (uint64_t v = first; v <= last && s == NF_OK; v++) {
         page *pg = &pool->pages[v];
         if (pg->phys != NF_NO_PAGE) {
-            if (pg->no_access) s = access_add(pool, &run, v);
+            if (!pg->no_access) continue;
+            /* Access is granted to whole places: a pair's both pages (they lack it together). */
+            uint64_t place = place_of(pool, v), end = place + pool->phys[pg->phys].span;
+            for (uint64_t u = place; u < end && s == NF_OK; u++) s = access_add(pool, &run, u);
+            v = end - 1;
             continue;
         }
-        s = phys_for(pool, v, idx, reused, &run);
+        if (pairs && !(v & 1) && v >= inner_first && v + 2 <= inner_end && pool->pages[v + 1].phys == NF_NO_PAGE) {
+            s = phys_for(pool, v, 2, idx, reused, &run);
+            if (s == NF_OK) {
+                v++;
+                continue;
+            }
+            if (s != NF_ERR_OUT_OF_MEMORY) break;
+            s = NF_OK; /* no pair to be had: two singles */
+        }
+        s = phys_for(pool, v, 1, idx, reused, &run);
     }
     /* Even after a failure: the pages mapped so far get access (if that fails too they keep
      * no_access, and the caller releases them). */
@@ -574,11 +653,13 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
         page *pg = &pool->pages[v];
         pg->live_blocks--;
         if (mask && seq > pg->last_free_seq) pg->last_free_seq = seq;
-        if (pg->phys == NF_NO_PAGE || pool->phys[pg->phys].busy_va != (int32_t)v) continue;
+        if (pg->phys == NF_NO_PAGE) continue;
         phys_page *pp = &pool->phys[pg->phys];
+        uint64_t place = place_of(pool, v);
+        if (pp->busy_va != (int32_t)place) continue;
         fence_add(pool, pp, mask, seq);
-        pp->last_va = (int32_t)v;
-        if (pg->live_blocks == 0) {
+        pp->last_va = (int32_t)place;
+        if (!place_live(pool, pp, place)) {
             pp->busy_va = NF_NO_PAGE;
             idle_push(pool, pg->phys);
         }
@@ -588,7 +669,7 @@ void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, u
 nf_status pages_make_reserve(nf_pool *pool) {
     while (held(pool) < pool->reserve_pages) {
         int32_t p;
-        nf_status s = phys_create(pool, &p);
+        nf_status s = phys_create(pool, 1, &p);
         if (s != NF_OK) return s;
         idle_push(pool, p);
     }
@@ -600,9 +681,12 @@ nf_status pages_trim(nf_pool *pool, uint64_t keep_pages, uint64_t *released) {
     if (keep_pages < pool->reserve_pages) keep_pages = pool->reserve_pages; /* held for the pool's life */
     if (pool->config.pin_pages) keep_pages = held(pool); /* its pages stay where they are */
     pool->device_full = false; /* memory given back, here or elsewhere: try creating again */
-    while (held(pool) > keep_pages && pool->idle_head != NF_NO_PAGE) {
-        if ((s = phys_release(pool, pool->idle_head)) != NF_OK) break;
-        *released += pool->gran;
+    while (held(pool) > keep_pages) {
+        int32_t p = pool->idle_head[0] != NF_NO_PAGE ? pool->idle_head[0] : pool->idle_head[1];
+        if (p == NF_NO_PAGE) break;
+        uint8_t span = pool->phys[p].span;
+        if ((s = phys_release(pool, p)) != NF_OK) break;
+        *released += span * pool->gran;
     }
     /* Also after a failure: what is held above a lowered cap is the slack I11 allows. */
     uint64_t h = held(pool);
@@ -616,7 +700,7 @@ nf_status pages_destroy(nf_pool *pool) {
         phys_page *pp = &pool->phys[p];
         if (!pp->handle) continue;
         if (pp->busy_va != NF_NO_PAGE) {
-            pool->pages[pp->busy_va].live_blocks = 0; /* live blocks die with the pool */
+            for (uint8_t i = 0; i < pp->span; i++) pool->pages[pp->busy_va + i].live_blocks = 0; /* live blocks die with the pool */
             pp->busy_va = NF_NO_PAGE;
             idle_push(pool, p);
         }
@@ -629,7 +713,7 @@ nf_status pages_init(nf_pool *pool) {
     pool->pages = calloc(pool->page_count, sizeof *pool->pages);
     if (!pool->pages) return NF_ERR_NO_MEMORY_HOST;
     for (uint64_t v = 0; v < pool->page_count; v++) pool->pages[v].phys = pool->pages[v].alias_next = NF_NO_PAGE;
-    pool->idle_head = pool->idle_tail = NF_NO_PAGE;
+    pool->idle_head[0] = pool->idle_tail[0] = pool->idle_head[1] = pool->idle_tail[1] = NF_NO_PAGE;
     return NF_OK;
 }
 
@@ -654,41 +738,60 @@ nf_status pages_check(nf_pool *pool) {
         mapped++;
         INVARIANT(pg->phys >= 0 && (uint64_t)pg->phys < pool->phys_used && pool->phys[pg->phys].handle,
               "I7 page %llu maps a released physical page", (unsigned long long)v);
-        INVARIANT(pg->live_blocks == 0 || pool->phys[pg->phys].busy_va == (int32_t)v,
+        const phys_page *pp = &pool->phys[pg->phys];
+        uint64_t place = place_of(pool, v);
+        INVARIANT(pp->span == 1 || (pool->pages[place].phys == pg->phys && pool->pages[place + 1].phys == pg->phys &&
+                                    pool->pages[place].no_access == pool->pages[place + 1].no_access),
+              "I7 page %llu: a pair mapped in part, or its pages' access differs", (unsigned long long)v);
+        INVARIANT(pg->live_blocks == 0 || pp->busy_va == (int32_t)place,
               "I7 page %llu has live blocks but its physical page is busy elsewhere", (unsigned long long)v);
         INVARIANT(pg->live_blocks == 0 || !pg->no_access, "I7 page %llu has live blocks but no access",
               (unsigned long long)v);
         lacking_access += pg->no_access;
     }
+    uint64_t idle_listed[2] = {0, 0};
     for (uint64_t p = 0; p < pool->phys_used; p++) {
         const phys_page *pp = &pool->phys[p];
         if (!pp->handle) continue;
-        physical++;
+        INVARIANT(pp->span == 1 || (pp->span == 2 && !pool->config.pin_pages), "I7 physical page %llu of span %u",
+              (unsigned long long)p, (unsigned)pp->span);
+        physical += pp->span;
         uint32_t aliases = 0;
         for (int32_t v = pp->first_alias; v != NF_NO_PAGE; v = pool->pages[v].alias_next) {
-            INVARIANT(pool->pages[v].phys == (int32_t)p, "I7 alias list of physical page %llu", (unsigned long long)p);
+            INVARIANT(pool->pages[v].phys == (int32_t)p && (pp->span == 1 || !(v & 1)),
+                  "I7 alias list of physical page %llu", (unsigned long long)p);
             INVARIANT(++aliases <= MAX_ALIASES, "I7 physical page %llu has too many aliases", (unsigned long long)p);
-            INVARIANT(pool->pages[v].live_blocks == 0 || pp->busy_va == v,
+            INVARIANT(!place_live(pool, pp, (uint64_t)v) || pp->busy_va == v,
                   "I7 physical page %llu used through two places", (unsigned long long)p);
         }
         INVARIANT(aliases == pp->aliases, "I7 alias count of physical page %llu", (unsigned long long)p);
-        if (pp->busy_va != NF_NO_PAGE)
-            INVARIANT(pool->pages[pp->busy_va].phys == (int32_t)p && pool->pages[pp->busy_va].live_blocks > 0,
+        if (pp->busy_va != NF_NO_PAGE) {
+            INVARIANT(pool->pages[pp->busy_va].phys == (int32_t)p && place_live(pool, pp, (uint64_t)pp->busy_va),
                   "I7 physical page %llu busy without a live block", (unsigned long long)p);
-        else
-            idle++;
+        } else {
+            idle += pp->span;
+            idle_listed[pp->span - 1]++;
+        }
     }
     uint64_t listed = 0;
-    int32_t last = NF_NO_PAGE;
-    for (int32_t p = pool->idle_head; p != NF_NO_PAGE; p = pool->phys[p].idle_next) {
-        INVARIANT(pool->phys[p].idle_prev == last, "I8 idle list links at %d", p);
-        INVARIANT(pool->phys[p].handle && pool->phys[p].busy_va == NF_NO_PAGE, "I8 busy page %d listed idle", p);
-        INVARIANT(++listed <= pool->phys_used, "I8 idle list loops");
-        last = p;
+    for (int k = 0; k < 2; k++) {
+        uint64_t on_list = 0;
+        int32_t last = NF_NO_PAGE;
+        for (int32_t p = pool->idle_head[k]; p != NF_NO_PAGE; p = pool->phys[p].idle_next) {
+            INVARIANT(pool->phys[p].idle_prev == last, "I8 idle list links at %d", p);
+            INVARIANT(pool->phys[p].handle && pool->phys[p].busy_va == NF_NO_PAGE, "I8 busy page %d listed idle", p);
+            INVARIANT(pool->phys[p].span == k + 1, "I8 page %d of span %u on the idle list of span %d", p,
+                  (unsigned)pool->phys[p].span, k + 1);
+            INVARIANT(++on_list <= pool->phys_used, "I8 idle list loops");
+            last = p;
+        }
+        INVARIANT(last == pool->idle_tail[k], "I8 idle list tail");
+        INVARIANT(on_list == idle_listed[k], "I8 idle physical pages of span %d: %llu listed, %llu found", k + 1,
+              (unsigned long long)on_list, (unsigned long long)idle_listed[k]);
+        listed += on_list * (uint64_t)(k + 1);
     }
-    INVARIANT(last == pool->idle_tail, "I8 idle list tail");
-    INVARIANT(listed == idle && idle == pool->idle_count, "I8 idle physical pages: %llu listed, %llu found",
-          (unsigned long long)listed, (unsigned long long)idle);
+    INVARIANT(listed == idle && idle == pool->idle_count, "I8 idle pool pages: %llu listed, %llu found, %llu counted",
+          (unsigned long long)listed, (unsigned long long)idle, (unsigned long long)pool->idle_count);
     INVARIANT(pool->stats.idle_bytes.current == idle * pool->gran, "I8 idle_bytes");
     INVARIANT(pool->stats.mapped_bytes.current == mapped * pool->gran, "I9 mapped_bytes");
     INVARIANT(lacking_access == pool->pages_without_access, "I7 %llu pages lack access, %llu counted",

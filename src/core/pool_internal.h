@@ -19,13 +19,16 @@
  *   I4  live blocks == entries of the pointer map; allocation.current == |live blocks|
  *   I5  allocated_bytes.current == sum(live block.size)
  *   I6  page.live_blocks == |live blocks overlapping the page|, for every virtual page
- *   I7  page.live_blocks > 0  =>  page is mapped to a physical page P with P.busy_va == page;
- *       and access granted (no_access == 0); a physical page is busy through at most one of its
- *       <= MAX_ALIASES virtual pages; pages_without_access == |pages with no_access|
- *   I8  idle list == { physical pages : busy_va == none };  idle_bytes == |idle| * gran
+ *   I7  page.live_blocks > 0  =>  page is mapped to a physical page P with P.busy_va == the
+ *       page's place (the page; for a pair, its even page); and access granted (no_access == 0);
+ *       a physical page is busy through at most one of its <= MAX_ALIASES places, and busy iff a
+ *       page of that place has live blocks; a pair's places are even pages, both pages mapped to
+ *       it; pages_without_access == |pages with no_access|
+ *   I8  idle lists == { physical pages : busy_va == none }, by span;
+ *       idle_bytes == sum(idle span) * gran
  *   I9  mapped_bytes.current == |mapped virtual pages| * gran; every mapped page < mapped_end_page
- *   I10 reserved_bytes.current == |physical pages| * gran
- *   I11 capacity != 0  =>  |physical pages| <= cap_pages + cap_slack
+ *   I10 reserved_bytes.current == sum(physical span) * gran == phys_count * gran
+ *   I11 capacity != 0  =>  sum(physical span) <= cap_pages + cap_slack
  *   I12 every gauge: current <= peak
  *   I13 allocated_bytes.current <= live_high_water  (the policy's peak; nf_stats_reset_peaks
  *       leaves it, nf_phase_return lowers it to no less than the live bytes)
@@ -98,6 +101,10 @@ typedef struct phys_page {
     int32_t idle_next;
     uint16_t aliases;
     uint8_t ever_mapped;  /* a later mapping counts as a remap */
+    /* Pool pages in the handle: 1, or 2 for a pair (nf_config.pair_min_pages), which is mapped
+     * only whole, at an even virtual page and the one after it (its place, named by the even one:
+     * busy_va, last_va and the alias list name places). */
+    uint8_t span;
     uint32_t stamp;       /* scratch mark for range_cost */
     /* Work that may still touch the page: the streams in fence_mask, up to free number fence_seq. */
     uint64_t fence_seq;
@@ -186,10 +193,11 @@ struct nf_pool {
     uint64_t phys_capacity, phys_used; /* slots allocated, slots ever handed out */
     int32_t *phys_free;                /* released slots */
     uint64_t phys_free_count;
-    uint64_t phys_count;               /* physical pages held */
-    int32_t idle_head; /* idle physical pages, least recently idled first */
-    int32_t idle_tail;
-    uint64_t idle_count;
+    uint64_t phys_count;               /* pool pages of physical memory held (a pair counts 2) */
+    /* Idle physical pages, least recently idled first: [0] single pages, [1] pairs. */
+    int32_t idle_head[2];
+    int32_t idle_tail[2];
+    uint64_t idle_count; /* pool pages of idle physical memory (a pair counts 2) */
     uint32_t stamp;
 
     stream_state *streams;

@@ -255,9 +255,10 @@ typedef struct nf_gauge {
     X(calls_block_free, "backend calls: free a block (block backends)")                      \
     X(calls_trim_to, "backend calls: give a block backend's cached memory back")             \
     X(backend_ns, "nanoseconds spent inside backend calls (host monotonic clock, waits included)") \
-    X(event_wait_ns, "nanoseconds of backend_ns the host spent waiting for streams' work")
+    X(event_wait_ns, "nanoseconds of backend_ns the host spent waiting for streams' work") \
+    X(num_pairs_made, "physical pages made as pairs, two pages a handle (nf_config.pair_min_pages)")
 
-#define NF_STATS_VERSION 4
+#define NF_STATS_VERSION 5
 
 typedef struct nf_stats {
     uint32_t size;    /* sizeof(nf_stats), set by nf_stats_get */

@@ -59,6 +59,7 @@ typedef struct test_pool_spec {
     uint64_t virtual_bytes; /* nf_config.virtual_bytes */
     bool hold_near_live;    /* nf_config.hold_near_live */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
+    uint64_t pair_min_pages;   /* nf_config.pair_min_pages */
     nf_log_fn log;
 } test_pool_spec;
 
@@ -71,6 +72,7 @@ static inline nf_pool *test_pool(const test_pool_spec *spec, nf_backend **backen
     cfg.virtual_bytes = spec->virtual_bytes;
     cfg.hold_near_live = spec->hold_near_live;
     cfg.reuse_across_streams = spec->reuse_across_streams;
+    cfg.pair_min_pages = spec->pair_min_pages;
     cfg.log = spec->log ? spec->log : test_log;
     nf_pool *pool;
     REQUIRE(nf_pool_create(&cfg, *backend_out, &pool) == NF_OK);

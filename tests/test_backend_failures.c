@@ -80,11 +80,13 @@ static void keep_message(void *user, nf_log_level level, const char *m) {
 
 /* argv[1], optional: another seed for the workload and the failures; argv[2], optional: "hold" to
  * run under nf_config.hold_near_live (the cap then only limits: pages move before it is reached),
- * "across" to run with nf_config.reuse_across_streams (streams wait for each other on the device). */
+ * "across" to run with nf_config.reuse_across_streams (streams wait for each other on the device),
+ * "pairs" to back the inside of blocks of 2 pages or more with pairs (nf_config.pair_min_pages). */
 int main(int argc, char **argv) {
     if (argc > 1) rng_state = strtoull(argv[1], NULL, 10);
     bool hold = argc > 2 && strcmp(argv[2], "hold") == 0;
     bool across = argc > 2 && strcmp(argv[2], "across") == 0;
+    bool pairs = argc > 2 && strcmp(argv[2], "pairs") == 0;
     REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
     nf_backend wrapped = *inner;
     wrapped.page_create = w_page_create;
@@ -101,6 +103,7 @@ int main(int argc, char **argv) {
     cfg.capacity = CAP_PAGES * GRAN;
     cfg.hold_near_live = hold;
     cfg.reuse_across_streams = across;
+    cfg.pair_min_pages = pairs ? 2 : 0;
     cfg.virtual_bytes = VIRTUAL_PAGES * GRAN;
     cfg.log = keep_message;
     nf_pool *pool;
@@ -165,9 +168,12 @@ int main(int argc, char **argv) {
     CHECK(corrupt == 0);
     /* The run exercised both outcomes and every failure point. */
     CHECK(allocs_ok > 100 && allocs_failed > 10);
+    nf_stats st;
+    CHECK_OK(nf_stats_get(pool, &st));
+    CHECK(pairs ? st.num_pairs_made > 50 : st.num_pairs_made == 0);
     printf("allocations: %lu served, %lu failed; injected failures:", allocs_ok, allocs_failed);
     for (int i = 0; i < F_COUNT; i++) printf(" %s %lu", failure_names[i], injected[i]);
-    printf("\n");
+    printf("; pairs made %llu\n", (unsigned long long)st.num_pairs_made);
     for (int i = 0; i < F_COUNT; i++) {
         if (i == F_STREAM_WAIT && !across) continue; /* the host waits instead */
         CHECK(injected[i] > 0);

@@ -26,14 +26,17 @@ static uint64_t corrupt_words(const live_block *b) {
 
 /* page_factor: the pool's page is that many of the backend's granules (nf_config.page_bytes), so
  * each physical page is one multi-granule handle, mapped and aliased whole. hold: the cap is a
- * limit only (nf_config.hold_near_live): pages move at about 2% above the live peak instead. */
-static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap_pages, bool hold, int ops,
-                uint64_t *remaps_out) {
+ * limit only (nf_config.hold_near_live): pages move at about 2% above the live peak instead.
+ * pair_min: nf_config.pair_min_pages (0: single pages only). */
+static uint64_t pairs_made;
+
+static void run_pairs(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap_pages, bool hold, int ops,
+                      uint64_t pair_min, uint64_t *remaps_out) {
     uint64_t rng = seed;
     nf_backend *backend;
     uint64_t page = page_factor * gran;
     test_pool_spec spec = {.real_memory = true, .gran = gran, .page_bytes = page, .capacity = cap_pages * page,
-                           .hold_near_live = hold};
+                           .hold_near_live = hold, .pair_min_pages = pair_min};
     nf_pool *pool = test_pool(&spec, &backend);
     REQUIRE(backend->caps & NF_BACKEND_CAP_HOST_ACCESSIBLE);
     live_block *live = calloc((size_t)ops, sizeof *live);
@@ -41,7 +44,8 @@ static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap
     uint64_t corrupt = 0, tag = 0;
     for (int op = 0; op < ops; op++) {
         if (rng_below(&rng, 100) < 52 || nlive == 0) {
-            size_t bytes = rng_below(&rng, 2) ? 8 + rng_below(&rng, 8192) : 8 + rng_below(&rng, 3 * page);
+            /* With pairs, large blocks up to 8 pages, so that most hold an aligned pair or more. */
+            size_t bytes = rng_below(&rng, 2) ? 8 + rng_below(&rng, 8192) : 8 + rng_below(&rng, (pair_min ? 8 : 3) * page);
             bytes &= ~(size_t)7;
             void *p;
             nf_status s = nf_alloc(pool, bytes, NULL, &p);
@@ -67,8 +71,15 @@ static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap
     CHECK_OK(nf_stats_get(pool, &st));
     *remaps_out += st.num_remaps;
     CHECK(st.reserved_bytes.peak <= cap_pages * page);
+    CHECK(pair_min || st.num_pairs_made == 0);
+    pairs_made += st.num_pairs_made;
     test_pool_close(pool, backend);
     free(live);
+}
+
+static void run(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap_pages, bool hold, int ops,
+                uint64_t *remaps_out) {
+    run_pairs(seed, gran, page_factor, cap_pages, hold, ops, 0, remaps_out);
 }
 
 int main(void) {
@@ -87,5 +98,13 @@ int main(void) {
     for (uint64_t seed = 10; seed <= 12; seed++) run(seed, 64 * 1024, 1, 4096, true, 8000, &hold_remaps);
     CHECK(hold_remaps > 300);
     printf("pages remapped under live data, loose cap held near live: %llu\n", (unsigned long long)hold_remaps);
+    /* Pairs inside blocks of 2 pages or more: pairs and singles moving under live data, a pair
+     * claimed through one of its pages, pairs given up for singles under the cap. */
+    uint64_t pair_remaps = 0;
+    for (uint64_t seed = 13; seed <= 16; seed++) run_pairs(seed, 64 * 1024, 1, 80, false, 8000, 2, &pair_remaps);
+    for (uint64_t seed = 17; seed <= 18; seed++) run_pairs(seed, 64 * 1024, 1, 4096, true, 8000, 2, &pair_remaps);
+    CHECK(pair_remaps > 300 && pairs_made > 100);
+    printf("pages and pairs remapped under live data: %llu (pairs made: %llu)\n", (unsigned long long)pair_remaps,
+           (unsigned long long)pairs_made);
     return check_exit("test_integrity");
 }

@@ -1,5 +1,5 @@
 /* Randomized, seeded operation sequences with nf_pool_check after every operation, across caps,
- * granularities, streams, trims, cap changes and step marks. */
+ * granularities, streams, trims, cap changes and step marks, with single pages and with pairs. */
 #include <string.h>
 
 #include "check.h"
@@ -19,10 +19,14 @@ static size_t random_size(uint64_t *rng, uint64_t gran) {
     }
 }
 
-static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, int ops) {
+/* pair_min: nf_config.pair_min_pages (0: single pages only). */
+static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, int ops, uint64_t pair_min,
+                uint64_t *pairs_made) {
     uint64_t rng = seed;
     nf_backend *backend;
-    nf_pool *pool = test_host_pool(gran, cap_pages * gran, 256 * gran, test_log, &backend);
+    test_pool_spec spec = {.gran = gran, .capacity = cap_pages * gran, .virtual_bytes = 256 * gran,
+                           .pair_min_pages = pair_min};
+    nf_pool *pool = test_pool(&spec, &backend);
     live_block *live = calloc((size_t)ops, sizeof *live);
     size_t nlive = 0;
     unsigned long failures = 0;
@@ -74,6 +78,8 @@ static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, i
     CHECK(st.allocation.current == nlive);
     CHECK(st.num_alloc_failures == failures);
     if (cap_pages) CHECK(st.reserved_bytes.peak <= cap_pages * gran);
+    CHECK(pair_min || st.num_pairs_made == 0);
+    *pairs_made += st.num_pairs_made;
     for (size_t i = 0; i < nlive; i++) CHECK_OK(nf_free(pool, live[i].ptr, live[i].stream));
     CHECK_OK(nf_stats_get(pool, &st));
     CHECK(st.allocated_bytes.current == 0 && st.allocation.current == 0);
@@ -83,11 +89,21 @@ static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, i
 
 int main(void) {
     const uint64_t gran = 64 * 1024;
+    uint64_t pairs_made = 0;
     for (uint64_t seed = 1; seed <= 12; seed++) {
-        run(seed, gran, 0, 1, 3000);          /* no cap, one stream */
-        run(seed * 7919, gran, 40, 1, 3000);  /* tight cap: reclaim and remap */
-        run(seed * 104729, gran, 48, 4, 3000); /* tight cap, four streams */
+        run(seed, gran, 0, 1, 3000, 0, &pairs_made);          /* no cap, one stream */
+        run(seed * 7919, gran, 40, 1, 3000, 0, &pairs_made);  /* tight cap: reclaim and remap */
+        run(seed * 104729, gran, 48, 4, 3000, 0, &pairs_made); /* tight cap, four streams */
     }
-    run(99, 2ull << 20, 24, 2, 4000);          /* CUDA's granularity */
+    run(99, 2ull << 20, 24, 2, 4000, 0, &pairs_made);          /* CUDA's granularity */
+    /* Pairs inside blocks of 2 pages or more (random_size's large blocks reach 6 pages): pairs and
+     * singles traded under the cap, half-claimed pairs, trims and lowered caps releasing pairs. */
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        run(seed * 31, gran, 0, 1, 3000, 2, &pairs_made);
+        run(seed * 7927, gran, 40, 1, 3000, 2, &pairs_made);
+        run(seed * 104723, gran, 48, 4, 3000, 3, &pairs_made);
+    }
+    CHECK(pairs_made > 100); /* the runs above are only meaningful if pairs were made */
+    printf("pairs made: %llu\n", (unsigned long long)pairs_made);
     return check_exit("test_random");
 }

@@ -160,6 +160,7 @@ static nf_status phys_create(nf_pool *pool, uint8_t span, int32_t *p_out) {
     pp->busy_va = pp->last_va = pp->first_alias = NF_NO_PAGE;
     pp->idle_prev = pp->idle_next = NF_NO_PAGE;
     pp->span = span;
+    if (span == 2) pool->stats.num_pairs_made++;
     pool->phys_count += span;
     gauge_add(&pool->stats.reserved_bytes, span * pool->gran);
     *p_out = p;

@@ -136,6 +136,46 @@ for h, c in zip(rows[::2], rows[1::2]):
 sys.exit(1 if bad else 0)' || status=1
 
 fi
+if want pairs; then
+step "pairs of pages (--pair-pages 128): host replay vs CUDA replay, then driver time at a 1.02x cap with and without pairs"
+for t in "${traces[@]}"; do
+  for args in "--pair-pages 128" "--pair-pages 128 --cuda 0" "--capacity-factor 1.02 --cuda 0" \
+              "--capacity-factor 1.02 --pair-pages 128 --cuda 0"; do
+    # shellcheck disable=SC2086 # args: several words
+    build-gpu/nofrag replay --json $args "$t" || echo "{\"trace\": \"$t\", \"failed\": true}"
+  done
+done >"$OUT/replay_pairs.jsonl"
+python3 - "$OUT/replay_pairs.jsonl" <<'PY' || status=1
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+bad = 0
+print(f"{'trace':24s} {'held host':>10s} {'held cuda':>10s}   at 1.02x on the GPU, singles -> pairs: remaps a step, driver us a step")
+for host, cuda, single, pair in zip(rows[::4], rows[1::4], rows[2::4], rows[3::4]):
+    if any(r.get("failed") for r in (host, cuda, single, pair)):
+        bad += 1
+        print(host["trace"], "replay failed")
+        continue
+    ok = (host["peak_mapped_bytes"] == cuda["peak_mapped_bytes"] and cuda["failed_allocs"] == 0
+          and single["failed_allocs"] == 0 and pair["failed_allocs"] == 0)
+    bad += not ok
+    f = lambda r, k: "-" if r.get(k) is None else f"{r[k]:.1f}"
+    print(f"{host['trace']:24s} {host['peak_mapped_bytes'] / 2**30:10.3f} {cuda['peak_mapped_bytes'] / 2**30:10.3f}"
+          f"   {f(single, 'remaps_per_step')} -> {f(pair, 'remaps_per_step')}, {f(single, 'backend_us_per_step')} ->"
+          f" {f(pair, 'backend_us_per_step')}  {'ok' if ok else 'MISMATCH'}")
+sys.exit(1 if bad else 0)
+PY
+step "GPT-2, 100 steps at a 1.02x cap: pairs of pages (NOFRAG_PAIR_PAGES=128) against single pages"
+python3 gpu/gpt2_losses.py native "$OUT/gpt2_native_p.json" 2>&1 | grep -v Warning | tail -1
+peak=$(python3 -c "import json;print(json.load(open('$OUT/gpt2_native_p.json'))['stats']['allocated_bytes.all.peak'])")
+NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_tight_singles.json" 2>&1 \
+  | grep -v Warning | tail -1
+NOFRAG_PAIR_PAGES=128 NOFRAG_CAPACITY=$((peak * 102 / 100)) python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_tight_pairs.json" 2>&1 \
+  | grep -v Warning | tail -1
+NOFRAG_PAIR_PAGES=128 python3 gpu/gpt2_losses.py nofrag "$OUT/gpt2_default_pairs.json" 2>&1 | grep -v Warning | tail -1
+python3 gpu/compare_losses.py "$OUT/gpt2_native_p.json" "$OUT/gpt2_tight_singles.json" "$OUT/gpt2_tight_pairs.json" \
+  "$OUT/gpt2_default_pairs.json" || status=1
+
+fi
 if want gpt2; then
 step "GPT-2, 100 steps: native allocator vs nofrag (default cap, then a tight cap)"
 python3 gpu/gpt2_losses.py native "$OUT/gpt2_native.json" 2>&1 | grep -v Warning | tail -2

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "pairs_scenario.h"
 
 /* Eight pages under a cap of eight, half freed, then a block of two pages: the idle pages must
  * move to a fresh place. Page size P (nf_config.page_bytes). */
@@ -118,6 +119,8 @@ int main(void) {
     /* The pool's pages: the device's granularity, then 4 granules each (one handle per page). */
     pages_scenario(be, be->granularity);
     pages_scenario(be, 4 * be->granularity);
+    /* Pairs of pages: handles of two granules, mapped, moved, unmapped and released whole. */
+    pairs_scenario(be);
     nf_backend_destroy(be);
     memory_pool_scenario();
     return check_exit("test_cuda_backend");

@@ -56,6 +56,8 @@ def lib():
         L.nf_torch_set_memory_fraction.restype = c_int
         L.nf_torch_set_reserve.argtypes = [u64]
         L.nf_torch_set_reserve.restype = c_int
+        L.nf_torch_set_pair_pages.argtypes = [u64]
+        L.nf_torch_set_pair_pages.restype = c_int
         L.nf_torch_set_cuda_pool.argtypes = [c_int]
         L.nf_torch_set_cuda_pool.restype = c_int
         L.nf_torch_record_stream.argtypes = [vp, c_int, vp]

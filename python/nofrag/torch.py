@@ -23,6 +23,11 @@ Settings (argument, else environment variable, else default):
     page_size          NOFRAG_PAGE_SIZE          physical page size, a power-of-two multiple of 2M
                                                  (default 2M): larger pages, fewer driver calls,
                                                  coarser memory (docs/placement.md)
+    pair_pages         NOFRAG_PAIR_PAGES         blocks of at least this many pages (of page_size) back
+                                                 the pairs of pages inside them with one physical
+                                                 allocation of two pages: about half the driver calls
+                                                 for large blocks, a little more memory held (default
+                                                 0: off; 128 is what docs/placement.md measured)
     reuse_across_streams
                        NOFRAG_REUSE_ACROSS_STREAMS  memory freed on one stream with work still queued
                                                  serves other streams at once, each made to wait for
@@ -95,6 +100,13 @@ def _page_size(x):
     return n
 
 
+def _pair_pages(x):
+    n = int(x)
+    if not 0 <= n < 1 << 32:
+        raise ValueError(f"pair_pages must be a number of pages from 0 (off), got {x!r}")
+    return n
+
+
 _BACKENDS = ("vmm", "cuda-pool")
 
 
@@ -106,7 +118,7 @@ def _backend(x):
 
 
 def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-             page_size=None, reuse_across_streams=None, reserve=None, backend=None):
+             page_size=None, reuse_across_streams=None, reserve=None, backend=None, pair_pages=None):
     """The effective settings, from arguments, then NOFRAG_* variables, then defaults."""
     return {
         "capacity": _setting(capacity, "NOFRAG_CAPACITY", parse_bytes, 0),
@@ -120,6 +132,7 @@ def settings(capacity=None, capacity_fraction=None, margin=None, peer_access=Non
         "reuse_across_streams": _setting(reuse_across_streams, "NOFRAG_REUSE_ACROSS_STREAMS", _flag, None),
         "reserve": _setting(reserve, "NOFRAG_RESERVE", parse_bytes, 0),
         "backend": _setting(backend, "NOFRAG_BACKEND", _backend, "vmm"),
+        "pair_pages": _setting(pair_pages, "NOFRAG_PAIR_PAGES", _pair_pages, 0),
     }
 
 
@@ -133,7 +146,7 @@ def active_settings():
 
 
 def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None, log_level=None,
-           page_size=None, reuse_across_streams=None, reserve=None, backend=None):
+           page_size=None, reuse_across_streams=None, reserve=None, backend=None, pair_pages=None):
     """Makes nofrag PyTorch's CUDA allocator. Must run before CUDA is initialised (before the first
     tensor on a GPU, torch.cuda.synchronize(), and the like); raises RuntimeError if it is too late.
     Calling it again after success does nothing."""
@@ -147,10 +160,10 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
             "process (something created a CUDA tensor or queried the device). Call it at the very "
             "start of the program, or set NOFRAG_ENABLE=1 and import nofrag.torch first.")
     s = settings(capacity, capacity_fraction, margin, peer_access, log_level, page_size, reuse_across_streams, reserve,
-                 backend)
-    if s["backend"] == "cuda-pool" and (s["page_size"] or s["reserve"]):
-        raise ValueError("page_size and reserve shape nofrag's own pages; with backend='cuda-pool' CUDA's "
-                         "memory pool places the blocks, so neither can be set")
+                 backend, pair_pages)
+    if s["backend"] == "cuda-pool" and (s["page_size"] or s["reserve"] or s["pair_pages"]):
+        raise ValueError("page_size, reserve and pair_pages shape nofrag's own pages; with backend='cuda-pool' "
+                         "CUDA's memory pool places the blocks, so none can be set")
     L = lib()
     allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "nf_torch_alloc", "nf_torch_free")
     hooked = _hook_record_stream(allocator, L)
@@ -171,6 +184,7 @@ def enable(capacity=None, capacity_fraction=None, margin=None, peer_access=None,
                                s["log_level"], s["page_size"], int(s["reuse_across_streams"])),
           "nofrag.torch.enable")
     check(L.nf_torch_set_reserve(s["reserve"]), "nofrag.torch.enable")
+    check(L.nf_torch_set_pair_pages(s["pair_pages"]), "nofrag.torch.enable")
     check(L.nf_torch_set_cuda_pool(int(s["backend"] == "cuda-pool")), "nofrag.torch.enable")
     torch.cuda.memory.change_current_allocator(allocator)
     _install_hooks(torch, wrap_record_stream=not hooked)

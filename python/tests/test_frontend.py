@@ -128,11 +128,20 @@ class SettingsTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "NOFRAG_BACKEND.*vmm, cuda-pool"):
                 nt.settings()
             del os.environ["NOFRAG_BACKEND"]
+            self.assertEqual(nt.settings()["pair_pages"], 0)
+            self.assertEqual(nt.settings(pair_pages=128)["pair_pages"], 128)
+            os.environ["NOFRAG_PAIR_PAGES"] = "64"
+            self.assertEqual(nt.settings()["pair_pages"], 64)
+            os.environ["NOFRAG_PAIR_PAGES"] = "-1"
+            with self.assertRaisesRegex(ValueError, "NOFRAG_PAIR_PAGES"):
+                nt.settings()
+            del os.environ["NOFRAG_PAIR_PAGES"]
             os.environ["NOFRAG_CAPACITY_FRACTION"] = "1.5"
             with self.assertRaisesRegex(ValueError, "NOFRAG_CAPACITY_FRACTION"):
                 nt.settings()
         finally:
             os.environ.pop("NOFRAG_CAPACITY_FRACTION", None)
+            os.environ.pop("NOFRAG_PAIR_PAGES", None)
             os.environ.pop("NOFRAG_BACKEND", None)
             for k, v in saved.items():
                 if v is None:
@@ -354,7 +363,7 @@ print(json.dumps({"before_any_step": before_any_step, "marked": marked, "after_e
         torch, calls = fake_torch()
         self.use_torch(torch)
         import nofrag.torch as nt
-        for extra in ({"page_size": "4M"}, {"reserve": "1G"}):
+        for extra in ({"page_size": "4M"}, {"reserve": "1G"}, {"pair_pages": 128}):
             with self.assertRaisesRegex(ValueError, "backend='cuda-pool'"):
                 nt.enable(backend="cuda-pool", **extra)
             self.assertNotIn("changed", calls)

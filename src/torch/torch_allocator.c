@@ -24,6 +24,7 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
                        int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
 int nf_torch_set_memory_fraction(double fraction, int device);
 int nf_torch_set_reserve(uint64_t reserve_bytes);
+int nf_torch_set_pair_pages(uint64_t pair_min_pages);
 int nf_torch_set_cuda_pool(int on);
 int nf_torch_record_stream(void *ptr, int device, void *stream);
 void nf_torch_record_stream_hook(void *ptr, void *stream);
@@ -101,6 +102,7 @@ static struct {
     nf_log_level log_level;
     uint64_t page_bytes; /* nf_config.page_bytes; 0: the device's granularity */
     uint64_t reserve_bytes; /* nf_config.reserve_bytes of every device pool (nf_torch_set_reserve) */
+    uint64_t pair_min_pages; /* nf_config.pair_min_pages of every device pool (nf_torch_set_pair_pages) */
     bool reuse_across_streams; /* nf_config.reuse_across_streams */
     /* nf_torch_set_cuda_pool: device pools over CUDA's stream-ordered memory pool (the block
      * backend) rather than virtual memory; CUDA graphs' pools stay on virtual memory (pinned). */
@@ -242,6 +244,7 @@ static nf_pool *device_pool_get(int device) {
             cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
             cfg.page_bytes = torch_state.cuda_pool ? 0 : torch_state.page_bytes; /* refused at set-up */
             cfg.reserve_bytes = torch_state.cuda_pool ? 0 : torch_state.reserve_bytes;
+            cfg.pair_min_pages = torch_state.pair_min_pages; /* no pages with the block backend: unused there */
             cfg.reuse_across_streams = torch_state.reuse_across_streams;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
@@ -495,6 +498,15 @@ int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64
 int nf_torch_set_reserve(uint64_t reserve_bytes) {
     pthread_mutex_lock(&torch_state.lock);
     torch_state.reserve_bytes = reserve_bytes;
+    pthread_mutex_unlock(&torch_state.lock);
+    return NF_OK;
+}
+
+/* Pairs of pages in every device pool made from now on (nf_config.pair_min_pages; 0: none):
+ * NOFRAG_PAIR_PAGES. Pools made before keep their setting. */
+int nf_torch_set_pair_pages(uint64_t pair_min_pages) {
+    pthread_mutex_lock(&torch_state.lock);
+    torch_state.pair_min_pages = pair_min_pages;
     pthread_mutex_unlock(&torch_state.lock);
     return NF_OK;
 }

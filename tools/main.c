@@ -46,6 +46,10 @@ static const char USAGE[] =
     "  --page-size BYTES       the pool's physical page size: a power-of-two multiple of the\n"
     "                          granularity (default: the granularity); fewer, larger pages mean\n"
     "                          fewer driver calls and coarser memory\n"
+    "  --pair-pages N          blocks of N pages or more back the aligned pairs of pages inside\n"
+    "                          them with one physical allocation of two pages, mapped and moved\n"
+    "                          whole (nf_config.pair_min_pages; default 0: off): about half the\n"
+    "                          driver calls for large blocks, a little more memory held\n"
     "  --real-memory           back the pool with real host memory and check every block's\n"
     "                          bytes: a tag in each page it covers, written when it is placed and\n"
     "                          compared when it is freed (JSON: checked_words, corrupt_words); a\n"
@@ -213,6 +217,8 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
     json_bool("reuse_across_streams", c->opts.reuse_across_streams);
     json_u64("stream_lag", c->opts.stream_lag);
     json_u64("page_bytes", s->granularity_bytes);
+    json_u64("pair_min_pages", c->opts.pair_min_pages);
+    json_u64("pairs_made", s->num_pairs_made);
     json_u64("peak_live_bytes", t->peak_live);
     json_u64("peak_mapped_bytes", s->reserved_bytes.peak);
     json_u64("peak_virtual_mapped_bytes", s->mapped_bytes.peak);

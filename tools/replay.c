@@ -232,9 +232,10 @@ int replay_run(const trace *t, const replay_options *opts, replay_result *r, cha
         snprintf(err, err_size, "--real-memory backs the host backend; --cuda replays on device memory");
         return -1;
     }
-    if (opts->cuda_pool && (opts->page_bytes || opts->hold_near_live || opts->reuse_across_streams || opts->layout_log)) {
-        snprintf(err, err_size, "--page-size, --hold-near-live, --reuse-across-streams and --layout-log steer nofrag's "
-                                "placement; with --cuda-pool the driver places blocks");
+    if (opts->cuda_pool && (opts->page_bytes || opts->pair_min_pages || opts->hold_near_live ||
+                            opts->reuse_across_streams || opts->layout_log)) {
+        snprintf(err, err_size, "--page-size, --pair-pages, --hold-near-live, --reuse-across-streams and --layout-log "
+                                "steer nofrag's placement; with --cuda-pool the driver places blocks");
         return -1;
     }
     if (opts->cuda_device >= 0 && t->stream_count > CUDA_STREAMS) {

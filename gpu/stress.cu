@@ -7,7 +7,7 @@
  * counter. A page moved under live data, a block handed to another stream while the first stream
  * still used it, or two blocks sharing memory all show up as wrong words.
  *
- * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB] [FAIL_ONE_IN] [across]
+ * usage: stress OPS [STREAMS] [CAP_MIB] [PAGE_MIB] [FAIL_ONE_IN] [across] [pairs]
  *   exit 0: clean; 1: corruption or error; 77: no GPU
  *   PAGE_MIB: the pool's page size (nf_config.page_bytes); 0 or none: the device's granularity
  *   FAIL_ONE_IN: if set, one driver call in that many (create, map, unmap, set-access, release,
@@ -17,6 +17,8 @@
  *   across: nf_config.reuse_across_streams: memory freed on one stream serves the others at once,
  *     behind a device-side wait (cuStreamWaitEvent) for the freeing stream's kernels; a missing or
  *     misplaced wait lets a fill overwrite a block before its verify ran.
+ *   pairs: nf_config.pair_min_pages = 2: blocks of two pages or more back the pairs of pages inside
+ *     them with handles of two pages, mapped, moved and unmapped whole.
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -96,7 +98,11 @@ int main(int argc, char **argv) {
     unsigned long long cap_mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 256;
     unsigned long long page_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 0; /* 0: the device's */
     unsigned long long fail_every = argc > 5 ? strtoull(argv[5], NULL, 10) : 0;
-    bool across = argc > 6 && strcmp(argv[6], "across") == 0;
+    bool across = false, pairs = false;
+    for (int i = 6; i < argc; i++) {
+        across |= strcmp(argv[i], "across") == 0;
+        pairs |= strcmp(argv[i], "pairs") == 0;
+    }
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
         printf("no GPU: skipped\n");
@@ -127,6 +133,7 @@ int main(int argc, char **argv) {
     cfg.capacity = cap_mib << 20;
     cfg.page_bytes = page_mib << 20;
     cfg.reuse_across_streams = across;
+    cfg.pair_min_pages = pairs ? 2 : 0;
     cfg.log = log_to_stderr;
     nf_pool *pool;
     if (nf_pool_create(&cfg, &injecting, &pool) != NF_OK) return 1;
@@ -180,13 +187,14 @@ int main(int argc, char **argv) {
            (unsigned long long)st.num_event_waits, (unsigned long long)st.calls_stream_wait,
            (double)st.reserved_bytes.peak / 1048576.0, cap_mib, bad, nf_status_str((nf_status)check));
     if (fail_every) printf(", injected driver failures %llu, allocations failed by them %llu", injected, backend_failures);
+    if (pairs) printf(", pairs made %llu", (unsigned long long)st.num_pairs_made);
     printf("\n");
     /* The pool goes before the streams it served: destroying it may record events on them. */
     if (nf_pool_destroy(pool) != NF_OK) return 1;
     nf_backend_destroy(be);
     for (int i = 0; i < nstreams; i++) cudaStreamDestroy(streams[i]);
     return bad == 0 && check == NF_OK && st.num_remaps > 0 && (!fail_every || backend_failures > 0) &&
-                   (!across || st.calls_stream_wait > 0)
+                   (!across || st.calls_stream_wait > 0) && (!pairs || st.num_pairs_made > 0)
                ? 0
                : 1;
 }

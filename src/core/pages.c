@@ -30,41 +30,47 @@ static uint64_t va_of(const nf_pool *pool, uint64_t v) { return pool->base + (v 
 
 /* The place through which mapped virtual page v is reached: v, or for a pair its even page. */
 static inline uint64_t place_of(const nf_pool *pool, uint64_t v) {
-    return pool->phys[pool->pages[v].phys].span == 2 ? v & ~(uint64_t)1 : v;
+    return pool->pairs && pool->phys[pool->pages[v].phys].span == 2 ? v & ~(uint64_t)1 : v;
 }
 
 /* Whether physical page p has a live block on a page of its place `place`. */
 static inline bool place_live(const nf_pool *pool, const phys_page *pp, uint64_t place) {
-    return pool->pages[place].live_blocks || (pp->span == 2 && pool->pages[place + 1].live_blocks);
+    return pool->pages[place].live_blocks || (pool->pairs && pp->span == 2 && pool->pages[place + 1].live_blocks);
 }
 
 /* ---- idle lists of physical pages (singles, pairs): least recently idled first ------------ */
 
-static inline void idle_push(nf_pool *pool, int32_t p) {
+/* The idle list operations take the page's span from the caller: the hot loops of a pool without
+ * pairs pass a constant 1 (release_range, claim_range), the rest pp->span (the wrappers below). */
+static inline void idle_push_span(nf_pool *pool, int32_t p, uint8_t span) {
     phys_page *pp = &pool->phys[p];
-    int k = pp->span - 1;
+    int k = span - 1;
     pp->idle_next = NF_NO_PAGE;
     pp->idle_prev = pool->idle_tail[k];
     if (pool->idle_tail[k] != NF_NO_PAGE) pool->phys[pool->idle_tail[k]].idle_next = p;
     else pool->idle_head[k] = p;
     pool->idle_tail[k] = p;
-    pool->idle_count += pp->span;
-    gauge_add(&pool->stats.idle_bytes, pp->span * pool->gran);
+    pool->idle_count += span;
+    gauge_add(&pool->stats.idle_bytes, span * pool->gran);
 }
+
+static inline void idle_push(nf_pool *pool, int32_t p) { idle_push_span(pool, p, pool->phys[p].span); }
 
 /* Takes p off the list. p keeps its own links (a page off the list never has them read), so that
  * idle_relink can put it back where it was: pages removed one after another and relinked in the
  * reverse order restore the list exactly (pages_claim_in_place's undo). */
-static inline void idle_remove(nf_pool *pool, int32_t p) {
+static inline void idle_remove_span(nf_pool *pool, int32_t p, uint8_t span) {
     phys_page *pp = &pool->phys[p];
-    int k = pp->span - 1;
+    int k = span - 1;
     if (pp->idle_prev != NF_NO_PAGE) pool->phys[pp->idle_prev].idle_next = pp->idle_next;
     else pool->idle_head[k] = pp->idle_next;
     if (pp->idle_next != NF_NO_PAGE) pool->phys[pp->idle_next].idle_prev = pp->idle_prev;
     else pool->idle_tail[k] = pp->idle_prev;
-    pool->idle_count -= pp->span;
-    gauge_sub(&pool->stats.idle_bytes, pp->span * pool->gran);
+    pool->idle_count -= span;
+    gauge_sub(&pool->stats.idle_bytes, span * pool->gran);
 }
+
+static inline void idle_remove(nf_pool *pool, int32_t p) { idle_remove_span(pool, p, pool->phys[p].span); }
 
 static inline void idle_relink(nf_pool *pool, int32_t p) {
     phys_page *pp = &pool->phys[p];
@@ -322,12 +328,14 @@ nf_status pages_grant_access_again(nf_pool *pool) {
     return first_failure;
 }
 
-/* Makes physical page p busy through its place v. */
-static void phys_claim(nf_pool *pool, int32_t p, uint64_t v) {
+/* Makes physical page p (of `span` pages) busy through its place v. */
+static inline void phys_claim_span(nf_pool *pool, int32_t p, uint64_t v, uint8_t span) {
     phys_page *pp = &pool->phys[p];
-    idle_remove(pool, p);
+    idle_remove_span(pool, p, span);
     pp->busy_va = (int32_t)v;
 }
+
+static inline void phys_claim(nf_pool *pool, int32_t p, uint64_t v) { phys_claim_span(pool, p, v, pool->phys[p].span); }
 
 /* How many more physical pages to create before reusing idle ones. Under a cap, up to the cap:
  * more pages mean fewer aliases each and fewer conflicts later; but no more than
@@ -466,20 +474,27 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint8_t span, uint32_t idx,
 static void range_cost(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *need_out, uint64_t *claimed_out) {
     uint64_t need = 0, claimed = 0, claimed_pair = UINT64_MAX;
     uint32_t stamp = ++pool->stamp;
+    const bool pairs = pool->pairs;
     for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++) {
         const page *pg = &pool->pages[v];
         if (pg->live_blocks) continue;
         if (pg->phys != NF_NO_PAGE) {
             phys_page *pp = &pool->phys[pg->phys];
-            uint64_t place = pp->span == 2 ? v & ~(uint64_t)1 : v;
-            /* A pair busy through this place (a block on its other page), or claimed already
-             * through its first page in the range: backed. */
-            if (pp->busy_va == (int32_t)place || place == claimed_pair) continue;
-            /* A single mapped at one place cannot appear twice in the range: no mark needed. */
-            if (pp->busy_va == NF_NO_PAGE && ((pp->aliases == 1 && pp->span == 1) || pp->stamp != stamp)) {
-                pp->stamp = stamp;
-                claimed += pp->span; /* a pair claimed through one page holds both */
-                if (pp->span == 2) claimed_pair = place;
+            if (pairs && pp->span == 2) {
+                uint64_t place = v & ~(uint64_t)1;
+                /* Busy through this place (a block on its other page), or claimed already through
+                 * its first page in the range: backed. Else claimed whole (both pages held). */
+                if (pp->busy_va == (int32_t)place || place == claimed_pair) continue;
+                if (pp->busy_va == NF_NO_PAGE && pp->stamp != stamp) {
+                    pp->stamp = stamp;
+                    claimed += 2;
+                    claimed_pair = place;
+                    continue;
+                }
+            } else if (pp->busy_va == NF_NO_PAGE && (pp->aliases == 1 || pp->stamp != stamp)) {
+                /* A page mapped at one place cannot appear twice in the range: no mark needed. */
+                if (pp->aliases > 1) pp->stamp = stamp;
+                claimed++;
                 continue;
             }
         }
@@ -515,20 +530,24 @@ bool pages_available(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *cost
 
 /* Undoes pages_claim_in_place on pages [first, stop), last page first, so that physical pages go
  * back onto the idle lists in the reverse of the order they left. */
-static void claim_undo(nf_pool *pool, uint64_t first, uint64_t stop) {
+static inline void claim_undo_range(nf_pool *pool, uint64_t first, uint64_t stop, const bool pairs) {
     for (uint64_t v = stop; v-- > first;) {
         page *pg = &pool->pages[v];
         if (--pg->live_blocks) continue;
         phys_page *pp = &pool->phys[pg->phys];
-        if (place_live(pool, pp, place_of(pool, v))) continue; /* a pair still used through its other page */
+        if (pairs && place_live(pool, pp, place_of(pool, v))) continue; /* a pair still used through its other page */
         pp->busy_va = NF_NO_PAGE;
         idle_relink(pool, pg->phys);
     }
 }
 
-bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx) {
-    if (pool->pages_without_access) return false;
-    uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
+static void claim_undo(nf_pool *pool, uint64_t first, uint64_t stop) {
+    if (pool->pairs) claim_undo_range(pool, first, stop, true);
+    else claim_undo_range(pool, first, stop, false);
+}
+
+/* pages_claim_in_place on [first, last], `pairs` constant as in release_range. */
+static inline bool claim_range(nf_pool *pool, uint64_t first, uint64_t last, uint32_t idx, const bool pairs) {
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         if (pg->phys == NF_NO_PAGE) {
@@ -536,19 +555,26 @@ bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t 
             return false;
         }
         phys_page *pp = &pool->phys[pg->phys];
-        int32_t place = (int32_t)place_of(pool, v);
+        int32_t place = (int32_t)(pairs && pp->span == 2 ? v & ~(uint64_t)1 : v);
         /* Busy through v's place already, or idle and last used there: only work from the page's
          * other places could be in the way, and only the own stream's is known not to be. */
         bool ok = fence_only_own(pp->alias_fence_mask, idx) &&
-                  (pp->busy_va == place || (pp->busy_va == NF_NO_PAGE && pp->last_va == place));
+                  ((pairs ? pp->busy_va == place : pg->live_blocks != 0) ||
+                   (pp->busy_va == NF_NO_PAGE && pp->last_va == place));
         if (!ok) {
             claim_undo(pool, first, v);
             return false;
         }
-        if (pg->live_blocks++ || pp->busy_va == place) continue;
-        phys_claim(pool, pg->phys, (uint64_t)place);
+        if (pg->live_blocks++ || (pairs && pp->busy_va == place)) continue;
+        phys_claim_span(pool, pg->phys, (uint64_t)place, pairs ? pp->span : 1);
     }
     return true;
+}
+
+bool pages_claim_in_place(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx) {
+    if (pool->pages_without_access) return false;
+    uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
+    return pool->pairs ? claim_range(pool, first, last, idx, true) : claim_range(pool, first, last, idx, false);
 }
 
 void pages_claim_undo(nf_pool *pool, uint64_t addr, uint64_t size) {
@@ -573,13 +599,14 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     nf_status s = NF_OK;
     bool missing = false;
     uint64_t conflict_start = 0, conflicts = 0;
+    const bool pairs = pool->pairs;
     /* First every page that can be had in place, so no page of this range is taken away from it
      * to serve another page of the same range. */
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
-        uint64_t place = pp && pp->span == 2 ? v & ~(uint64_t)1 : v;
-        if (pg->live_blocks++ || (pp && pp->busy_va == (int32_t)place)) {
+        uint64_t place = pairs && pp && pp->span == 2 ? v & ~(uint64_t)1 : v;
+        if (pg->live_blocks++ || (pairs && pp && pp->busy_va == (int32_t)place)) {
             /* Busy through v's place already: only work from the page's other places can be in
              * the way. */
             if ((s = alias_fence_wait(pool, pp, idx)) != NF_OK) return count_rest(pool, v + 1, last, s);
@@ -595,7 +622,7 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
              * such places (two locals rather than a run struct like access_run: this loop is the
              * allocator's hot path, and the struct cost 0.4% of replay instructions). */
             missing = true;
-            if (conflicts && conflict_start + conflicts > v) continue; /* a pair's page, in the run */
+            if (pairs && conflicts && conflict_start + conflicts > v) continue; /* a pair's page, in the run */
             if (conflicts && conflict_start + conflicts == place) {
                 conflicts += pp->span;
                 continue;
@@ -619,7 +646,7 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     if (!missing) return NF_OK;
     if (conflicts && (s = alias_unmap_run(pool, conflict_start, conflicts)) != NF_OK) return s;
     access_run run = {0, 0};
-    bool pairs = block_takes_pairs(pool, first, last);
+    bool take_pairs = block_takes_pairs(pool, first, last);
     /* The pages wholly inside the block: [inner_first, inner_end). */
     uint64_t inner_first = page_of(pool, addr + pool->gran - 1), inner_end = page_of(pool, addr + size);
     for (uint64_t v = first; v <= last && s == NF_OK; v++) {
@@ -632,7 +659,7 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
             v = end - 1;
             continue;
         }
-        if (pairs && !(v & 1) && v >= inner_first && v + 2 <= inner_end && pool->pages[v + 1].phys == NF_NO_PAGE) {
+        if (take_pairs && !(v & 1) && v >= inner_first && v + 2 <= inner_end && pool->pages[v + 1].phys == NF_NO_PAGE) {
             s = phys_for(pool, v, 2, idx, reused, &run);
             if (s == NF_OK) {
                 v++;
@@ -649,22 +676,32 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     return s != NF_OK ? s : flushed;
 }
 
-void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq) {
-    for (uint64_t v = page_of(pool, addr), last = page_last(pool, addr, size); v <= last; v++) {
+/* pages_release on [first, last]; `pairs` is pool->pairs, a constant in each of the two calls
+ * below, so that the loop of a pool without pairs (every place one page) has no pair case in it:
+ * this loop is a fifth of the replay's instructions. */
+static inline void release_range(nf_pool *pool, uint64_t first, uint64_t last, uint64_t mask, uint64_t seq,
+                                 const bool pairs) {
+    for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         pg->live_blocks--;
         if (mask && seq > pg->last_free_seq) pg->last_free_seq = seq;
         if (pg->phys == NF_NO_PAGE) continue;
         phys_page *pp = &pool->phys[pg->phys];
-        uint64_t place = place_of(pool, v);
+        uint64_t place = pairs && pp->span == 2 ? v & ~(uint64_t)1 : v;
         if (pp->busy_va != (int32_t)place) continue;
         fence_add(pool, pp, mask, seq);
         pp->last_va = (int32_t)place;
-        if (!place_live(pool, pp, place)) {
+        if (pairs ? !place_live(pool, pp, place) : !pg->live_blocks) {
             pp->busy_va = NF_NO_PAGE;
-            idle_push(pool, pg->phys);
+            idle_push_span(pool, pg->phys, pairs ? pp->span : 1);
         }
     }
+}
+
+void pages_release(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t mask, uint64_t seq) {
+    uint64_t first = page_of(pool, addr), last = page_last(pool, addr, size);
+    if (pool->pairs) release_range(pool, first, last, mask, seq, true);
+    else release_range(pool, first, last, mask, seq, false);
 }
 
 nf_status pages_make_reserve(nf_pool *pool) {

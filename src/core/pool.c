@@ -457,6 +457,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
     pool->reserve_pages = round_up(config->reserve_bytes, gran) / gran;
+    pool->pairs = config->pair_min_pages && !config->pin_pages;
     pool->order_on_device = config->reuse_across_streams && (backend->caps & NF_BACKEND_CAP_EVENTS) &&
                             (backend->caps & NF_BACKEND_CAP_STREAM_WAIT) && backend->stream_wait;
     block *whole = NULL;

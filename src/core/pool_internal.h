@@ -207,6 +207,9 @@ struct nf_pool {
     uint64_t free_seq; /* incremented by every free */
     /* config.reuse_across_streams and a backend that can make a stream wait on the device */
     bool order_on_device;
+    /* config.pair_min_pages without pin_pages: physical pages of two pool pages may exist. Without
+     * them every place is one page, and the page layer's hot loops skip the pair cases. */
+    bool pairs;
     /* A cap within BUDGET_TIGHT_PERCENT of the live peak so far: differently fenced free
      * neighbours then merge at once (blocks_mergeable, budget_check in pool.c), and requests
      * smaller than a page go first to pages already busy (placement.c, step 0). */

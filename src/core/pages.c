@@ -14,8 +14,14 @@
  * moves between ranges that are never live at the same time. A physical page keeps at most
  * MAX_ALIASES mappings; the oldest goes when another is needed.
  *
- * Physical memory held is the number of physical pages; the cap bounds that, never the virtual
- * mappings.
+ * With nf_config.pair_min_pages a physical page may be a pair: one handle of two pages, mapped
+ * only whole at a place of two virtual pages starting at an even one (its place is named by that
+ * page). It is busy while a live block lies on either page of one place, and is claimed whole
+ * even by a block that covers one of the two (the other is then held unused): pairs halve the
+ * handles that large blocks move, for some memory (docs/placement.md, "Pairs of pages, built").
+ *
+ * Physical memory held is the number of pages of physical memory (a pair counts two); the cap
+ * bounds that, never the virtual mappings.
  */
 #include "pages.h"
 

@@ -15,4 +15,4 @@ def allocator_stats(mode):
     return {k: st[k] for k in ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "num_remaps",
                                "backend_calls", "num_ooms", "overhead_ratio", "capacity_bytes",
                                "calls_event_sync", "calls_stream_wait", "backend_ns",
-                               "event_wait_ns")}
+                               "event_wait_ns", "num_pairs_made")}

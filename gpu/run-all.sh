@@ -334,6 +334,10 @@ if [ "$gpus" -ge 2 ]; then
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py native "$OUT/fsdp_native.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
   torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag "$OUT/fsdp_nofrag.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
   python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag.json" || status=1
+  # Pairs of pages (an option), in every block of two pages or more: FSDP's streams over handles of two pages.
+  NOFRAG_PAIR_PAGES=2 torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag \
+    "$OUT/fsdp_nofrag_pairs.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2
+  python3 gpu/compare_losses.py "$OUT/fsdp_native.json" "$OUT/fsdp_nofrag_pairs.json" || status=1
   # Reuse across streams off: the rule used where PyTorch lacks the record-stream callback.
   NOFRAG_REUSE_ACROSS_STREAMS=0 torchrun --standalone --nproc_per_node="$gpus" gpu/ddp_losses.py nofrag \
     "$OUT/fsdp_nofrag_noacross.json" fsdp 2>&1 | grep -E "final loss|Error" | tail -2

@@ -15,5 +15,8 @@ echo
 echo "== cap of 1.02 x peak live, memory reused across streams (the PyTorch front end's default; only traces with several streams change) =="
 build/nofrag replay --reuse-across-streams --capacity-factor 1.02 traces/*.csv.gz
 echo
+echo "== cap of 1.02 x peak live with pairs of pages inside blocks of 128+ pages (--pair-pages 128, an option: fewer page moves, some memory) =="
+build/nofrag replay --pair-pages 128 --capacity-factor 1.02 traces/*.csv.gz
+echo
 echo "== issue 3's goals, trace by trace (C API defaults) =="
 python3 bench/placement_goals.py --nofrag build/nofrag traces/*.csv.gz

@@ -26,7 +26,8 @@ Settings (argument, else environment variable, else default):
     pair_pages         NOFRAG_PAIR_PAGES         blocks of at least this many pages (of page_size) back
                                                  the pairs of pages inside them with one physical
                                                  allocation of two pages: about half the driver calls
-                                                 for large blocks, a little more memory held (default
+                                                 for large blocks, a little more memory held, so
+                                                 give a cap at least 3% above the live peak (default
                                                  0: off; 128 is what docs/placement.md measured)
     reuse_across_streams
                        NOFRAG_REUSE_ACROSS_STREAMS  memory freed on one stream with work still queued

@@ -435,7 +435,8 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint8_t span, uint32_t idx,
         }
         if (p == NF_NO_PAGE && pool->idle_head[1] == NF_NO_PAGE) return NF_ERR_OUT_OF_MEMORY;
     } else {
-        if (pool->idle_head[0] == NF_NO_PAGE && pool->idle_head[1] != NF_NO_PAGE && !pool->config.pin_pages &&
+        /* (Never with pin_pages: a pinned pool makes no pairs.) */
+        if (pool->idle_head[0] == NF_NO_PAGE && pool->idle_head[1] != NF_NO_PAGE &&
             (headroom(pool) == 0 || growth_room(pool) == 0)) {
             if ((s = phys_release(pool, pool->idle_head[1])) != NF_OK) return s;
             *reused = true;
@@ -597,7 +598,7 @@ static nf_status count_rest(nf_pool *pool, uint64_t from, uint64_t last, nf_stat
 /* Whether the block on [addr, addr + size) backs the aligned pairs of pages wholly inside it with
  * pairs (nf_config.pair_min_pages). */
 static bool block_takes_pairs(const nf_pool *pool, uint64_t first, uint64_t last) {
-    return pool->config.pair_min_pages && !pool->config.pin_pages && last - first + 1 >= pool->config.pair_min_pages;
+    return pool->pairs && last - first + 1 >= pool->config.pair_min_pages;
 }
 
 nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t idx, bool *reused) {
@@ -797,7 +798,7 @@ nf_status pages_check(nf_pool *pool) {
     for (uint64_t p = 0; p < pool->phys_used; p++) {
         const phys_page *pp = &pool->phys[p];
         if (!pp->handle) continue;
-        INVARIANT(pp->span == 1 || (pp->span == 2 && !pool->config.pin_pages), "I7 physical page %llu of span %u",
+        INVARIANT(pp->span == 1 || (pp->span == 2 && pool->pairs), "I7 physical page %llu of span %u",
               (unsigned long long)p, (unsigned)pp->span);
         physical += pp->span;
         uint32_t aliases = 0;

@@ -137,7 +137,7 @@ typedef struct nf_config {
      * gradient-accumulation jobs, docs/placement.md): give a cap at least 3% above the live peak.
      * Under a cap, a single page that finds none idle and no room takes the memory of an idle
      * pair (released, its pages made again as singles); a pair that finds no room takes two
-     * singles. Not with pin_pages (ignored there). */
+     * singles. Not with pin_pages, nor with a block backend (ignored by both). */
     uint64_t pair_min_pages;
 } nf_config;
 

@@ -23,6 +23,7 @@ int nf_torch_trim(int device, uint64_t keep_bytes);
 int nf_torch_check(int device);
 int nf_torch_use_host_backend(void);
 int nf_torch_set_reserve(uint64_t reserve_bytes);
+int nf_torch_set_pair_pages(uint64_t pair_min_pages);
 int nf_torch_set_cuda_pool(int on);
 int nf_torch_configure(uint64_t capacity_bytes, double capacity_fraction, uint64_t margin_bytes,
                        int peer_access, int log_level, uint64_t page_bytes, int reuse_across_streams);
@@ -137,13 +138,16 @@ static long long stat_of(const char *key) {
 
 static int cuda_pool_main(void) {
     REQUIRE(nf_torch_use_host_backend() == NF_OK);
-    /* A page size or a reserve shapes nofrag's own pages: refused with the block backend. */
+    /* A page size, a reserve or pairs of pages shape nofrag's own pages: refused with the block backend. */
     CHECK_OK(nf_torch_configure(0, 0.0, 512ull << 20, 2, 1, 4 * MIB, 0));
     CHECK(nf_torch_set_cuda_pool(1) == NF_ERR_INVALID_ARG);
     CHECK_OK(nf_torch_configure(0, 0.0, 512ull << 20, 2, 1, 0, 0));
     CHECK_OK(nf_torch_set_reserve(64 * MIB));
     CHECK(nf_torch_set_cuda_pool(1) == NF_ERR_INVALID_ARG);
     CHECK_OK(nf_torch_set_reserve(0));
+    CHECK_OK(nf_torch_set_pair_pages(128));
+    CHECK(nf_torch_set_cuda_pool(1) == NF_ERR_INVALID_ARG);
+    CHECK_OK(nf_torch_set_pair_pages(0));
     CHECK_OK(nf_torch_set_cuda_pool(1));
     char *blocks[8];
     for (int i = 0; i < 8; i++) {

@@ -244,7 +244,7 @@ static nf_pool *device_pool_get(int device) {
             cfg.hold_near_live = !torch_state.capacity_bytes && !(torch_state.capacity_fraction > 0);
             cfg.page_bytes = torch_state.cuda_pool ? 0 : torch_state.page_bytes; /* refused at set-up */
             cfg.reserve_bytes = torch_state.cuda_pool ? 0 : torch_state.reserve_bytes;
-            cfg.pair_min_pages = torch_state.pair_min_pages; /* no pages with the block backend: unused there */
+            cfg.pair_min_pages = torch_state.pair_min_pages; /* refused with the block backend */
             cfg.reuse_across_streams = torch_state.reuse_across_streams;
             cfg.virtual_bytes = 2 * total > 4 * cap ? 2 * total : 4 * cap;
             cfg.log = torch_log;
@@ -512,12 +512,12 @@ int nf_torch_set_pair_pages(uint64_t pair_min_pages) {
 }
 
 /* Device pools made from now on use CUDA's stream-ordered memory pool (on != 0) or virtual
- * memory (0, the default). NF_ERR_INVALID_ARG when a page size or a reserve is set with it (they
- * shape nofrag's own pages; the driver places blocks there). */
+ * memory (0, the default). NF_ERR_INVALID_ARG when a page size, a reserve or pairs of pages are
+ * set with it (they shape nofrag's own pages; the driver places blocks there). */
 int nf_torch_set_cuda_pool(int on) {
     pthread_mutex_lock(&torch_state.lock);
     int s = NF_OK;
-    if (on && (torch_state.page_bytes || torch_state.reserve_bytes)) s = NF_ERR_INVALID_ARG;
+    if (on && (torch_state.page_bytes || torch_state.reserve_bytes || torch_state.pair_min_pages)) s = NF_ERR_INVALID_ARG;
     else torch_state.cuda_pool = on != 0;
     pthread_mutex_unlock(&torch_state.lock);
     return s;

@@ -137,7 +137,7 @@ typedef struct nf_config {
      * gradient-accumulation jobs, docs/placement.md): give a cap at least 3% above the live peak.
      * Under a cap, a single page that finds none idle and no room takes the memory of an idle
      * pair (released, its pages made again as singles); a pair that finds no room takes two
-     * singles. Not with pin_pages, nor with a block backend (ignored by both). */
+     * singles. Refused with pin_pages and with a block backend. */
     uint64_t pair_min_pages;
 } nf_config;
 
@@ -149,8 +149,9 @@ nf_config nf_config_default(void);
  * Fails with NF_ERR_INVALID_ARG iff config, backend or pool_out is NULL, or a config field is out
  * of range (alignment neither 0 nor a power of two >= 256, capacity below one page,
  * virtual_bytes < capacity, page_bytes not a power-of-two multiple of the backend's granularity,
- * alignment > page size, reserve_bytes over the capacity or the address space, or with
- * pin_pages); NF_ERR_BACKEND
+ * alignment > page size, reserve_bytes over the capacity or the address space, reserve_bytes or
+ * pair_min_pages with pin_pages; with a backend that places blocks, any of page_bytes,
+ * reserve_bytes, pin_pages or pair_min_pages); NF_ERR_BACKEND
  * iff the reservation fails, NF_ERR_OUT_OF_MEMORY iff the device cannot hold reserve_bytes; NF_ERR_NO_MEMORY_HOST iff
  * bookkeeping memory cannot be had.
  * O(virtual_bytes / granularity) for the page table; thread-safe. */

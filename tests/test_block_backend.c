@@ -47,6 +47,9 @@ static void refused_configs(void) {
     cfg.page_bytes = 4 * MIB; /* the backend places blocks: there are no pages to size */
     CHECK_STATUS(nf_pool_create(&cfg, be, &pool), NF_ERR_INVALID_ARG);
     cfg = nf_config_default();
+    cfg.pair_min_pages = 2; /* nor to pair */
+    CHECK_STATUS(nf_pool_create(&cfg, be, &pool), NF_ERR_INVALID_ARG);
+    cfg = nf_config_default();
     cfg.capacity = MIB; /* under one unit of the backend */
     CHECK_STATUS(nf_pool_create(&cfg, be, &pool), NF_ERR_INVALID_ARG);
     nf_backend lacking = *be; /* a table that says it places blocks but cannot */

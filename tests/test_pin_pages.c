@@ -131,5 +131,13 @@ int main(void) {
     CHECK_OK(nf_free(pool, b, NULL));
     CHECK_OK(nf_free(pool, c, NULL));
     test_pool_close(pool, be);
+
+    /* Pairs only make moves cheaper, and a pinned pool never moves a page: refused, like a reserve. */
+    REQUIRE(nf_backend_host_create(false, GRAN, &be) == NF_OK);
+    cfg.pair_min_pages = 2;
+    pool = NULL;
+    CHECK_STATUS(nf_pool_create(&cfg, be, &pool), NF_ERR_INVALID_ARG);
+    CHECK(pool == NULL);
+    nf_backend_destroy(be);
     return check_exit("test_pin_pages");
 }

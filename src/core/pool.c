@@ -413,8 +413,9 @@ static nf_pool *pool_new(const nf_config *config, nf_backend *backend, uint64_t 
 static nf_status delegated_pool_create(const nf_config *config, nf_backend *backend, uint64_t align,
                                        nf_pool **pool_out) {
     uint64_t gran = backend->granularity;
+    /* The backend places blocks: there are no pages to size or pair. */
     if (align < 256 || (align & (align - 1)) || gran == 0 || (gran & (gran - 1)) || config->page_bytes ||
-        (config->capacity && config->capacity < gran))
+        config->pair_min_pages || (config->capacity && config->capacity < gran))
         return NF_ERR_INVALID_ARG;
     nf_pool *pool = pool_new(config, backend, align, gran);
     if (!pool) return NF_ERR_NO_MEMORY_HOST;
@@ -448,7 +449,9 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     virtual_bytes = round_up(virtual_bytes, gran);
     if (virtual_bytes < capacity || virtual_bytes / gran > INT32_MAX) return NF_ERR_INVALID_ARG;
     if (config->reserve_bytes > virtual_bytes || (capacity && config->reserve_bytes > capacity) ||
-        (config->reserve_bytes && config->pin_pages)) /* a pinned pool's pages each have their place */
+        /* A pinned pool's pages each have their place, so it reserves none, and it never moves a
+         * page, which is all that pairs make cheaper. */
+        (config->pin_pages && (config->reserve_bytes || config->pair_min_pages)))
         return NF_ERR_INVALID_ARG;
 
     nf_pool *pool = pool_new(config, backend, align, gran);
@@ -457,7 +460,7 @@ nf_status nf_pool_create(const nf_config *config, nf_backend *backend, nf_pool *
     pool->cap_pages = capacity / gran;
     pool->page_count = virtual_bytes / gran;
     pool->reserve_pages = round_up(config->reserve_bytes, gran) / gran;
-    pool->pairs = config->pair_min_pages && !config->pin_pages;
+    pool->pairs = config->pair_min_pages != 0;
     pool->order_on_device = config->reuse_across_streams && (backend->caps & NF_BACKEND_CAP_EVENTS) &&
                             (backend->caps & NF_BACKEND_CAP_STREAM_WAIT) && backend->stream_wait;
     block *whole = NULL;

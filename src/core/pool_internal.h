@@ -207,7 +207,7 @@ struct nf_pool {
     uint64_t free_seq; /* incremented by every free */
     /* config.reuse_across_streams and a backend that can make a stream wait on the device */
     bool order_on_device;
-    /* config.pair_min_pages without pin_pages: physical pages of two pool pages may exist. Without
+    /* config.pair_min_pages (never with pin_pages): physical pages of two pool pages may exist. Without
      * them every place is one page, and the page layer's hot loops skip the pair cases. */
     bool pairs;
     /* A cap within BUDGET_TIGHT_PERCENT of the live peak so far: differently fenced free

@@ -40,6 +40,13 @@ grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || status=1
 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 0 0 across \
   2>&1 | tee "$OUT/memcheck_across.log" | tail -4 || status=1
 grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck_across.log" || status=1
+# Pairs of pages (nf_config.pair_min_pages = 2): two-page handles mapped, moved and unmapped
+# whole, under both stream rules.
+for rule in "" across; do
+  compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu/gpu_stress 30000 4 128 0 0 $rule pairs \
+    2>&1 | tee "$OUT/memcheck_pairs$rule.log" | tail -4 || status=1
+  grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck_pairs$rule.log" || status=1
+done
 
 fi
 # The bundled traces, for the replay, cost and replay8m sections (set here so that any of them

@@ -40,7 +40,8 @@ static const char USAGE[] =
     "                          other streams' frees are not known done at once\n"
     "  --json                  one JSON object per trace, one per line\n"
     "  --per-step              with --json: backend calls, remaps and estimated driver time of\n"
-    "                          every step (step_calls, step_remaps, step_driver_us; index 0 is\n"
+    "                          every step (step_calls, step_remaps, step_driver_us, and\n"
+    "                          step_live_peak: the live peak so far at the step's end; index 0 is\n"
     "                          making the pool and what came before the first step)\n"
     "  --granularity BYTES     the host backend's page size (default 2M, CUDA's)\n"
     "  --page-size BYTES       the pool's physical page size: a power-of-two multiple of the\n"
@@ -194,6 +195,7 @@ static void json_str(const char *name, const char *v) {
 static double step_calls(const replay_step *s) { return (double)s->calls; }
 static double step_remaps(const replay_step *s) { return (double)s->remaps; }
 static double step_driver_us(const replay_step *s) { return s->driver_us; }
+static double step_live_peak(const replay_step *s) { return (double)s->live_peak; }
 
 static void json_step_array(const char *name, const replay_result *r, double (*figure)(const replay_step *),
                             const char *fmt) {
@@ -268,6 +270,7 @@ static void print_json(const cli *c, const trace *t, const replay_result *r, uin
         json_step_array("step_calls", r, step_calls, "%.0f");
         json_step_array("step_remaps", r, step_remaps, "%.0f");
         json_step_array("step_driver_us", r, step_driver_us, "%.1f");
+        json_step_array("step_live_peak", r, step_live_peak, "%.0f");
     }
     if (c->min_capacity) {
         json_u64("min_capacity_bytes", min_cap);

@@ -66,7 +66,7 @@ static void per_step_close(nf_pool *pool, replay_result *r, uint32_t slot, nf_st
     nf_stats now;
     nf_stats_get(pool, &now);
     nf_stats d = stats_delta(&now, last);
-    r->steps[slot] = (replay_step){d.backend_calls, d.num_remaps, replay_cost_us(&d)};
+    r->steps[slot] = (replay_step){d.backend_calls, d.num_remaps, replay_cost_us(&d), now.allocated_bytes.peak};
     *last = now;
 }
 

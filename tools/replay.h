@@ -43,11 +43,14 @@ typedef struct replay_options {
     nf_log_level log_level;
 } replay_options;
 
-/* What one step cost: backend calls, page remaps, estimated driver time. */
+/* What one step cost: backend calls, page remaps, estimated driver time; and the live peak so far
+ * at its end, so that the steps which raised it (and must map pages at places never used) can be
+ * told from the others. */
 typedef struct replay_step {
     uint64_t calls;
     uint64_t remaps;
     double driver_us;
+    uint64_t live_peak;
 } replay_step;
 
 typedef struct replay_result {

@@ -87,7 +87,22 @@ static void run(uint64_t seed, uint64_t gran, uint64_t cap_pages, int streams, i
     free(live);
 }
 
-int main(void) {
+/* A soak over seeds first..last (test_random FIRST LAST, not run by CTest): caps, streams and
+ * pairs varying by seed. */
+static int soak(uint64_t first, uint64_t last) {
+    uint64_t pairs_made = 0;
+    for (uint64_t seed = first; seed <= last; seed++) {
+        run(seed, 64 * 1024, seed % 2 ? 0 : 30 + seed % 30, 1 + (int)(seed % 4), 4000, 0, &pairs_made);
+        run(seed * 7919, 64 * 1024, 30 + seed % 40, 1 + (int)(seed % 4), 4000, 2 + seed % 4, &pairs_made);
+        run(seed * 104729, 64 * 1024, 0, 1 + (int)(seed % 3), 4000, 2 + seed % 4, &pairs_made);
+    }
+    printf("seeds %llu-%llu: pairs made %llu\n", (unsigned long long)first, (unsigned long long)last,
+           (unsigned long long)pairs_made);
+    return check_exit("test_random soak");
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3) return soak(strtoull(argv[1], NULL, 10), strtoull(argv[2], NULL, 10));
     const uint64_t gran = 64 * 1024;
     uint64_t pairs_made = 0;
     for (uint64_t seed = 1; seed <= 12; seed++) {

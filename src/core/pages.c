@@ -310,6 +310,18 @@ static nf_status access_add(nf_pool *pool, access_run *run, uint64_t v) {
     return s;
 }
 
+/* The `span` pages of place v are to be used: all of them join the run, even when flushing the
+ * run before them fails (access_add adds its page either way), so that a pair's two pages are
+ * granted access, or marked without it, together (I7). Returns the first failure. */
+static nf_status access_add_place(nf_pool *pool, access_run *run, uint64_t v, uint8_t span) {
+    nf_status first_failure = NF_OK;
+    for (uint64_t u = v; u < v + span; u++) {
+        nf_status s = access_add(pool, run, u);
+        if (first_failure == NF_OK) first_failure = s;
+    }
+    return first_failure;
+}
+
 nf_status pages_grant_access_again(nf_pool *pool) {
     nf_status first_failure = NF_OK;
     uint64_t v = 0;
@@ -469,8 +481,7 @@ static nf_status phys_for(nf_pool *pool, uint64_t v, uint8_t span, uint32_t idx,
     alias_fence_take(pool, &pool->phys[p]);
     if ((s = alias_map(pool, p, v)) != NF_OK) return s;
     phys_claim(pool, p, v);
-    if (span == 2 && (s = access_add(pool, run, v)) != NF_OK) return s;
-    return access_add(pool, run, v + span - 1);
+    return access_add_place(pool, run, v, span);
 }
 
 /* ---- what the block layer asks -------------------------------------------------------------- */
@@ -661,9 +672,10 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
         if (pg->phys != NF_NO_PAGE) {
             if (!pg->no_access) continue;
             /* Access is granted to whole places: a pair's both pages (they lack it together). */
-            uint64_t place = place_of(pool, v), end = place + pool->phys[pg->phys].span;
-            for (uint64_t u = place; u < end && s == NF_OK; u++) s = access_add(pool, &run, u);
-            v = end - 1;
+            uint64_t place = place_of(pool, v);
+            uint8_t span = pool->phys[pg->phys].span;
+            s = access_add_place(pool, &run, place, span);
+            v = place + span - 1;
             continue;
         }
         if (take_pairs && !(v & 1) && v >= inner_first && v + 2 <= inner_end && pool->pages[v + 1].phys == NF_NO_PAGE) {

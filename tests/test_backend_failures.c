@@ -78,15 +78,19 @@ static void keep_message(void *user, nf_log_level level, const char *m) {
     snprintf(last_message, sizeof last_message, "%s", m);
 }
 
-/* argv[1], optional: another seed for the workload and the failures; argv[2], optional: "hold" to
+/* argv[1], optional: another seed for the workload and the failures; then any of: "hold" to
  * run under nf_config.hold_near_live (the cap then only limits: pages move before it is reached),
  * "across" to run with nf_config.reuse_across_streams (streams wait for each other on the device),
  * "pairs" to back the inside of blocks of 2 pages or more with pairs (nf_config.pair_min_pages). */
 int main(int argc, char **argv) {
     if (argc > 1) rng_state = strtoull(argv[1], NULL, 10);
-    bool hold = argc > 2 && strcmp(argv[2], "hold") == 0;
-    bool across = argc > 2 && strcmp(argv[2], "across") == 0;
-    bool pairs = argc > 2 && strcmp(argv[2], "pairs") == 0;
+    bool hold = false, across = false, pairs = false;
+    for (int i = 2; i < argc; i++) {
+        hold |= strcmp(argv[i], "hold") == 0;
+        across |= strcmp(argv[i], "across") == 0;
+        pairs |= strcmp(argv[i], "pairs") == 0;
+        REQUIRE(!strcmp(argv[i], "hold") || !strcmp(argv[i], "across") || !strcmp(argv[i], "pairs"));
+    }
     REQUIRE(nf_backend_host_create(true, GRAN, &inner) == NF_OK);
     nf_backend wrapped = *inner;
     wrapped.page_create = w_page_create;

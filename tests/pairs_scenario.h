@@ -1,5 +1,5 @@
 /* One scenario of pairs of pages (nf_config.pair_min_pages), run on the host backend
- * (test_host_backend) and on a GPU (test_cuda_backend) with the same expected figures: pairs made
+ * (test_pairs) and on a GPU (test_cuda_backend) with the same expected figures: pairs made
  * inside blocks, a block too large for the hole its predecessor left going higher up onto a pair
  * made for it and two idle pairs mapped at new places, a one-page block claiming half of an idle
  * pair, and a trim that unmaps every place of every pair (two pages a call) and releases them. */

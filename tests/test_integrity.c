@@ -24,12 +24,12 @@ static uint64_t corrupt_words(const live_block *b) {
     return bad;
 }
 
+static uint64_t pairs_made; /* by every run_pairs so far */
+
 /* page_factor: the pool's page is that many of the backend's granules (nf_config.page_bytes), so
  * each physical page is one multi-granule handle, mapped and aliased whole. hold: the cap is a
  * limit only (nf_config.hold_near_live): pages move at about 2% above the live peak instead.
  * pair_min: nf_config.pair_min_pages (0: single pages only). */
-static uint64_t pairs_made;
-
 static void run_pairs(uint64_t seed, uint64_t gran, uint64_t page_factor, uint64_t cap_pages, bool hold, int ops,
                       uint64_t pair_min, uint64_t *remaps_out) {
     uint64_t rng = seed;

@@ -34,9 +34,13 @@ enum { MAX_ALIASES = 4 };
 
 static uint64_t va_of(const nf_pool *pool, uint64_t v) { return pool->base + (v << pool->gran_log2); }
 
+/* The place of virtual page v when it is mapped to a pair (in_pair): its even page; else v. The
+ * hot loops pass in_pair with their constant `pairs` folded in (release_range, claim_range). */
+static inline uint64_t place_at(uint64_t v, bool in_pair) { return in_pair ? v & ~(uint64_t)1 : v; }
+
 /* The place through which mapped virtual page v is reached: v, or for a pair its even page. */
 static inline uint64_t place_of(const nf_pool *pool, uint64_t v) {
-    return pool->pairs && pool->phys[pool->pages[v].phys].span == 2 ? v & ~(uint64_t)1 : v;
+    return place_at(v, pool->pairs && pool->phys[pool->pages[v].phys].span == 2);
 }
 
 /* Whether physical page p has a live block on a page of its place `place`. */
@@ -499,7 +503,7 @@ static void range_cost(nf_pool *pool, uint64_t addr, uint64_t size, uint64_t *ne
         if (pg->phys != NF_NO_PAGE) {
             phys_page *pp = &pool->phys[pg->phys];
             if (pairs && pp->span == 2) {
-                uint64_t place = v & ~(uint64_t)1;
+                uint64_t place = place_at(v, true);
                 /* Busy through this place (a block on its other page), or claimed already through
                  * its first page in the range: backed. Else claimed whole (both pages held). */
                 if (pp->busy_va == (int32_t)place || place == claimed_pair) continue;
@@ -573,7 +577,7 @@ static inline bool claim_range(nf_pool *pool, uint64_t first, uint64_t last, uin
             return false;
         }
         phys_page *pp = &pool->phys[pg->phys];
-        int32_t place = (int32_t)(pairs && pp->span == 2 ? v & ~(uint64_t)1 : v);
+        int32_t place = (int32_t)place_at(v, pairs && pp->span == 2);
         /* Busy through v's place already, or idle and last used there: only work from the page's
          * other places could be in the way, and only the own stream's is known not to be. */
         bool ok = fence_only_own(pp->alias_fence_mask, idx) &&
@@ -623,7 +627,7 @@ nf_status pages_acquire(nf_pool *pool, uint64_t addr, uint64_t size, uint32_t id
     for (uint64_t v = first; v <= last; v++) {
         page *pg = &pool->pages[v];
         phys_page *pp = pg->phys != NF_NO_PAGE ? &pool->phys[pg->phys] : NULL;
-        uint64_t place = pairs && pp && pp->span == 2 ? v & ~(uint64_t)1 : v;
+        uint64_t place = place_at(v, pairs && pp && pp->span == 2);
         if (pg->live_blocks++ || (pairs && pp && pp->busy_va == (int32_t)place)) {
             /* Busy through v's place already: only work from the page's other places can be in
              * the way. */
@@ -706,7 +710,7 @@ static inline void release_range(nf_pool *pool, uint64_t first, uint64_t last, u
         if (mask && seq > pg->last_free_seq) pg->last_free_seq = seq;
         if (pg->phys == NF_NO_PAGE) continue;
         phys_page *pp = &pool->phys[pg->phys];
-        uint64_t place = pairs && pp->span == 2 ? v & ~(uint64_t)1 : v;
+        uint64_t place = place_at(v, pairs && pp->span == 2);
         if (pp->busy_va != (int32_t)place) continue;
         fence_add(pool, pp, mask, seq);
         pp->last_va = (int32_t)place;
